@@ -1,0 +1,103 @@
+"""Recipe schema: validation, one-line errors with did-you-mean, overrides, fractions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rkd.config import apply_overrides, load_recipe, parse_eps, parse_fraction, validate_recipe
+from rkd.errors import RecipeError
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = {"name": "t", "teacher": {"model": {"name": "resnet18"}}}
+
+
+def _err(raw: dict, source: str = "r.yaml") -> str:
+    with pytest.raises(RecipeError) as exc:
+        validate_recipe(raw, source)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_defaults_follow_method_md() -> None:
+    rec = validate_recipe(BASE)
+    assert rec.threat.eps == pytest.approx(8 / 255) and rec.threat.alpha == pytest.approx(2 / 255)
+    assert rec.teacher is not None and rec.teacher.method.name == "pgd_at" and rec.teacher.method.steps == 10
+    assert rec.teacher.train.resolved_milestones() == [100, 150]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "trian": {}}}, "teacher.trian: unknown key (did you mean 'train'?)"),
+        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "method": {"name": "trades", "bta": 1}}},
+         "teacher.method.bta: unknown key (did you mean 'beta'?)"),
+        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "method": {"name": "pgd_at", "beta": 6}}},
+         "teacher.method.beta: unknown key"),
+        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "method": {"name": "tardes"}}},
+         "teacher.method.name: unknown method 'tardes' (did you mean 'trades'?)"),
+        ({**BASE, "threat": {"eps": 9}}, "threat.eps: must be in (0, 1]"),
+        ({**BASE, "seeed": 1}, "seeed: unknown key (did you mean 'seed'?)"),
+        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "train": {"lr": "fast"}}}, "teacher.train.lr:"),
+    ],
+)
+def test_errors_name_file_path_and_closest_key(raw: dict, expected: str) -> None:
+    msg = _err(raw)
+    assert msg.startswith("r.yaml: ")
+    assert expected in msg
+
+
+def test_method_without_a_name_says_so() -> None:
+    msg = _err({**BASE, "teacher": {"model": {"name": "x"}, "method": {"beta": 3}}})
+    assert "teacher.method.name: missing" in msg
+
+
+def test_schema_version_mismatch() -> None:
+    assert "schema_version 2" in _err({**BASE, "schema_version": 2})
+
+
+def test_fraction_parsing() -> None:
+    assert parse_fraction("8/255") == pytest.approx(8 / 255)
+    assert parse_fraction(0.5) == 0.5
+    with pytest.raises(ValueError):
+        parse_fraction("8/0")
+    with pytest.raises(ValueError):
+        parse_eps("0")
+    with pytest.raises(ValueError):
+        parse_fraction(True)
+
+
+def test_overrides_set_nested_values_and_keep_fraction_strings() -> None:
+    raw = apply_overrides(BASE, ["teacher.train.epochs=3", "threat.eps=4/255", "teacher.method.name=trades"])
+    rec = validate_recipe(raw)
+    assert rec.teacher is not None and rec.teacher.train.epochs == 3 and rec.teacher.method.name == "trades"
+    assert rec.threat.eps == pytest.approx(4 / 255)
+    assert BASE["teacher"] == {"model": {"name": "resnet18"}}  # the input is not mutated
+
+
+def test_override_typo_is_caught_by_validation(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: t\nteacher:\n  model: {name: resnet18}\n")
+    with pytest.raises(RecipeError, match=r"teacher.train.epoch: unknown key \(did you mean 'epochs'\?\)"):
+        load_recipe(p, ["teacher.train.epoch=3"])
+    with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):
+        load_recipe(p, ["teacher.train.epochs"])
+    with pytest.raises(RecipeError, match="is a value, not a section"):
+        load_recipe(p, ["name.x=1"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML at line"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_in_the_repo_validates(path: Path) -> None:
+    rec = load_recipe(path)
+    assert rec.name == path.stem

@@ -1,0 +1,1 @@
+"""The ``rkd`` command line: thin Typer commands over the library; Rich output and exit codes live here."""

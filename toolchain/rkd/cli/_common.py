@@ -1,0 +1,87 @@
+"""Shared CLI plumbing: the console, error-to-exit-code mapping, progress display."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rkd.errors import RkdError
+
+console = Console(stderr=True)
+out = Console()
+STATE = {"debug": False}
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Map rkd errors to one line on stderr and their exit code; anything else is an internal error (4)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RkdError as exc:
+        if STATE["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, exit 4
+        if STATE["debug"]:
+            raise
+        console.print(
+            f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(4) from None
+
+
+def setup_logging(verbose: bool) -> None:
+    """Library loggers to stderr through Rich (warnings by default, info with --verbose)."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)], force=True,
+    )
+
+
+class RichProgress:
+    """A :class:`rkd.train.ProgressSink` showing a bar with ETA and live loss/accuracy."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console,
+        )
+        self._task = None
+        self._epochs = 0
+
+    def on_start(self, *, total_steps: int, done_steps: int, epochs: int) -> None:  # noqa: D102
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=done_steps, epoch=f"-/{epochs}", loss="-", acc="-", ips=""
+        )
+        self._epochs = epochs
+
+    def on_step(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:  # noqa: D102
+        fields: dict[str, str] = {"epoch": f"{epoch}/{self._epochs}"}
+        if metrics:
+            fields |= {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['train_acc']:.1%}",
+                       "ips": f"{metrics['img_per_s']:.0f} img/s"}
+        if self._task is not None:
+                self._progress.update(self._task, completed=step, **fields)
+
+    def on_event(self, message: str) -> None:  # noqa: D102
+        self._progress.console.print(message, highlight=False)
+
+    def on_end(self) -> None:  # noqa: D102
+        self._progress.stop()

@@ -1,0 +1,56 @@
+"""The ``rkd`` Typer application: one small module per command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rkd.cli._common import STATE, setup_logging
+
+app = typer.Typer(
+    name="rkd",
+    help="Robust distillation of mobile image classifiers, INT8 export, and robustness verification of the "
+    "exported engine.\n\nExit codes: 0 success, 1 gate failed, 2 usage or recipe error, 3 backend or hardware "
+    "missing, 4 internal error.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"rkd {version('rkd')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library messages (info level).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    STATE["debug"] = debug
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    from rkd.cli import evaluate, teacher
+
+    app.command("teacher", help=teacher.__doc__, no_args_is_help=True)(teacher.teacher)
+    app.command("eval", help=evaluate.__doc__, no_args_is_help=True)(evaluate.eval_command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

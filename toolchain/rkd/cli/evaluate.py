@@ -1,0 +1,89 @@
+"""Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from rkd.cli._common import console, handle_errors, out
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in text.split(","))
+
+
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="rkd checkpoint (.safetensors with its .json sidecar), "
+                                               "or a plain state_dict with --model.", show_default=False)],
+    data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+    split: Annotated[str, typer.Option(help="Data split.")] = "test",
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 1000,
+    sample: Annotated[str, typer.Option(help="first (the first n) or random (seeded subset).")] = "first",
+    attacks: Annotated[str, typer.Option(help="Comma-separated: clean,fgsm,pgdK,cw[K],autoattack,"
+                                         "aa-custom:A+B.")] = "clean,fgsm,pgd20,cw,autoattack",
+    eps: Annotated[str, typer.Option(help="Attack radius on [0,1] inputs, e.g. 8/255.")] = "8/255",
+    alpha: Annotated[str, typer.Option(help="PGD/CW step size.")] = "2/255",
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    seed: Annotated[int, typer.Option(help="Seeds random starts and the random sample.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Attack batch size.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    report: Annotated[Optional[Path], typer.Option("--report", help="JSON report path "
+                                                   "[default: CHECKPOINT's folder/<stem>.eval.json].")] = None,
+    aa_state: Annotated[Optional[Path], typer.Option("--aa-state", help="AutoAttack state file (resumable).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Architecture of a foreign state_dict.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a foreign state_dict.")] = None,
+    width: Annotated[float, typer.Option(help="Width multiplier of a foreign state_dict.")] = 1.0,
+    depth: Annotated[Optional[int], typer.Option(help="Depth (wide_resnet).")] = None,
+    widen_factor: Annotated[Optional[int], typer.Option("--widen-factor", help="Widen factor (wide_resnet).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean of a foreign model, e.g. 0,0,0.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std of a foreign model, e.g. 1,1,1.")] = None,
+) -> None:
+    """Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals."""
+    with handle_errors():
+        from rkd.atomic import atomic_write_text
+        from rkd.config import parse_eps, resolve_device
+        from rkd.data import parse_data_arg
+        from rkd.errors import UsageError
+        from rkd.verify.evaluate import EvalRequest, evaluate_model, load_model_for_eval
+        from rkd.verify.suite import parse_attacks
+
+        try:
+            eps_v, alpha_v = parse_eps(eps), parse_eps(alpha)
+        except ValueError as exc:
+            raise UsageError(f"--eps/--alpha: {exc}") from None
+        if norm not in ("linf", "l2"):
+            raise UsageError(f"--norm must be linf or l2, got '{norm}'")
+        if sample not in ("first", "random"):
+            raise UsageError(f"--sample must be first or random, got '{sample}'")
+        if n < 1:
+            raise UsageError(f"--n must be at least 1, got {n}")
+        parse_attacks(attacks)  # fail fast on a typo, before loading anything
+        dataset, options = parse_data_arg(data)
+        dev = resolve_device(device)
+        net, info = load_model_for_eval(checkpoint, model=model, num_classes=num_classes, width=width, depth=depth,
+                                        widen_factor=widen_factor, mean=_floats(mean), std=_floats(std))
+        request = EvalRequest(
+            dataset=dataset, data_options=options, data_root=data_root, split=split, n=n, sample=sample,
+            attacks=attacks, eps=eps_v, eps_text=eps, alpha=alpha_v, norm=norm, seed=seed, batch_size=batch_size,
+            device=dev, autoattack_state=str(aa_state) if aa_state else None,
+        )
+        rep = evaluate_model(net, request, model_info=info, log=lambda m: console.print(m, highlight=False))
+        path = report or checkpoint.with_name(checkpoint.stem + ".eval.json")
+        atomic_write_text(path, json.dumps(rep, indent=2) + "\n")
+        table = Table(title=f"{checkpoint.name}: {dataset} {split}, n={rep['n']}, {norm} eps={eps}, seed={seed}")
+        for col in ("attack", "accuracy", "95% CI", "correct", "time"):
+            table.add_column(col, justify="left" if col == "attack" else "right")
+        for name, res in rep["attacks"].items():
+            lo, hi = res["ci95"]
+            table.add_row(name, f"{res['acc']:.2%}", f"{lo:.1%}-{hi:.1%}", f"{res['correct']}/{res['n']}",
+                          f"{res['seconds']:.1f} s")
+        wc = rep["worst_case"]
+        table.add_row("[bold]worst case[/]", f"[bold]{wc['acc']:.2%}", f"{wc['ci95'][0]:.1%}-{wc['ci95'][1]:.1%}",
+                      f"{wc['correct']}/{wc['n']}", f"{rep['timing']['total_s']:.1f} s")
+        out.print(table)
+        out.print(f"samples sha256 {rep['data']['indices_sha256'][:16]}…  report: {path}", highlight=False)

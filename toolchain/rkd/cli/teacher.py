@@ -1,0 +1,47 @@
+"""Adversarially train a robust teacher (PGD-AT or TRADES) from a recipe; writes a safetensors checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from rkd.cli._common import RichProgress, handle_errors, out
+
+
+def teacher(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a 'teacher' section.", show_default=False)],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set teacher.train.epochs=1.")
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Run directory [default: runs/<recipe name>/teacher].")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: the recipe's].")] = None,
+    data_root: Annotated[
+        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found.")
+    ] = None,
+) -> None:
+    """Adversarially train a robust teacher (PGD-AT or TRADES) from a recipe; writes a safetensors checkpoint."""
+    with handle_errors():
+        from rkd.config import load_recipe
+        from rkd.train.teacher import train_teacher
+
+        rec = load_recipe(recipe, set_ or [])
+        run_dir = out_dir or Path("runs") / rec.name / "teacher"
+        result = train_teacher(rec, run_dir=run_dir, resume=resume, device=device, data_root=data_root,
+                               progress=RichProgress())
+        table = Table(title=f"teacher '{rec.name}'", show_header=False)
+        table.add_row("checkpoint", str(result.checkpoint))
+        if result.best_checkpoint:
+            table.add_row("best (held-out PGD)", str(result.best_checkpoint))
+        if result.history:
+            last = result.history[-1]
+            for key, value in last.items():
+                if key.endswith("_acc"):
+                    table.add_row(f"held-out {key}", f"{value:.2%} (n={last['n']})")
+        table.add_row("time", f"{result.seconds:.0f} s")
+        out.print(table)

@@ -1,0 +1,336 @@
+"""Recipes: YAML validated by pydantic (``extra="forbid"``, ``schema_version``), with ``--set a.b=value`` overrides.
+
+A recipe names what to build; every knob has a default documented here and in METHOD.md. A typo is a one-line
+:class:`~rkd.errors.RecipeError` naming the file, the key path and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from rkd.errors import RecipeError, UsageError
+from rkd.registry import did_you_mean
+
+SCHEMA_VERSION = 1
+
+
+def parse_fraction(value: Any) -> float:
+    """Parse ``8/255``, ``"0.031"`` or a number into a float (the report keeps the recipe's spelling)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number or a fraction like 8/255, got a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                return float(num) / float(den)
+            return float(text)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
+
+
+def parse_eps(value: Any) -> float:
+    """Parse an attack radius and check it lies in (0, 1] (inputs live in [0, 1])."""
+    eps = parse_fraction(value)
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
+    return eps
+
+
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+Eps = Annotated[float, BeforeValidator(parse_eps)]
+
+
+class StrictModel(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictModel):
+    """What to train and evaluate on. ``dataset``: cifar10 | cifar100 | npz | imagefolder | synthetic."""
+
+    dataset: str = "cifar10"
+    root: str | None = None  # download/cache folder (cifar*); a folder of {train,test}.npz also works
+    path: str | None = None  # npz file/folder or image folder
+    train_subset: int | None = Field(None, ge=1)  # seeded random subset of the training set
+    holdout: int = Field(500, ge=0)  # training images held out for periodic evaluation
+    batch_size: int = Field(128, ge=1)  # global batch size (split across DDP ranks)
+    augment: bool = True  # random crop 32 pad 4 + horizontal flip
+    synthetic_n: int = Field(512, ge=16)  # size of the synthetic training set (tests)
+    num_classes: int | None = Field(None, ge=2)  # synthetic/npz only; inferred otherwise
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`rkd.data.load_dataset`."""
+        opts: dict[str, Any] = {}
+        if self.dataset in ("npz", "imagefolder"):
+            if not self.path:
+                raise RecipeError(f"data.path is required for dataset '{self.dataset}'")
+            opts["path"] = self.path
+        if self.dataset == "synthetic":
+            if self.num_classes:
+                opts["num_classes"] = self.num_classes
+        return opts
+
+
+class ThreatConfig(StrictModel):
+    """The evaluation threat model (METHOD.md): L-inf eps 8/255, PGD step 2/255."""
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: Eps = 8 / 255
+    alpha: Eps = 2 / 255
+
+
+class ModelConfig(StrictModel):
+    """A registered architecture (``rkd.models.list_models()``) and its size knobs."""
+
+    name: str
+    width: float = Field(1.0, gt=0)
+    depth: int | None = None
+    widen_factor: int | None = None
+
+
+class AttackConfig(StrictModel):
+    """The inner maximisation of adversarial training (PGD-10, eps 8/255, step 2/255 by default)."""
+
+    eps: Eps = 8 / 255
+    alpha: Eps = 2 / 255
+    steps: int = Field(10, ge=1)
+    norm: Literal["linf", "l2"] = "linf"
+
+
+class PgdAtConfig(AttackConfig):
+    """PGD-AT (Madry et al. 2018): CE on x_adv = PGD-k on CE from a uniform random start."""
+
+    name: Literal["pgd_at"] = "pgd_at"
+    start: Literal["random", "zero", "gaussian"] = "random"
+
+
+class TradesConfig(AttackConfig):
+    """TRADES (Zhang et al. 2019): CE(x) + beta KL(p(x) || p(x_adv)); x_adv maximises the KL from x + 0.001 N."""
+
+    name: Literal["trades"] = "trades"
+    beta: float = Field(6.0, ge=0)
+
+
+TeacherMethodConfig = Annotated[Union[PgdAtConfig, TradesConfig], Field(discriminator="name")]
+
+
+class TrainConfig(StrictModel):
+    """The shared training loop: SGD, schedule, precision, evaluation and checkpoint cadence."""
+
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] | None = None  # epochs; default: 1/2 and 3/4 of the run (100, 150 of 200)
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU
+    compile_attack: bool = False  # torch.compile the model used by the inner attack
+    eval_every: int = Field(1, ge=0)  # epochs between held-out evaluations (0: only at the end)
+    eval_n: int = Field(500, ge=0)  # held-out images evaluated (at most data.holdout)
+    eval_pgd_steps: int = Field(20, ge=1)  # PGD-k of the periodic evaluation
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # also checkpoint mid-epoch
+    log_every: int = Field(20, ge=1)  # steps between metrics lines
+    grad_clip: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> TrainConfig:
+        if self.milestones is not None:
+            if sorted(self.milestones) != self.milestones or any(m < 1 for m in self.milestones):
+                raise ValueError("milestones must be increasing epoch numbers >= 1")
+        return self
+
+    def resolved_milestones(self) -> list[int]:
+        """Milestones in epochs; the default halves the run at 1/2 and 3/4 (the literature's 100/150 of 200)."""
+        if self.milestones is not None:
+            return list(self.milestones)
+        return sorted({max(1, self.epochs // 2), max(1, (self.epochs * 3) // 4)})
+
+
+class TeacherConfig(StrictModel):
+    """Train a robust teacher (PGD-AT or TRADES) or load one (``checkpoint``)."""
+
+    model: ModelConfig
+    checkpoint: str | None = None
+    method: TeacherMethodConfig = Field(default_factory=PgdAtConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class Recipe(StrictModel):
+    """A whole recipe file. Sections beyond ``teacher`` arrive with the stages that use them."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = Field(default_factory=DataConfig)
+    threat: ThreatConfig = Field(default_factory=ThreatConfig)
+    teacher: TeacherConfig | None = None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML: ``8/255`` stays a string for the validator)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set teacher.train.epochs=1")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise RecipeError(f"--set {item!r}: empty key path")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"--set {item!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The candidate types inside Annotated/Optional/Union."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        out: list[Any] = []
+        for arg in typing.get_args(tp):
+            out.extend(_unwrap(arg))
+        return out
+    return [tp]
+
+
+def _model_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk ``loc`` from :class:`Recipe`; return the model class there and the display path (tags dropped)."""
+    current: list[Any] = [Recipe]
+    shown: list[str] = []
+    for part in loc:
+        models = [t for c in current for t in _unwrap(c) if isinstance(t, type) and issubclass(t, BaseModel)]
+        lists = [t for c in current for t in _unwrap(c) if typing.get_origin(t) is list]
+        if isinstance(part, int) and lists:
+            current = [typing.get_args(lists[0])[0]]
+            shown.append(f"[{part}]")
+            continue
+        tagged = [m for m in models if "name" in m.model_fields and part in _literal_values(m)]
+        if len(models) > 1 and tagged:
+            current = [tagged[0]]  # discriminated-union tag: not a key the user typed
+            continue
+        owner = next((m for m in models if part in m.model_fields), None)
+        if owner is None:
+            return (models[0] if models else None), shown
+        current = [owner.model_fields[part].annotation]
+        shown.append(str(part))
+    models = [t for c in current for t in _unwrap(c) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return (models[0] if models else None), shown
+
+
+def _literal_values(model: type[BaseModel]) -> tuple[Any, ...]:
+    return typing.get_args(model.model_fields["name"].annotation)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line for the first error: ``FILE: key.path: what is wrong (did you mean 'x'?)``."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
+    err = errors[0]
+    loc = tuple(err.get("loc", ()))
+    more = len(errors) - 1
+    suffix = f" (+{more} more error{'s' if more > 1 else ''})" if more else ""
+    if err["type"] == "extra_forbidden":
+        owner, shown = _model_at(loc[:-1])
+        key = str(loc[-1])
+        path = ".".join(shown + [key]) if shown else key
+        hint = did_you_mean(key, list(owner.model_fields)) if owner else ""
+        return f"{source}: {path}: unknown key{hint}{suffix}"
+    _, shown = _model_at(loc)
+    path = ".".join(shown) or "(top level)"
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if err["type"] == "union_tag_not_found":
+        return f"{source}: {path}.name: missing; say which method (e.g. name: pgd_at){suffix}"
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        tag = str(ctx.get("tag", ""))
+        path = f"{path}.name" if path != "(top level)" else "name"
+        return f"{source}: {path}: unknown method '{tag}'{did_you_mean(tag, tags)}; choose one of: {', '.join(tags)}"
+    got = err.get("input")
+    got_text = f" (got {got!r})" if err["type"] != "missing" and not isinstance(got, (dict, list)) else ""
+    return f"{source}: {path}: {msg}{got_text}{suffix}"
+
+
+def validate_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a parsed recipe mapping; raise :class:`RecipeError` with a one-line message."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping of sections, got {type(raw).__name__}")
+    if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
+        raise RecipeError(
+            f"{source}: schema_version {raw['schema_version']!r} is not supported by this rkd "
+            f"(expected {SCHEMA_VERSION}); upgrade rkd or migrate the recipe"
+        )
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise RecipeError(f"{p}: the recipe is empty")
+    if overrides:
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{p}: a recipe is a YAML mapping of sections")
+        raw = apply_overrides(raw, overrides)
+    return validate_recipe(raw, str(p))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (written to each run directory)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA request without CUDA is an error (exit 3)."""
+    import torch
+
+    from rkd.errors import MissingDependencyError
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(f"device '{spec}' requested but no CUDA GPU is visible; use --device cpu")
+        return spec
+    if spec != "cpu":
+        raise UsageError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
+    return spec

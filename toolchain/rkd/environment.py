@@ -1,0 +1,35 @@
+"""What a report records about the software and hardware it ran on."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+_PACKAGES = ("rkd", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "pyautoattack", "tensorrt")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of rkd and the libraries whose behaviour a number depends on (None if absent)."""
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_description(device: str) -> dict[str, Any]:
+    """The device a computation ran on: CPU model and thread count, or the GPU name and compute capability."""
+    import torch
+
+    info: dict[str, Any] = {"device": device, "python": platform.python_version(), "machine": platform.machine()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        idx = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(idx)
+        info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(idx)))
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+        info["torch_threads"] = torch.get_num_threads()
+    return info

@@ -1,0 +1,38 @@
+"""Models: the registry, the CIFAR architectures (normalisation inside) and checkpoints.
+
+Importing this package registers every architecture: ``resnet18``, ``preact_resnet18``, ``mobilenet_v2``,
+``wide_resnet``.
+"""
+
+from __future__ import annotations
+
+from rkd.models import mobilenet_v2, preact_resnet, resnet, wide_resnet  # noqa: F401  (register models)
+from rkd.models.checkpoint import load_checkpoint, load_foreign_checkpoint, save_checkpoint
+from rkd.models.classifier import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    MODELS,
+    Classifier,
+    ModelSpec,
+    Normalize,
+    create_model,
+    list_models,
+)
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "MODELS",
+    "Classifier",
+    "ModelSpec",
+    "Normalize",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "load_foreign_checkpoint",
+    "save_checkpoint",
+]

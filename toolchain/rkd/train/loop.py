@@ -1,0 +1,213 @@
+"""The training loop, generic over :class:`~rkd.distill.DistillMethod`.
+
+SGD with a step-exact schedule; bf16 autocast and channels_last on CUDA; deterministic seeding; metrics JSONL;
+periodic clean + PGD evaluation on held-out training images; atomic checkpoints; ``resume`` continues a killed
+run from its last checkpoint (mid-epoch when ``checkpoint_every_steps`` is set); a NaN/inf loss stops the run
+with :class:`~rkd.errors.TrainingDiverged` and the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rkd.config import ThreatConfig, TrainConfig
+from rkd.data import BatchLoader, ImageArrays
+from rkd.distill.base import DistillMethod
+from rkd.errors import TrainingDiverged, UsageError
+from rkd.models import save_checkpoint
+from rkd.train.metrics import MetricsWriter
+from rkd.train.progress import NullProgress, ProgressSink
+from rkd.train.schedule import build_optimizer, lr_at, set_lr
+from rkd.train.state import Position, load_train_state, save_train_state
+
+STATE_FILE = "train_state.pt"
+FINAL_CHECKPOINT = "model.safetensors"
+BEST_CHECKPOINT = "best.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left: the final and best checkpoints and the evaluation history."""
+
+    run_dir: Path
+    checkpoint: Path
+    best_checkpoint: Path | None
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_step: int = 0
+    seconds: float = 0.0
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def evaluate_holdout(
+    model: torch.nn.Module, data: ImageArrays, *, n: int, threat: ThreatConfig, steps: int, seed: int, device: str
+) -> dict[str, float]:
+    """Clean and PGD-k accuracy of ``model`` on the first ``n`` held-out images."""
+    from rkd.verify.suite import evaluate_robustness, parse_attacks
+
+    k = min(n, len(data))
+    x = data.to_float(torch.arange(k))
+    res = evaluate_robustness(
+        model, x, data.y[:k], attacks=parse_attacks([f"pgd{steps}"]), eps=threat.eps, alpha=threat.alpha,
+        norm=threat.norm, seed=seed, device=device,
+    )
+    return {"clean_acc": res.accuracy("clean"), f"pgd{steps}_acc": res.accuracy(f"pgd{steps}"), "n": k}
+
+
+def fit(
+    method: DistillMethod,
+    train_data: ImageArrays,
+    holdout: ImageArrays | None,
+    cfg: TrainConfig,
+    *,
+    run_dir: str | Path,
+    device: str,
+    batch_size: int,
+    threat: ThreatConfig,
+    fingerprint: str,
+    augment: bool = True,
+    seed: int = 0,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+    progress: ProgressSink | None = None,
+) -> TrainResult:
+    """Train ``method.student`` with ``method``'s loss; write checkpoints and metrics into ``run_dir``.
+
+    Args:
+        fingerprint: identifies the recipe; resuming a run of another recipe is refused.
+        resume: continue from ``run_dir/train_state.pt`` if present (else start fresh). Without it an
+            existing state is an error, so nothing is overwritten by accident.
+    """
+    from rkd.attacks import compile_attack_model
+
+    sink: ProgressSink = progress or NullProgress()
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    state_path = run / STATE_FILE
+    if state_path.exists() and not resume:
+        raise UsageError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    dev = torch.device(device)
+    student = method.student
+    channels_last = cfg.channels_last != "off"
+    method.to(dev)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile_attack:
+        method.attack_model = compile_attack_model(student)
+    optimizer = build_optimizer(method.trainable_parameters(), cfg)
+    loader = BatchLoader(
+        train_data, batch_size=batch_size, device=dev, shuffle=True, augment=augment, drop_last=True, seed=seed,
+        channels_last=channels_last,
+    )
+    steps_per_epoch = len(loader)
+    total = cfg.epochs * steps_per_epoch
+    pos = Position()
+    if resume and state_path.exists():
+        pos = load_train_state(state_path, model=student, optimizer=optimizer, fingerprint=fingerprint)
+        sink.on_event(f"resumed at epoch {pos.epoch + 1}, step {pos.step_in_epoch} of {steps_per_epoch}")
+    resumed_from = pos.global_step
+    metrics = MetricsWriter(run / "metrics.jsonl")
+    metrics.write({"event": "resume" if resumed_from else "start", "global_step": pos.global_step,
+                   "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs})
+    history: list[dict[str, Any]] = []
+    meta = dict(metadata or {})
+    t_start = time.perf_counter()
+    sink.on_start(total_steps=total, done_steps=pos.global_step, epochs=cfg.epochs)
+    try:
+        while pos.epoch < cfg.epochs:
+            epoch = pos.epoch
+            loader.set_epoch(epoch)
+            method.set_epoch(epoch)
+            method.train()
+            run_loss = torch.zeros((), device=dev)
+            run_correct = torch.zeros((), device=dev)
+            run_seen = 0
+            parts_sum: dict[str, torch.Tensor] = {}
+            t_epoch = time.perf_counter()
+            for x, y in loader.iterate(start_step=pos.step_in_epoch):
+                lr = lr_at(pos.global_step, steps_per_epoch, cfg)
+                set_lr(optimizer, lr)
+                with _autocast(dev, cfg.amp):
+                    out = method(x, y)
+                loss = out.loss.float()
+                if not torch.isfinite(loss):
+                    metrics.write({"event": "diverged", "epoch": epoch, "global_step": pos.global_step})
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {pos.step_in_epoch + 1}; "
+                        f"the last good checkpoint is kept in {run} (lower the learning rate or check the data)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), cfg.grad_clip)
+                optimizer.step()
+                pos.step_in_epoch += 1
+                pos.global_step += 1
+                run_loss += loss.detach() * len(y)
+                run_correct += (out.logits.detach().argmax(1) == y).sum()
+                run_seen += len(y)
+                for k, v in out.parts.items():
+                    parts_sum[k] = parts_sum.get(k, torch.zeros((), device=dev)) + v.detach().float() * len(y)
+                if pos.step_in_epoch % cfg.log_every == 0 or pos.step_in_epoch == steps_per_epoch:
+                    rec = {
+                        "epoch": epoch + 1, "step": pos.step_in_epoch, "global_step": pos.global_step, "lr": lr,
+                        "loss": float(run_loss) / run_seen, "train_acc": float(run_correct) / run_seen,
+                        **{f"loss_{k}": float(v) / run_seen for k, v in parts_sum.items()},
+                        "img_per_s": run_seen / max(1e-9, time.perf_counter() - t_epoch),
+                    }
+                    metrics.write(rec)
+                    sink.on_step(step=pos.global_step, epoch=epoch + 1, metrics=rec)
+                else:
+                    sink.on_step(step=pos.global_step, epoch=epoch + 1, metrics={})
+                if cfg.checkpoint_every_steps and pos.global_step % cfg.checkpoint_every_steps == 0:
+                    save_train_state(state_path, model=student, optimizer=optimizer, position=pos,
+                                     fingerprint=fingerprint)
+            # epoch finished
+            pos.epoch += 1
+            pos.step_in_epoch = 0
+            do_eval = holdout is not None and cfg.eval_n > 0 and len(holdout) > 0 and (
+                (cfg.eval_every and pos.epoch % cfg.eval_every == 0) or pos.epoch == cfg.epochs
+            )
+            if do_eval and holdout is not None:
+                ev = evaluate_holdout(student, holdout, n=cfg.eval_n, threat=threat, steps=cfg.eval_pgd_steps,
+                                      seed=seed, device=device)
+                ev = {"event": "eval", "epoch": pos.epoch, **ev}
+                history.append(ev)
+                metrics.write(ev)
+                robust = ev[f"pgd{cfg.eval_pgd_steps}_acc"]
+                sink.on_event(
+                    f"epoch {pos.epoch}/{cfg.epochs}: held-out clean {ev['clean_acc']:.1%}, "
+                    f"PGD-{cfg.eval_pgd_steps} {robust:.1%} (n={ev['n']})"
+                )
+                if robust > pos.best_metric:
+                    pos.best_metric, pos.best_epoch = robust, pos.epoch
+                    save_checkpoint(student, run / BEST_CHECKPOINT,
+                                    meta | {"epoch": pos.epoch, "holdout": ev, "kind": "best"})
+                method.train()
+            save_train_state(state_path, model=student, optimizer=optimizer, position=pos, fingerprint=fingerprint)
+        final_eval = history[-1] if history else {}
+        seconds = time.perf_counter() - t_start
+        ckpt = save_checkpoint(
+            student, run / FINAL_CHECKPOINT,
+            meta | {"epoch": cfg.epochs, "holdout": final_eval, "kind": "final", "best_epoch": pos.best_epoch},
+        )
+        metrics.write({"event": "end", "global_step": pos.global_step, "seconds": seconds})
+    finally:
+        method.eval()
+        sink.on_end()
+    best = run / BEST_CHECKPOINT
+    return TrainResult(
+        run_dir=run, checkpoint=ckpt, best_checkpoint=best if best.exists() else None, epochs=cfg.epochs,
+        history=history, resumed_from_step=resumed_from, seconds=seconds,
+    )

@@ -1,0 +1,242 @@
+"""The robustness suite: clean, FGSM, PGD-k, CW-inf and AutoAttack on one fixed set of samples.
+
+Protocol (METHOD.md, "Evaluation protocol"): model in eval mode, inputs in [0,1], normalisation inside the model.
+Every attack runs only on the samples the model classifies correctly on the clean input; a clean error counts
+as non-robust under every attack (AutoAttack's convention). A sample is robust in the worst case only if it is
+classified correctly on the clean input and on every attack's output. Each accuracy carries a 95% Wilson
+interval.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rkd.errors import UsageError
+from rkd.stats import wilson_interval
+
+_SPEC = re.compile(r"^(clean|fgsm|pgd(\d+)|cw(\d+)?|autoattack|aa-custom:([a-z+-]+))$")
+AA_SUBATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the suite, parsed from its name: ``clean``, ``fgsm``, ``pgd20``, ``cw`` (= ``cw30``),
+    ``autoattack`` (standard) or ``aa-custom:apgd-ce+square`` (a named subset of AutoAttack's attacks)."""
+
+    name: str
+    kind: str
+    steps: int = 0
+    subattacks: tuple[str, ...] = ()
+
+
+def parse_attacks(text: str | list[str]) -> list[AttackSpec]:
+    """Parse ``"clean,fgsm,pgd20,cw,autoattack"``; ``clean`` is always evaluated (added when missing)."""
+    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    specs: list[AttackSpec] = [AttackSpec("clean", "clean")]
+    for name in names:
+        m = _SPEC.match(name)
+        if not m:
+            raise UsageError(
+                f"unknown attack '{name}': use clean, fgsm, pgdK (e.g. pgd20), cw or cwK, autoattack, "
+                "or aa-custom:apgd-ce+square"
+            )
+        if name == "clean":
+            continue
+        if name == "fgsm":
+            spec = AttackSpec(name, "fgsm", 1)
+        elif name.startswith("pgd"):
+            spec = AttackSpec(name, "pgd", int(m.group(2)))
+        elif name.startswith("cw"):
+            spec = AttackSpec(name, "cw", int(m.group(3) or 30))
+        elif name == "autoattack":
+            spec = AttackSpec(name, "autoattack", subattacks=("apgd-ce", "apgd-t", "fab-t", "square"))
+        else:
+            subs = tuple(s for s in m.group(4).split("+") if s)
+            bad = [s for s in subs if s not in AA_SUBATTACKS]
+            if bad or not subs:
+                raise UsageError(f"unknown AutoAttack attack {bad or subs}: choose from {', '.join(AA_SUBATTACKS)}")
+            spec = AttackSpec(name, "autoattack", subattacks=subs)
+        if spec.steps == 0 and spec.kind in ("pgd", "cw"):
+            raise UsageError(f"attack '{name}' needs at least one step")
+        if spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+@dataclass
+class AttackOutcome:
+    """Per-sample correctness under one attack (``correct[i]``: sample i classified right after it)."""
+
+    name: str
+    correct: torch.Tensor
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Accuracy, count, n and 95% Wilson interval as plain numbers."""
+        k, n = int(self.correct.sum()), int(self.correct.numel())
+        lo, hi = wilson_interval(k, n)
+        return {"acc": k / n if n else 0.0, "correct": k, "n": n, "ci95": [lo, hi], "seconds": self.seconds}
+
+
+@dataclass
+class RobustnessResult:
+    """Everything one suite run measured on one set of samples."""
+
+    outcomes: dict[str, AttackOutcome]
+    eps: float
+    norm: str
+    seed: int
+    n: int
+
+    @property
+    def worst_case(self) -> torch.Tensor:
+        """Per-sample robustness: right on the clean input and under every attack."""
+        acc = torch.ones(self.n, dtype=torch.bool)
+        for outcome in self.outcomes.values():
+            acc &= outcome.correct
+        return acc
+
+    def accuracy(self, name: str) -> float:
+        """Accuracy under one attack (``"worst_case"`` for the per-sample worst case)."""
+        if name == "worst_case":
+            return float(self.worst_case.float().mean()) if self.n else 0.0
+        return float(self.outcomes[name].correct.float().mean()) if self.n else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers with RobustBench's names (``clean_acc``, ``autoattack_acc``, ``eps``)."""
+        attacks = {name: o.summary() | ({"details": o.details} if o.details else {}) for name, o in self.outcomes.items()}
+        worst = self.worst_case
+        k = int(worst.sum())
+        lo, hi = wilson_interval(k, self.n)
+        out: dict[str, Any] = {
+            "eps": self.eps,
+            "norm": self.norm,
+            "n": self.n,
+            "seed": self.seed,
+            "clean_acc": attacks["clean"]["acc"],
+            "robust_acc": k / self.n if self.n else 0.0,
+            "attacks": attacks,
+            "worst_case": {"acc": k / self.n if self.n else 0.0, "correct": k, "n": self.n, "ci95": [lo, hi]},
+            "per_sample": {name: o.correct.int().tolist() for name, o in self.outcomes.items()},
+        }
+        if "autoattack" in self.outcomes:
+            out["autoattack_acc"] = attacks["autoattack"]["acc"]
+        return out
+
+
+def _attack_seed(seed: int, name: str) -> int:
+    """A per-attack seed, independent of the order attacks run in."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            out.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attacks: list[AttackSpec] | str,
+    eps: float,
+    alpha: float = 2 / 255,
+    norm: str = "linf",
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    autoattack_state: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RobustnessResult:
+    """Run the suite on ``(x, y)`` (float NCHW in [0,1], int64 labels; kept on CPU, moved per batch).
+
+    Args:
+        model: a classifier taking [0,1] inputs; put in eval mode here and left so.
+        attacks: specs from :func:`parse_attacks` or their comma-separated names.
+        eps: attack radius (L-inf or L2) on [0,1] inputs; ``alpha`` the PGD/CW step.
+        seed: seeds every attack's random start (per attack, independent of order).
+        autoattack_state: file for pyautoattack's resumable state (a killed run continues).
+        log: receives one line per finished attack.
+    """
+    from rkd.attacks import cw_inf, fgsm, pgd, run_autoattack
+
+    if not 0.0 < eps <= 1.0:
+        raise UsageError(f"eps must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
+    specs = parse_attacks(attacks) if isinstance(attacks, str) else attacks
+    dev = torch.device(device)
+    model.eval()
+    n = len(x)
+    outcomes: dict[str, AttackOutcome] = {}
+    t0 = time.perf_counter()
+    clean = _predict(model, x, batch_size, dev) == y
+    outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0)
+    idx = clean.nonzero().flatten()  # attack only what the model gets right
+    for spec in specs:
+        if spec.kind == "clean":
+            continue
+        t0 = time.perf_counter()
+        correct = torch.zeros(n, dtype=torch.bool)
+        details: dict[str, Any] = {}
+        if spec.kind == "autoattack":
+            version = "standard" if spec.name == "autoattack" else "custom"
+            res = run_autoattack(
+                model, x[idx].contiguous(), y[idx], eps=eps, norm="Linf" if norm == "linf" else "L2",
+                version=version, attacks=None if version == "standard" else list(spec.subattacks),
+                batch_size=batch_size, seed=seed, device=dev, state_path=autoattack_state, log=log,
+            )
+            correct[idx] = res.robust.cpu()
+            details = _autoattack_details(res, idx, n)
+        else:
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(_attack_seed(seed, spec.name))
+            for start in range(0, len(idx), batch_size):
+                b = idx[start : start + batch_size]
+                xb, yb = x[b].to(dev), y[b].to(dev)
+                if spec.kind == "fgsm":
+                    x_adv = fgsm(model, xb, yb, eps=eps)
+                elif spec.kind == "pgd":
+                    x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, norm=norm,
+                                start="random", generator=gen).x_adv
+                else:
+                    x_adv = cw_inf(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, generator=gen)
+                with torch.inference_mode():
+                    correct[b] = (model(x_adv).argmax(1) == yb).cpu()
+        outcomes[spec.name] = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details)
+        if log is not None:
+            log(f"{spec.name}: {int(correct.sum())}/{n} robust ({time.perf_counter() - t0:.1f} s)")
+    return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n)
+
+
+def _autoattack_details(res: Any, idx: torch.Tensor, n: int) -> dict[str, Any]:
+    """Per-sub-attack breakdown of an AutoAttack run, mapped back to all n samples."""
+    details: dict[str, Any] = {"messages": list(getattr(res, "messages", []))}
+    robust_after = getattr(res, "robust_after", None) or {}
+    breakdown = {}
+    for sub, mask in robust_after.items():
+        k = int(mask.sum())
+        lo, hi = wilson_interval(k, n)
+        breakdown[sub] = {"acc": k / n if n else 0.0, "correct": k, "n": n, "ci95": [lo, hi]}
+    if breakdown:
+        details["robust_after"] = breakdown
+    broken_by = getattr(res, "broken_by", None)
+    if broken_by is not None:
+        counts: dict[str, int] = {}
+        for who in broken_by:
+            if who is not None:
+                counts[who] = counts.get(who, 0) + 1
+        details["broken_by"] = counts
+    return details
