@@ -135,7 +135,7 @@ def fit(
             run_seen = 0
             parts_sum: dict[str, torch.Tensor] = {}
             t_epoch = time.perf_counter()
-            for x, y in loader.iterate(start_step=pos.step_in_epoch):
+            for x, y in loader.batches(start_step=pos.step_in_epoch):
                 lr = lr_at(pos.global_step, steps_per_epoch, cfg)
                 set_lr(optimizer, lr)
                 with _autocast(dev, cfg.amp):

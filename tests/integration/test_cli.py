@@ -1,0 +1,100 @@
+"""The CLI end to end on synthetic data: help texts, `rkd teacher` and `rkd eval`, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rkd.cli.app import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    res = _run("--help")
+    assert res.exit_code == 0
+    for word in ("teacher", "eval", "Exit codes"):
+        assert word in res.output
+    for cmd in ("teacher", "eval"):
+        assert _run(cmd, "--help").exit_code == 0
+
+
+@pytest.fixture(scope="module")
+def smoke_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "teacher"
+    res = _run("teacher", str(REPO / "recipes" / "smoke.yaml"), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_teacher_writes_a_loadable_checkpoint_and_resolved_recipe(smoke_teacher: Path) -> None:
+    from rkd.models import load_checkpoint
+
+    model, sidecar = load_checkpoint(smoke_teacher / "model.safetensors")
+    assert sidecar["metadata"]["stage"] == "teacher" and sidecar["metadata"]["method"]["name"] == "pgd_at"
+    assert (smoke_teacher / "recipe.resolved.yaml").exists() and (smoke_teacher / "metrics.jsonl").exists()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_teacher_refuses_to_overwrite_and_resume_finishes(smoke_teacher: Path) -> None:
+    res = _run("teacher", str(REPO / "recipes" / "smoke.yaml"), "--out", str(smoke_teacher))
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = _run("teacher", str(REPO / "recipes" / "smoke.yaml"), "--out", str(smoke_teacher), "--resume")
+    assert res.exit_code == 0, res.output
+
+
+def test_eval_reports_every_attack_with_intervals(smoke_teacher: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    res = _run("eval", str(smoke_teacher / "model.safetensors"), "--data", "synthetic", "--n", "48",
+               "--attacks", "clean,fgsm,pgd5,cw5", "--device", "cpu", "--report", str(report))
+    assert res.exit_code == 0, res.output
+    rep = json.loads(report.read_text())
+    assert set(rep["attacks"]) == {"clean", "fgsm", "pgd5", "cw5"}
+    assert rep["n"] == 48 and rep["data"]["n"] == 48 and len(rep["data"]["indices_sha256"]) == 64
+    for r in rep["attacks"].values():
+        assert r["ci95"][0] <= r["acc"] <= r["ci95"][1]
+    assert rep["worst_case"]["acc"] <= min(r["acc"] for r in rep["attacks"].values())
+    assert rep["clean_acc"] == rep["attacks"]["clean"]["acc"] and rep["eps"] == pytest.approx(8 / 255)
+    assert rep["versions"]["torch"] and rep["device"]["device"] == "cpu"
+    # per-sample worst case is the AND of the per-attack columns
+    cols = list(rep["per_sample"].values())
+    worst = [all(c[i] for c in cols) for i in range(48)]
+    assert sum(worst) == rep["worst_case"]["correct"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["eval", "missing.safetensors", "--data", "synthetic"], 2, "not found"),
+        (["eval", "{ckpt}", "--data", "synthetic", "--eps", "0"], 2, "(0, 1]"),
+        (["eval", "{ckpt}", "--data", "synthetic", "--attacks", "pgd"], 2, "unknown attack"),
+        (["eval", "{ckpt}", "--data", "synthtic"], 2, "did you mean 'synthetic'"),
+        (["eval", "{ckpt}", "--data", "synthetic", "--device", "cuda"], 3, "no CUDA GPU"),
+        (["teacher", "{tmp}/nope.yaml"], 2, "not found"),
+        (["teacher", "{recipe}", "--set", "teacher.train.epoch=1", "--out", "{tmp}/x"], 2, "did you mean 'epochs'"),
+        (["teacher", "{recipe}", "--set", "teacher.model.name=resnet81", "--out", "{tmp}/y"], 2,
+         "did you mean 'resnet18'"),
+    ],
+)
+def test_errors_are_one_line_with_the_documented_exit_code(
+    args: list[str], code: int, words: str, smoke_teacher: Path, tmp_path: Path
+) -> None:
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    fill = {"ckpt": str(smoke_teacher / "model.safetensors"), "tmp": str(tmp_path),
+            "recipe": str(REPO / "recipes" / "smoke.yaml")}
+    res = _run(*[a.format(**fill) for a in args])
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    assert words in res.output
+    assert res.output.strip().startswith("error:")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,0 +1,34 @@
+"""Data: data sets as in-memory uint8 arrays, on-device augmentation and batching, evaluation subsets.
+
+torchvision and PIL are imported only inside the functions that need them, so ``import rkd.data`` is cheap.
+"""
+
+from __future__ import annotations
+
+from rkd.data.arrays import ImageArrays
+from rkd.data.augment import apply_crop_flip, crop_flip_params, random_crop_flip
+from rkd.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, default_data_root
+from rkd.data.datasets import DATASETS, SPLITS, dataset_options, load_dataset, parse_data_arg
+from rkd.data.loader import BatchLoader
+from rkd.data.npz import read_npz
+from rkd.data.subsets import indices_sha256, select_indices, split_holdout
+
+__all__ = [
+    "BatchLoader",
+    "CIFAR100_CLASSES",
+    "CIFAR10_CLASSES",
+    "DATASETS",
+    "ImageArrays",
+    "SPLITS",
+    "apply_crop_flip",
+    "crop_flip_params",
+    "dataset_options",
+    "default_data_root",
+    "indices_sha256",
+    "load_dataset",
+    "parse_data_arg",
+    "random_crop_flip",
+    "read_npz",
+    "select_indices",
+    "split_holdout",
+]

@@ -1,0 +1,191 @@
+"""The data set registry, ``load_dataset`` and the CLI's ``--data NAME[:ARG]`` parser.
+
+Built-in data sets: ``cifar10``, ``cifar100`` (torchvision, or a folder of ``{split}.npz``), ``npz`` (arrays
+in a file or a folder of ``{split}.npz``), ``imagefolder`` (ImageFolder layout, loaded into memory) and
+``synthetic`` (a learnable toy problem). A factory is called as ``factory(split, root=..., download=...,
+**options)`` and returns :class:`~rkd.data.arrays.ImageArrays`; register more with ``@DATASETS.register``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rkd.data.arrays import ImageArrays
+from rkd.data.cifar import load_cifar
+from rkd.data.imagefolder import read_image_folder
+from rkd.data.npz import read_npz
+from rkd.data.synthetic import make_synthetic
+from rkd.errors import DataError, UsageError
+from rkd.registry import Registry, did_you_mean
+
+SPLITS: tuple[str, ...] = ("train", "test")
+
+DatasetFactory = Callable[..., ImageArrays]
+DATASETS: Registry[DatasetFactory] = Registry("dataset")
+
+# How the text after "NAME:" in --data is read: a path option, key=value options, or not at all.
+_ARG_FORMS: dict[str, str] = {
+    "cifar10": "none", "cifar100": "none", "npz": "path", "imagefolder": "path", "synthetic": "options",
+}
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    root: str | Path | None = None,
+    download: bool = True,
+    **options: Any,
+) -> ImageArrays:
+    """Load split ``split`` (``"train"`` or ``"test"``) of the registered data set ``name``.
+
+    Args:
+        name: a registered name (``DATASETS.names()``).
+        split: ``"train"`` or ``"test"``.
+        root: data folder for data sets that download (default ``$RKD_DATA_ROOT`` or ``~/.cache/rkd/data``);
+            for ``npz``/``imagefolder`` it stands in for a missing ``path``.
+        download: allow downloading (cifar10/cifar100).
+        **options: the data set's own options (``path``, ``image_size``, ``n``, ...).
+
+    Raises:
+        UsageError: unknown name, split or option. DataError: the data cannot be found or read.
+    """
+    if split not in SPLITS:
+        raise UsageError(f"unknown split '{split}'{did_you_mean(split, SPLITS)}; choose one of: train, test")
+    factory = DATASETS.get(name)
+    check_options(name, options)
+    return factory(split, root=Path(root).expanduser() if root is not None else None, download=download,
+                   **options)
+
+
+def dataset_options(name: str) -> list[str]:
+    """The option names data set ``name`` accepts (besides ``root`` and ``download``)."""
+    params = inspect.signature(DATASETS.get(name)).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("root", "download")]
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise UsageError (with did-you-mean) for an option data set ``name`` does not take."""
+    params = inspect.signature(DATASETS.get(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    allowed = dataset_options(name)
+    for key in options:
+        if key not in allowed:
+            raise UsageError(
+                f"dataset '{name}' has no option '{key}'{did_you_mean(key, allowed)}; "
+                f"options: {', '.join(allowed) or 'none'}"
+            )
+
+
+def parse_data_arg(value: str) -> tuple[str, dict[str, Any]]:
+    """Parse the CLI's ``--data`` value into ``(name, options)`` for :func:`load_dataset`.
+
+    Forms: ``cifar10`` -> ``("cifar10", {})`` (its folder is ``--data-root``); ``npz:PATH`` and
+    ``imagefolder:DIR`` -> ``{"path": ...}``; ``synthetic:n=512,num_classes=5`` -> integer/float options.
+
+    Raises:
+        UsageError: unknown name (with did-you-mean) or a malformed argument.
+    """
+    name, sep, rest = value.strip().partition(":")
+    name = name.strip().lower()
+    DATASETS.get(name)
+    if not sep:
+        return name, {}
+    if not rest:
+        raise UsageError(f"--data '{value}': nothing after ':' (write {name} or {name}:...)")
+    form = _ARG_FORMS.get(name, "path")
+    if form == "none":
+        raise UsageError(
+            f"--data '{value}': {name} takes nothing after ':'; give its folder with --data-root DIR"
+        )
+    if form == "path":
+        return name, {"path": rest}
+    options: dict[str, Any] = {}
+    for item in rest.split(","):
+        key, eq, text = (s.strip() for s in item.partition("="))
+        if not eq or not key or not text:
+            raise UsageError(f"--data '{value}': expected {name}:KEY=VALUE[,KEY=VALUE...], got '{item}'")
+        options[key] = _number(text)
+    check_options(name, options)
+    return name, options
+
+
+def _number(text: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _path_or_root(name: str, path: str | Path | None, root: Path | None) -> Path:
+    if path is None and root is None:
+        raise UsageError(f"the {name} data set needs a path: --data {name}:PATH")
+    return Path(path if path is not None else root).expanduser()  # type: ignore[arg-type]
+
+
+@DATASETS.register("cifar10")
+def cifar10(split: str, *, root: Path | None = None, download: bool = True) -> ImageArrays:
+    """CIFAR-10 via torchvision (or ``root/{split}.npz``); see :func:`rkd.data.cifar.load_cifar`."""
+    return load_cifar("cifar10", split, root=root, download=download)
+
+
+@DATASETS.register("cifar100")
+def cifar100(split: str, *, root: Path | None = None, download: bool = True) -> ImageArrays:
+    """CIFAR-100 (fine labels) via torchvision (or ``root/{split}.npz``); see ``load_cifar``."""
+    return load_cifar("cifar100", split, root=root, download=download)
+
+
+@DATASETS.register("npz")
+def npz(
+    split: str,
+    *,
+    root: Path | None = None,
+    download: bool = True,
+    path: str | Path | None = None,
+    num_classes: int | None = None,
+) -> ImageArrays:
+    """Arrays from ``path``: a ``.npz`` file (used for either split unless it holds ``x_{split}``), or a
+    folder holding ``{split}.npz``; see :func:`rkd.data.npz.read_npz` for the validated format."""
+    p = _path_or_root("npz", path, root)
+    if p.is_dir():
+        file = p / f"{split}.npz"
+        if not file.is_file():
+            found = ", ".join(sorted(f.name for f in p.glob("*.npz"))) or "no .npz files"
+            raise DataError(f"{p} has no {split}.npz (found: {found})")
+        p = file
+    return read_npz(p, split=split, name="npz", num_classes=None if num_classes is None else int(num_classes))
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(
+    split: str,
+    *,
+    root: Path | None = None,
+    download: bool = True,
+    path: str | Path | None = None,
+    image_size: int = 32,
+) -> ImageArrays:
+    """An ImageFolder-style tree loaded into memory; see :func:`rkd.data.imagefolder.read_image_folder`."""
+    return read_image_folder(_path_or_root("imagefolder", path, root), split, image_size=image_size)
+
+
+@DATASETS.register("synthetic")
+def synthetic(
+    split: str,
+    *,
+    root: Path | None = None,
+    download: bool = True,
+    n: int | None = None,
+    num_classes: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+    noise: float = 0.1,
+) -> ImageArrays:
+    """The learnable toy problem of :func:`rkd.data.synthetic.make_synthetic` (no files, no download)."""
+    return make_synthetic(split, n=n, num_classes=num_classes, image_size=image_size, seed=seed, noise=noise)
