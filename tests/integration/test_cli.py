@@ -98,3 +98,30 @@ def test_errors_are_one_line_with_the_documented_exit_code(
     assert words in res.output
     assert res.output.strip().startswith("error:")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_eval_loads_a_foreign_state_dict_without_unpickling(smoke_teacher: Path, tmp_path: Path) -> None:
+    """A plain state_dict (as the ARD/RSLAD/TRADES code saves it, under DataParallel's 'module.') evaluates
+    like the rkd checkpoint it came from, once the normalisation is given."""
+    from rkd.models import load_checkpoint
+
+    model, _ = load_checkpoint(smoke_teacher / "model.safetensors")
+    sd = {f"module.{k}": v for k, v in model.net.state_dict().items()}
+    torch.save(sd, tmp_path / "foreign.pt")
+    mean = ",".join(str(v) for v in model.normalize.mean.flatten().tolist())
+    std = ",".join(str(v) for v in model.normalize.std.flatten().tolist())
+    reports = []
+    for args in (
+        [str(smoke_teacher / "model.safetensors")],
+        [str(tmp_path / "foreign.pt"), "--model", "resnet18", "--width", "0.125", "--num-classes", "10",
+         "--mean", mean, "--std", std],
+    ):
+        report = tmp_path / f"r{len(reports)}.json"
+        res = _run("eval", *args, "--data", "synthetic", "--n", "32", "--attacks", "pgd3", "--device", "cpu",
+                   "--report", str(report))
+        assert res.exit_code == 0, res.output
+        reports.append(json.loads(report.read_text()))
+    assert reports[0]["per_sample"] == reports[1]["per_sample"]
+    res = _run("eval", str(tmp_path / "foreign.pt"), "--model", "resnet18", "--num-classes", "10",
+               "--data", "synthetic", "--n", "8", "--device", "cpu")
+    assert res.exit_code == 2 and "shape" in res.output  # width 1 does not match the width-1/8 weights

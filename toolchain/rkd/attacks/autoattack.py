@@ -16,11 +16,14 @@ pyautoattack 0.2.0 facts this relies on (read from its source):
   outputs, randomised or dynamic defences, zero gradients, too many target classes, Square beating the
   gradient attacks). Those warnings become :attr:`AutoAttackResult.messages`.
 - Its ``state_path`` (``EvaluationState``) cannot resume in 0.2.0: the attack set is written with
-  ``json.dump(default=str)`` and read back as a string, so a restore raises ValueError. rkd therefore keeps its
-  own state file (see ``state_path`` below) and never passes one to the library.
+  ``json.dump(default=str)`` and read back as a string, so a restore raises ValueError (and ``y_adv`` is
+  unbound on that path). rkd therefore keeps its own state file (see ``state_path`` below) and never passes
+  one to the library.
 - It reseeds torch's global RNG (``torch.manual_seed(seed)``) in every attack; the caller's CPU generator and
   the attacked CUDA device's generator are restored afterwards.
 - FAB calls ``.backward()``: parameters are frozen for the run so the model gets no ``.grad``.
+- Its dynamic-defence check runs one forward under ``sys.settrace`` and then calls ``sys.settrace(None)``,
+  which also switches off any tracer that was active in the thread (coverage, a debugger).
 """
 
 from __future__ import annotations
@@ -217,7 +220,7 @@ class _State:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
             if meta.get("format") != _STATE_FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             saved = json.loads(meta["config"])
@@ -229,7 +232,9 @@ class _State:
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-            raise UsageError(f"AutoAttack state {path} is not a readable rkd state file ({exc}); delete it") from None
+            raise UsageError(
+                f"AutoAttack state {path} is not a readable rkd state file ({exc}); delete it"
+            ) from None
         differs = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         if differs:
             raise UsageError(
@@ -249,7 +254,9 @@ def _resolve_attacks(version: str, attacks: list[str] | None) -> tuple[str, list
     if version in ("plus", "rand"):
         raise UsageError(f"attacks=[...] cannot be combined with version '{version}'; leave version out")
     if isinstance(attacks, str) or not attacks:
-        raise UsageError(f"attacks must be a non-empty list of names from {', '.join(ATTACKS)}; got {attacks!r}")
+        raise UsageError(
+            f"attacks must be a non-empty list of names from {', '.join(ATTACKS)}; got {attacks!r}"
+        )
     names = [check_choice("attack", a, ATTACKS) for a in attacks]
     if len(set(names)) != len(names):
         raise UsageError(f"attacks lists an attack twice: {names}")
@@ -320,7 +327,9 @@ def run_autoattack(
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     if any(True for _ in model.parameters()) and own_device != dev:
-        raise UsageError(f"device {dev} differs from the model's device {own_device}; move the model or omit device")
+        raise UsageError(
+            f"device {dev} differs from the model's device {own_device}; move the model or omit device"
+        )
     path = Path(state_path) if state_path is not None else None
 
     from pyautoattack import AutoAttack
@@ -340,15 +349,26 @@ def run_autoattack(
 
     n = x.shape[0]
     with _captured_library_logs(messages, log), frozen_parameters(model), _preserved_rng(dev):
-        aa = AutoAttack(model, device=dev, eps=eps, norm=lib_norm, seed=seed,
-                        version="standard" if version == "custom" else version)
+        aa = AutoAttack(
+            model,
+            device=dev,
+            eps=eps,
+            norm=lib_norm,
+            seed=seed,
+            version="standard" if version == "custom" else version,
+        )
         if custom is not None:
             aa.attacks_to_run = list(custom)
             aa.version = "custom"
         names: list[str] = list(aa.attacks_to_run)
         x_adv = x.clone()
         config = {
-            "eps": eps, "norm": lib_norm, "version": version, "attacks": names, "seed": seed, "n": n,
+            "eps": eps,
+            "norm": lib_norm,
+            "version": version,
+            "attacks": names,
+            "seed": seed,
+            "n": n,
             "inputs_sha256": _fingerprint(x, y) if path is not None else "",
         }
         if path is not None and path.exists():
@@ -365,8 +385,11 @@ def run_autoattack(
                 state.save(path, x_adv)
         state.messages = messages
         if model.training:
-            note("the model is in training mode (batch-norm statistics and dropout change under attack); "
-                 "call model.eval() first", warn=True)
+            note(
+                "the model is in training mode (batch-norm statistics and dropout change under attack); "
+                "call model.eval() first",
+                warn=True,
+            )
         if n > 0 and state.current < len(names):
             _cap_targets(aa, model, x[:1].to(dev), names, note)
 
@@ -377,7 +400,7 @@ def run_autoattack(
             todo = ((state.codes == _ROBUST) & ~state.attempted).nonzero().squeeze(1)
             t0 = time.monotonic()
             n_broken = 0
-            for chunk in todo.split(batch_size):
+            for chunk in todo.split(batch_size) if todo.numel() else ():
                 idx = chunk.to(x.device)
                 xs, ys = x[idx].contiguous(), y[idx]
                 adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=batch_size)
@@ -398,8 +421,10 @@ def run_autoattack(
                 state.save(path, x_adv)
                 last_save = time.monotonic()
             n_robust = int((state.codes == _ROBUST).sum())
-            note(f"AutoAttack {name}: broke {n_broken} of {todo.numel()}, robust {n_robust}/{n} "
-                 f"({state.seconds[name]:.1f} s)")
+            note(
+                f"AutoAttack {name}: broke {n_broken} of {todo.numel()}, robust {n_robust}/{n} "
+                f"({state.seconds[name]:.1f} s)"
+            )
 
         codes = state.codes
         clean = codes != _CLEAN_WRONG
@@ -414,7 +439,7 @@ def run_autoattack(
         recheck = (_predict(model, x_adv, dev, batch_size) == y).cpu()
         robust = robust_flags & recheck
         broken_by: list[str | None] = []
-        for c, r in zip(codes.tolist(), robust.tolist()):
+        for c, r in zip(codes.tolist(), robust.tolist(), strict=True):
             if c == _CLEAN_WRONG:
                 broken_by.append("clean")
             elif c > 0:
@@ -423,8 +448,11 @@ def run_autoattack(
                 broken_by.append(None if r else "recheck")
         n_flip = int((robust_flags & ~recheck).sum())
         if n_flip:
-            note(f"{n_flip} sample(s) robust during the attacks are misclassified on the final recheck of x_adv "
-                 "(non-deterministic model or batch-dependent numerics); counted as not robust", warn=True)
+            note(
+                f"{n_flip} sample(s) robust during the attacks are misclassified on the final recheck of "
+                "x_adv (non-deterministic model or batch-dependent numerics); counted as not robust",
+                warn=True,
+            )
 
     return AutoAttackResult(
         x_adv=x_adv,
@@ -442,8 +470,9 @@ def run_autoattack(
     )
 
 
-def _cap_targets(aa: object, model: nn.Module, x1: torch.Tensor, names: list[str],
-                 note: Callable[..., None]) -> None:
+def _cap_targets(
+    aa: object, model: nn.Module, x1: torch.Tensor, names: list[str], note: Callable[..., None]
+) -> None:
     """Caps APGD-T/FAB-T target counts at classes - 1; refuses DLR losses without enough classes."""
     with torch.no_grad():
         n_cls = int(model(x1).shape[-1])

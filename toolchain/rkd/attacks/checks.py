@@ -60,7 +60,8 @@ def check_count(what: str, value: int, minimum: int = 1) -> int:
 
 
 def check_images(x: torch.Tensor) -> torch.Tensor:
-    """Checks a float batch (N, ...) with values in [0, 1]; returns it detached (cloned if an inference tensor).
+    """Checks a float batch (N, ...) with values in [0, 1]; returns it detached (cloned if an inference
+    tensor).
 
     One ``aminmax`` and one host synchronisation per call.
     """

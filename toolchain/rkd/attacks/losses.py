@@ -49,7 +49,7 @@ def _cw_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_loss(loss: str | LossFn) -> tuple[LossFn, bool]:
-    """The loss function for ``loss`` ("ce", "cw" or a callable) and whether it is built in (labels needed)."""
+    """The loss function for ``loss`` ("ce", "cw" or a callable) and whether it is built in (needs labels)."""
     if callable(loss):
         return loss, False
     if isinstance(loss, str) and loss.lower() == "ce":

@@ -77,6 +77,11 @@ class RichProgress:
         if metrics:
             fields |= {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['train_acc']:.1%}",
                        "ips": f"{metrics['img_per_s']:.0f} img/s"}
+            if not self._progress.console.is_terminal:  # logs and CI: a plain line instead of a live bar
+                self._progress.console.print(
+                    f"epoch {fields['epoch']} step {step}: loss {fields['loss']} train acc {fields['acc']} "
+                    f"{fields['ips']} lr {metrics['lr']:.4g}", highlight=False,
+                )
         if self._task is not None:
                 self._progress.update(self._task, completed=step, **fields)
 

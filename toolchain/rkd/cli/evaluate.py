@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +11,20 @@ import typer
 from rich.table import Table
 
 from rkd.cli._common import console, handle_errors, out
+
+
+class Norm(str, Enum):
+    """Threat-model norm."""
+
+    linf = "linf"
+    l2 = "l2"
+
+
+class Sample(str, Enum):
+    """Which samples: the first n, or a seeded random subset."""
+
+    first = "first"
+    random = "random"
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -23,12 +38,12 @@ def eval_command(
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     n: Annotated[int, typer.Option(help="Number of samples.")] = 1000,
-    sample: Annotated[str, typer.Option(help="first (the first n) or random (seeded subset).")] = "first",
+    sample: Annotated[Sample, typer.Option(help="The first n samples, or a seeded random subset.")] = Sample.first,
     attacks: Annotated[str, typer.Option(help="Comma-separated: clean,fgsm,pgdK,cw[K],autoattack,"
                                          "aa-custom:A+B.")] = "clean,fgsm,pgd20,cw,autoattack",
     eps: Annotated[str, typer.Option(help="Attack radius on [0,1] inputs, e.g. 8/255.")] = "8/255",
     alpha: Annotated[str, typer.Option(help="PGD/CW step size.")] = "2/255",
-    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    norm: Annotated[Norm, typer.Option(help="Threat-model norm.")] = Norm.linf,
     seed: Annotated[int, typer.Option(help="Seeds random starts and the random sample.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Attack batch size.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -56,10 +71,6 @@ def eval_command(
             eps_v, alpha_v = parse_eps(eps), parse_eps(alpha)
         except ValueError as exc:
             raise UsageError(f"--eps/--alpha: {exc}") from None
-        if norm not in ("linf", "l2"):
-            raise UsageError(f"--norm must be linf or l2, got '{norm}'")
-        if sample not in ("first", "random"):
-            raise UsageError(f"--sample must be first or random, got '{sample}'")
         if n < 1:
             raise UsageError(f"--n must be at least 1, got {n}")
         parse_attacks(attacks)  # fail fast on a typo, before loading anything
@@ -68,14 +79,14 @@ def eval_command(
         net, info = load_model_for_eval(checkpoint, model=model, num_classes=num_classes, width=width, depth=depth,
                                         widen_factor=widen_factor, mean=_floats(mean), std=_floats(std))
         request = EvalRequest(
-            dataset=dataset, data_options=options, data_root=data_root, split=split, n=n, sample=sample,
-            attacks=attacks, eps=eps_v, eps_text=eps, alpha=alpha_v, norm=norm, seed=seed, batch_size=batch_size,
+            dataset=dataset, data_options=options, data_root=data_root, split=split, n=n, sample=sample.value,
+            attacks=attacks, eps=eps_v, eps_text=eps, alpha=alpha_v, norm=norm.value, seed=seed, batch_size=batch_size,
             device=dev, autoattack_state=str(aa_state) if aa_state else None,
         )
         rep = evaluate_model(net, request, model_info=info, log=lambda m: console.print(m, highlight=False))
         path = report or checkpoint.with_name(checkpoint.stem + ".eval.json")
         atomic_write_text(path, json.dumps(rep, indent=2) + "\n")
-        table = Table(title=f"{checkpoint.name}: {dataset} {split}, n={rep['n']}, {norm} eps={eps}, seed={seed}")
+        table = Table(title=f"{checkpoint.name}: {dataset} {split}, n={rep['n']}, {norm.value} eps={eps}, seed={seed}")
         for col in ("attack", "accuracy", "95% CI", "correct", "time"):
             table.add_column(col, justify="left" if col == "attack" else "right")
         for name, res in rep["attacks"].items():
