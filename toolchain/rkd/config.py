@@ -126,6 +126,71 @@ class TradesConfig(AttackConfig):
 TeacherMethodConfig = Annotated[Union[PgdAtConfig, TradesConfig], Field(discriminator="name")]
 
 
+class ArdConfig(AttackConfig):
+    """ARD (Goldblum et al. 2020): a tau^2 KL(p_T(x)/tau || p_S(x_adv)/tau) + (1 - a) CE(S(x), y); x_adv = PGD-k on
+    CE(S(.), y) from a uniform random start, the student in train mode (as the reference code)."""
+
+    name: Literal["ard"] = "ard"
+    temperature: float = Field(30.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0, le=1)  # "a" (alpha) in the paper
+
+
+class IadConfig(AttackConfig):
+    """IAD (Zhu et al. 2022): ARD for ``warmup_epochs`` epochs, then adds a (1 - A) KL(p_S(x) || p_S(x_adv)) with
+    the per-sample teacher reliability A = p_T(x_adv)_y ** beta."""
+
+    name: Literal["iad"] = "iad"
+    temperature: float = Field(1.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0, le=1)
+    warmup_epochs: int = Field(60, ge=0)
+    beta: float = Field(0.1, ge=0)
+
+
+class RsladConfig(AttackConfig):
+    """RSLAD (Zi et al. 2021): x_adv maximises KL(p_T(x) || p_S(x')) from x + 0.001 N; loss
+    (1 - lambda_nat) KL(p_T(x) || p_S(x_adv)) + lambda_nat KL(p_T(x) || p_S(x))."""
+
+    name: Literal["rslad"] = "rslad"
+    lambda_nat: float = Field(1 / 6, ge=0, le=1)
+
+
+class AdaadConfig(AttackConfig):
+    """AdaAD (Huang et al. 2023): x_adv maximises KL(p_T(x') || p_S(x')) (teacher re-evaluated at x'); loss
+    a KL(p_T(x_adv) || p_S(x_adv)) + (1 - a) KL(p_T(x) || p_S(x))."""
+
+    name: Literal["adaad"] = "adaad"
+    kd_weight: float = Field(1.0, ge=0, le=1)
+
+
+class AdvPathConfig(AttackConfig):
+    """The adversarial-path method (Dong et al., CVPR 2024; METHOD.md "Chosen defaults"): align teacher and
+    student on the intermediate iterates of an untargeted and a targeted PGD path, adaptively weighted.
+
+    ``steps`` is m (iterates per branch); ``alpha`` the step; ``eps`` the radius.
+    """
+
+    name: Literal["adv_path"] = "adv_path"
+    path_model: Literal["student", "teacher"] = "student"
+    target: Literal["random", "runner_up", "least_likely"] = "random"  # target class of branch T
+    step_loss: Literal["ce", "cw"] = "ce"
+    iterate_stride: int = Field(1, ge=1)  # use every r-th iterate plus the last (1: all m)
+    align_target: Literal["same_point", "clean"] = "same_point"  # teacher at the iterate, or at clean x
+    weights: Literal["prob_change", "uniform", "linear", "entropy"] = "prob_change"
+    reliability: bool = False  # multiply weights by p_T(x_b[k])_{argmax p_T(x)} ** reliability_beta
+    reliability_beta: float = Field(0.1, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1)  # weight of branch T against branch U (0: targeted branch off)
+    lambda_nat: float = Field(1 / 6, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    crafting_mode: Literal["eval", "train"] = "eval"  # student mode while crafting the path
+    max_batch: int | None = Field(None, ge=1)  # chunk the alignment pass to bound memory (None: one pass)
+
+
+DistillMethodConfig = Annotated[
+    Union[AdvPathConfig, ArdConfig, IadConfig, RsladConfig, AdaadConfig, PgdAtConfig, TradesConfig],
+    Field(discriminator="name"),
+]
+
+
 class TrainConfig(StrictModel):
     """The shared training loop: SGD, schedule, precision, evaluation and checkpoint cadence."""
 
@@ -171,8 +236,16 @@ class TeacherConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class StudentConfig(StrictModel):
+    """The student of ``rkd distill``: its architecture and how it is distilled."""
+
+    model: ModelConfig
+    method: DistillMethodConfig = Field(default_factory=AdvPathConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(weight_decay=2e-4))
+
+
 class Recipe(StrictModel):
-    """A whole recipe file. Sections beyond ``teacher`` arrive with the stages that use them."""
+    """A whole recipe file. Sections beyond ``teacher`` and ``student`` arrive with the stages that use them."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -181,6 +254,7 @@ class Recipe(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
     teacher: TeacherConfig | None = None
+    student: StudentConfig | None = None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

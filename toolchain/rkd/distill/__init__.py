@@ -8,6 +8,7 @@ from __future__ import annotations
 from rkd.distill.base import METHODS, DistillMethod, StepOutput, create_method
 
 # Importing the method modules registers them.
+from rkd.distill import adv_path as _adv_path  # noqa: E402,F401
 from rkd.distill import pgd_at as _pgd_at  # noqa: E402,F401
 from rkd.distill import trades as _trades  # noqa: E402,F401
 

@@ -62,6 +62,20 @@ class DistillMethod(nn.Module):
         """Called by the loop at the start of each epoch (methods with epoch-dependent losses use it)."""
         self.epoch = epoch
 
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's logits at ``x`` (float32, no autograd; bf16 autocast on CUDA).
+
+        ``no_grad`` rather than ``inference_mode``: the outputs are used as constants inside the student's
+        autograd graph, which inference tensors are not allowed to be.
+        """
+        if self.teacher is None:
+            raise RuntimeError(f"method '{self.name}' has no teacher")
+        if x.is_cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.teacher(x).float()
+        return self.teacher(x).float()
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates: the student's."""
         return [p for p in self.student.parameters() if p.requires_grad]

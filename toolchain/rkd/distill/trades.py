@@ -15,12 +15,7 @@ from torch import nn
 
 from rkd.attacks import pgd
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
-
-
-def kl_per_sample(p_log_target: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(P || Q) per sample, summed over classes: P given as log-probabilities, Q as logits."""
-    log_q = F.log_softmax(q_logits.float(), dim=1)
-    return (p_log_target.exp() * (p_log_target - log_q)).sum(dim=1)
+from rkd.distill.losses import kl_per_sample
 
 
 @METHODS.register("trades")
