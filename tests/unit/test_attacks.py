@@ -785,3 +785,18 @@ def test_autoattack_fewer_classes_and_warnings(data: Data) -> None:
     res = run_autoattack(lin, x, y, eps=1 / 255, attacks=["apgd-ce", "apgd-t"])
     assert any("probability distribution" in m for m in res.messages)
     _check_aa_result(res, x, 1 / 255)
+
+
+def test_zz_debug_threads(model: nn.Module, data: Data) -> None:
+    import os
+    def thr():
+        out = {}
+        for t in sorted(os.listdir(f"/proc/{os.getpid()}/task")):
+            v = open(f"/proc/{os.getpid()}/task/{t}/stat").read().split(") ")[1].split()
+            out[t] = int(v[11]) + int(v[12])
+        return out
+    print("\nnum_threads", torch.get_num_threads(), thr())
+    for _ in range(30):
+        pgd(model, data[0], data[1], eps=EPS, alpha=2 / 255, steps=10)
+    print("after", thr())
+    print(torch.__config__.parallel_info())

@@ -30,6 +30,7 @@ TINY: dict[str, dict[str, Any]] = {
     "preact_resnet18": {"width": 0.125},
     "mobilenet_v2": {"width": 0.25},
     "wide_resnet": {"depth": 10, "widen_factor": 1},
+    "tiny_cnn": {"width": 0.5},
 }
 
 

@@ -42,9 +42,10 @@ def _root(
 
 
 def _register() -> None:
-    from rkd.cli import evaluate, teacher
+    from rkd.cli import distill, evaluate, teacher
 
     app.command("teacher", help=teacher.__doc__, no_args_is_help=True)(teacher.teacher)
+    app.command("distill", help=distill.__doc__, no_args_is_help=True)(distill.distill)
     app.command("eval", help=evaluate.__doc__, no_args_is_help=True)(evaluate.eval_command)
 
 

@@ -48,7 +48,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Attack batch size.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     report: Annotated[Optional[Path], typer.Option("--report", help="JSON report path "
-                                                   "[default: CHECKPOINT's folder/<stem>.eval.json].")] = None,
+                                                   "\\[default: CHECKPOINT's folder/<stem>.eval.json].")] = None,
     aa_state: Annotated[Optional[Path], typer.Option("--aa-state", help="AutoAttack state file (resumable).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Architecture of a foreign state_dict.")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a foreign state_dict.")] = None,

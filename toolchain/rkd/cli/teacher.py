@@ -17,10 +17,10 @@ def teacher(
         Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set teacher.train.epochs=1.")
     ] = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option("--out", help="Run directory [default: runs/<recipe name>/teacher].")
+        Optional[Path], typer.Option("--out", help="Run directory \\[default: runs/<recipe name>/teacher].")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: the recipe's].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
     data_root: Annotated[
         Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found.")
     ] = None,

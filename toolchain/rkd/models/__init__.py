@@ -1,12 +1,12 @@
 """Models: the registry, the CIFAR architectures (normalisation inside) and checkpoints.
 
 Importing this package registers every architecture: ``resnet18``, ``preact_resnet18``, ``mobilenet_v2``,
-``wide_resnet``.
+``wide_resnet``, and ``tiny_cnn`` (tests).
 """
 
 from __future__ import annotations
 
-from rkd.models import mobilenet_v2, preact_resnet, resnet, wide_resnet  # noqa: F401  (register models)
+from rkd.models import mobilenet_v2, preact_resnet, resnet, tiny, wide_resnet  # noqa: F401  (register models)
 from rkd.models.checkpoint import load_checkpoint, load_foreign_checkpoint, save_checkpoint
 from rkd.models.classifier import (
     CIFAR10_MEAN,

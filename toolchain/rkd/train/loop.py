@@ -24,6 +24,7 @@ from rkd.models import save_checkpoint
 from rkd.train.metrics import MetricsWriter
 from rkd.train.progress import NullProgress, ProgressSink
 from rkd.train.schedule import build_optimizer, lr_at, set_lr
+from rkd.train.distributed import current_context
 from rkd.train.state import Position, load_train_state, save_train_state
 
 STATE_FILE = "train_state.pt"
@@ -91,24 +92,30 @@ def fit(
     """
     from rkd.attacks import compile_attack_model
 
-    sink: ProgressSink = progress or NullProgress()
+    ctx = current_context()
+    sink: ProgressSink = (progress or NullProgress()) if ctx.is_main else NullProgress()
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     state_path = run / STATE_FILE
     if state_path.exists() and not resume:
         raise UsageError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    ctx.barrier()  # every rank has checked before rank 0 writes anything
+    if ctx.is_main:
+        run.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     student = method.student
     channels_last = cfg.channels_last != "off"
     method.to(dev)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    if cfg.compile_attack:
-        method.attack_model = compile_attack_model(student)
+    method.attack_model = compile_attack_model(student) if cfg.compile_attack else student
+    if ctx.distributed:  # the loss passes go through DDP (gradient all-reduce); attacks use the bare module
+        from torch.nn.parallel import DistributedDataParallel
+
+        method.student = DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = build_optimizer(method.trainable_parameters(), cfg)
     loader = BatchLoader(
         train_data, batch_size=batch_size, device=dev, shuffle=True, augment=augment, drop_last=True, seed=seed,
-        channels_last=channels_last,
+        channels_last=channels_last, rank=ctx.rank, world_size=ctx.world_size,
     )
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
@@ -117,7 +124,7 @@ def fit(
         pos = load_train_state(state_path, model=student, optimizer=optimizer, fingerprint=fingerprint)
         sink.on_event(f"resumed at epoch {pos.epoch + 1}, step {pos.step_in_epoch} of {steps_per_epoch}")
     resumed_from = pos.global_step
-    metrics = MetricsWriter(run / "metrics.jsonl")
+    metrics = MetricsWriter(run / "metrics.jsonl", enabled=ctx.is_main)
     metrics.write({"event": "resume" if resumed_from else "start", "global_step": pos.global_step,
                    "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs})
     history: list[dict[str, Any]] = []
@@ -141,7 +148,8 @@ def fit(
                 with _autocast(dev, cfg.amp):
                     out = method(x, y)
                 loss = out.loss.float()
-                if not torch.isfinite(loss):
+                check = ctx.all_reduce_sum(loss.detach().clone()) if ctx.distributed else loss
+                if not torch.isfinite(check):
                     metrics.write({"event": "diverged", "epoch": epoch, "global_step": pos.global_step})
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at epoch {epoch + 1}, step {pos.step_in_epoch + 1}; "
@@ -160,6 +168,13 @@ def fit(
                 for k, v in out.parts.items():
                     parts_sum[k] = parts_sum.get(k, torch.zeros((), device=dev)) + v.detach().float() * len(y)
                 if pos.step_in_epoch % cfg.log_every == 0 or pos.step_in_epoch == steps_per_epoch:
+                    if ctx.distributed:  # global sums over ranks
+                        keys = sorted(parts_sum)
+                        packed = torch.stack([run_loss, run_correct.float(), torch.tensor(float(run_seen), device=dev)]
+                                             + [parts_sum[k] for k in keys])
+                        ctx.all_reduce_sum(packed)
+                        run_loss, run_correct, run_seen = packed[0].clone(), packed[1].clone(), int(packed[2])
+                        parts_sum = {k: packed[3 + i].clone() for i, k in enumerate(keys)}
                     rec = {
                         "epoch": epoch + 1, "step": pos.step_in_epoch, "global_step": pos.global_step, "lr": lr,
                         "loss": float(run_loss) / run_seen, "train_acc": float(run_correct) / run_seen,
@@ -171,15 +186,17 @@ def fit(
                 else:
                     sink.on_step(step=pos.global_step, epoch=epoch + 1, metrics={})
                 if cfg.checkpoint_every_steps and pos.global_step % cfg.checkpoint_every_steps == 0:
-                    save_train_state(state_path, model=student, optimizer=optimizer, position=pos,
-                                     fingerprint=fingerprint)
+                    if ctx.is_main:
+                        save_train_state(state_path, model=student, optimizer=optimizer, position=pos,
+                                         fingerprint=fingerprint)
+                    ctx.barrier()
             # epoch finished
             pos.epoch += 1
             pos.step_in_epoch = 0
             do_eval = holdout is not None and cfg.eval_n > 0 and len(holdout) > 0 and (
                 (cfg.eval_every and pos.epoch % cfg.eval_every == 0) or pos.epoch == cfg.epochs
             )
-            if do_eval and holdout is not None:
+            if do_eval and holdout is not None and ctx.is_main:
                 ev = evaluate_holdout(student, holdout, n=cfg.eval_n, threat=threat, steps=cfg.eval_pgd_steps,
                                       seed=seed, device=device)
                 ev = {"event": "eval", "epoch": pos.epoch, **ev}
@@ -195,15 +212,22 @@ def fit(
                     save_checkpoint(student, run / BEST_CHECKPOINT,
                                     meta | {"epoch": pos.epoch, "holdout": ev, "kind": "best"})
                 method.train()
-            save_train_state(state_path, model=student, optimizer=optimizer, position=pos, fingerprint=fingerprint)
+            if ctx.is_main:
+                save_train_state(state_path, model=student, optimizer=optimizer, position=pos,
+                                 fingerprint=fingerprint)
+            ctx.barrier()
         final_eval = history[-1] if history else {}
         seconds = time.perf_counter() - t_start
-        ckpt = save_checkpoint(
-            student, run / FINAL_CHECKPOINT,
-            meta | {"epoch": cfg.epochs, "holdout": final_eval, "kind": "final", "best_epoch": pos.best_epoch},
-        )
+        ckpt = run / FINAL_CHECKPOINT
+        if ctx.is_main:
+            save_checkpoint(
+                student, ckpt,
+                meta | {"epoch": cfg.epochs, "holdout": final_eval, "kind": "final", "best_epoch": pos.best_epoch},
+            )
         metrics.write({"event": "end", "global_step": pos.global_step, "seconds": seconds})
+        ctx.barrier()
     finally:
+        method.student = student
         method.eval()
         sink.on_end()
     best = run / BEST_CHECKPOINT

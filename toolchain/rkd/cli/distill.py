@@ -1,0 +1,59 @@
+"""Distil a robust teacher into a student (adv_path by default; ard, iad, rslad, adaad, pgd_at, trades)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from rkd.cli._common import RichProgress, handle_errors, out
+
+
+def distill(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a 'student' section.", show_default=False)],
+    teacher: Annotated[
+        Optional[Path], typer.Option(help="Teacher checkpoint \\[default: teacher.checkpoint, or the recipe's "
+                                     "own teacher run].")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set student.train.epochs=1.")
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Run directory \\[default: runs/<recipe name>/student].")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
+    data_root: Annotated[
+        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found.")
+    ] = None,
+) -> None:
+    """Distil a robust teacher into a student (adv_path by default; ard, iad, rslad, adaad, pgd_at, trades).
+
+    Scales out with torchrun: torchrun --nproc_per_node=N -m rkd distill RECIPE.yaml (the recipe's batch size
+    stays the global batch).
+    """
+    with handle_errors():
+        from rkd.config import load_recipe
+        from rkd.train.distributed import current_context
+        from rkd.train.student import distill_student
+
+        rec = load_recipe(recipe, set_ or [])
+        run_dir = out_dir or Path("runs") / rec.name / "student"
+        result = distill_student(rec, run_dir=run_dir, teacher=teacher, resume=resume, device=device,
+                                 data_root=data_root, progress=RichProgress())
+        if not current_context().is_main:
+            return
+        assert rec.student is not None
+        table = Table(title=f"student '{rec.name}' ({rec.student.method.name})", show_header=False)
+        table.add_row("checkpoint", str(result.checkpoint))
+        if result.best_checkpoint:
+            table.add_row("best (held-out PGD)", str(result.best_checkpoint))
+        if result.history:
+            last = result.history[-1]
+            for key, value in last.items():
+                if key.endswith("_acc"):
+                    table.add_row(f"held-out {key}", f"{value:.2%} (n={last['n']})")
+        table.add_row("time", f"{result.seconds:.0f} s")
+        out.print(table)
