@@ -184,3 +184,40 @@ def test_one_training_step_trains_only_the_student() -> None:
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
     assert student.training  # crafting in eval mode restored the mode
     assert set(out.parts) == {"path_u", "path_t", "kd_nat"}
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [{"path_model": "teacher"}, {"target": "runner_up"}, {"target": "least_likely"}, {"step_loss": "cw"},
+     {"weights": "linear"}, {"weights": "entropy"}, {"reliability": True}, {"crafting_mode": "train"},
+     {"temperature": 4.0}],
+    ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()),
+)
+def test_every_knob_changes_the_step(knob: dict, trained) -> None:
+    """Each alternative of METHOD.md's knob table is used, not silently ignored: same seed, different loss."""
+    teacher, x, y = trained  # a trained teacher: its probabilities vary along the path
+    losses = []
+    for knobs in ({}, knob):
+        torch.manual_seed(11)
+        student = create_model("resnet18", width=0.125)
+        method = AdvPath(student, teacher, steps=3, **knobs, generator=torch.Generator().manual_seed(7)).train()
+        out = method(x[:8], y[:8])
+        assert torch.isfinite(out.loss)
+        losses.append(out.loss.item())
+    assert losses[0] != pytest.approx(losses[1], rel=1e-6)
+
+
+def test_targets_follow_the_target_knob() -> None:
+    student, teacher = _models()
+    x, y = _batch()
+    with torch.no_grad():
+        logits = teacher(x)
+    masked = logits.clone()
+    masked[torch.arange(len(y)), y] = float("-inf")
+    runner = AdvPath(student, teacher, target="runner_up").choose_targets(y, logits)
+    assert torch.equal(runner, masked.argmax(1))
+    masked[torch.arange(len(y)), y] = float("inf")
+    least = AdvPath(student, teacher, target="least_likely").choose_targets(y, logits)
+    assert torch.equal(least, masked.argmin(1))
+    rand = AdvPath(student, teacher, generator=torch.Generator().manual_seed(0)).choose_targets(y, logits)
+    assert bool((rand != y).all())

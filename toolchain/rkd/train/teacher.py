@@ -27,6 +27,11 @@ def train_teacher(
     if recipe.teacher is None:
         raise RecipeError("the recipe has no 'teacher' section: add teacher.model and teacher.method")
     tcfg = recipe.teacher
+    if tcfg.checkpoint:
+        raise RecipeError(
+            f"the recipe loads its teacher from teacher.checkpoint ({tcfg.checkpoint}): nothing to train; "
+            "remove teacher.checkpoint (or --set teacher.checkpoint=null) to train one"
+        )
     dev = resolve_device(device or recipe.device)
     seed_everything(recipe.seed)
     data = load_training_data(recipe.data, seed=recipe.seed, root=data_root)
