@@ -113,3 +113,36 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     assert sidecar["metadata"]["world_size"] == 2
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(va, vb, atol=1e-5), k
+
+
+def test_a_ddp_run_killed_mid_way_resumes_on_a_different_number_of_processes(tmp_path: Path) -> None:
+    """Kill a 2-process run after its first checkpoint, resume it with 1 process: same epochs, valid result."""
+    out = tmp_path / "s"
+    common = ["distill", SMOKE, "--set", "student.model={name: tiny_cnn, width: 0.5}",
+              "--set", "student.method={name: pgd_at, steps: 3}", "--set", "student.train.epochs=40",
+              "--set", "student.train.eval_n=0", "--set", "student.train.checkpoint_every_steps=1",
+              "--set", "data.holdout=0", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29643", "-m", "rkd",
+         *common], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    state = out / "train_state.pt"
+    deadline = time.time() + 180
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.2)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (out / "model.safetensors").exists(), "the run was not killed mid-way"
+    done = subprocess.run([sys.executable, "-m", "rkd", *common, "--resume"], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from rkd.models import load_checkpoint
+
+    model, sidecar = load_checkpoint(out / "model.safetensors")
+    assert sidecar["metadata"]["epoch"] == 40
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    resumed = [r for r in recs if r.get("event") == "resume"]
+    assert resumed and resumed[-1]["global_step"] > 0
+    assert [r["global_step"] for r in recs if "loss" in r][-1] == 40 * (256 // 32)

@@ -401,6 +401,18 @@ def test_callable_loss_and_step_fn_are_ascended() -> None:
     torch.testing.assert_close(x3 - x, 0.01 * v.sign().expand_as(x), rtol=0, atol=1e-6)
 
 
+def test_x_init_is_the_start_and_is_projected(model: nn.Module, data: Data) -> None:
+    x, y = data[0][:4], data[1][:4]
+    far = (x + 0.5).clamp(0, 1)  # outside the ball: projected first
+    a = pgd(model, x, y, eps=EPS, alpha=2 / 255, steps=2, x_init=far, return_path=True)
+    for k in range(2):
+        _assert_inside(a.path[k], x, "linf", EPS)
+    x0 = pgd(model, x, y, eps=EPS, alpha=1e-9, steps=1, start="zero", x_init=x + EPS / 2).x_adv
+    torch.testing.assert_close(x0, (x + EPS / 2).clamp(0, 1), rtol=0, atol=1e-6)
+    with pytest.raises(UsageError, match="x_init"):
+        pgd(model, x, y, eps=EPS, alpha=1 / 255, steps=1, x_init=x[:2])
+
+
 def test_fgsm_is_one_zero_start_step(model: nn.Module, data: Data) -> None:
     x, y = data[0][:8], data[1][:8]
     a = fgsm(model, x, y, eps=EPS)

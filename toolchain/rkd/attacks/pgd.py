@@ -201,7 +201,7 @@ def pgd(
         if x_init is not None:
             if x_init.shape != x.shape:
                 raise UsageError(f"x_init must be shaped like x {tuple(x.shape)}; got {tuple(x_init.shape)}")
-            x_adv = x_init.detach().to(dtype=x.dtype).clone()
+            x_adv = x_init.detach().to(device=x.device, dtype=x.dtype).clone()
             x_adv = x_adv.clamp_(lower, upper) if norm == "linf" else _project_l2(x_adv, x, eps)
         else:
             x_adv = _start(x, start, norm, eps, lower, upper, generator)

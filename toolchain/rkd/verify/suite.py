@@ -169,7 +169,7 @@ def evaluate_robustness(
         attacks: specs from :func:`parse_attacks` or their comma-separated names.
         eps: attack radius (L-inf or L2) on [0,1] inputs; ``alpha`` the PGD/CW step.
         seed: seeds every attack's random start (per attack, independent of order).
-        autoattack_state: file for pyautoattack's resumable state (a killed run continues).
+        autoattack_state: rkd's resumable AutoAttack state file (a killed run continues where it stopped).
         log: receives one line per finished attack.
     """
     from rkd.attacks import cw_inf, fgsm, pgd, run_autoattack
