@@ -96,7 +96,13 @@ class ModelChoice:
         return create_model(self.name, num_classes=num_classes, width=self.width)
 
     def label(self) -> str:
-        return self.name if self.width == 1.0 else f"{self.name} width {self.width:g}"
+        """E.g. ``resnet18 width 0.25`` or ``wide_resnet depth 34 widen_factor 10`` (the factory's defaults)."""
+        knobs = {"width": self.width} if self.width != 1.0 else {}
+        spec = getattr(self.build(10), "spec", None)
+        for knob in ("depth", "widen_factor"):
+            if getattr(spec, knob, None) is not None:
+                knobs[knob] = getattr(spec, knob)
+        return " ".join([self.name, *(f"{k} {v:g}" for k, v in knobs.items())])
 
 
 @dataclass
@@ -486,7 +492,7 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
     gib = 2**30
     return {
         "kind": "ESTIMATE from CPU runs (no GPU was used)" if args.device == "cpu" else f"measured on {args.device}",
-        "student": args.memory_student, "teacher": args.memory_teacher,
+        "student": ModelChoice(args.memory_student).label(), "teacher": ModelChoice(args.memory_teacher).label(),
         "target": {"batch": args.memory_batch, "steps": args.memory_m, "inputs_2m_plus_1_times_B": target_inputs},
         "points": points,
         "fit": {"model": "growth = a + c * (2m+1) * B", "a_bytes": a, "c_bytes_per_input": c, "r2": r2},
