@@ -21,10 +21,10 @@ from rkd.data import BatchLoader, ImageArrays
 from rkd.distill.base import DistillMethod
 from rkd.errors import TrainingDiverged, UsageError
 from rkd.models import save_checkpoint
+from rkd.train.distributed import current_context
 from rkd.train.metrics import MetricsWriter
 from rkd.train.progress import NullProgress, ProgressSink
 from rkd.train.schedule import build_optimizer, lr_at, set_lr
-from rkd.train.distributed import current_context
 from rkd.train.state import Position, load_train_state, save_train_state
 
 STATE_FILE = "train_state.pt"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rkd.config import Recipe, dump_recipe, resolve_device
 from rkd.atomic import atomic_write_text
+from rkd.config import Recipe, dump_recipe, resolve_device
 from rkd.distill import create_method
 from rkd.errors import RecipeError
 from rkd.seeding import seed_everything
