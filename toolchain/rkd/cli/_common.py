@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,7 +35,7 @@ def handle_errors() -> Iterator[None]:
     except RkdError as exc:
         if STATE["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -43,7 +44,8 @@ def handle_errors() -> Iterator[None]:
         if STATE["debug"]:
             raise
         console.print(
-            f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)",
+            f"[bold red]internal error:[/] {exc.__class__.__name__}: {escape(str(exc))} "
+            "(rerun with --debug for the traceback)",
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(4) from None

@@ -1,0 +1,252 @@
+"""The deployment bundle: a directory of model files plus ``manifest.json``, written all-or-nothing.
+
+Layout (``export/README.md`` documents it for users)::
+
+    bundle/
+      model.onnx          float ONNX (rkd export)
+      model.int8.onnx     QDQ INT8 (rkd quantize), surrogates, model.<gpu>.engine (TensorRT), ...
+      manifest.json       {"format": "rkd-bundle", "format_version": 1, "model", "input", "output", "classes",
+                           "threat_model", "source", "files": {name: {"sha256", "bytes"}}, "versions",
+                           "created", and one top-level section per stage: "export", "quantize", "engines"}
+
+A bundle is never half-written: it is built in a hidden staging directory beside its destination and renamed
+into place (:func:`stage_bundle`); :func:`update_bundle` copies, adds and swaps the same way. Only the
+standard library is used here (no torch, no onnx).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rkd.atomic import atomic_write_text
+from rkd.errors import CheckpointError, UsageError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "rkd-bundle"
+FORMAT_VERSION = 1
+
+#: Manifest keys owned by the bundle itself; :func:`update_bundle` sections may not replace them.
+CORE_KEYS: tuple[str, ...] = (
+    "format", "format_version", "model", "input", "output", "classes", "threat_model", "source", "files",
+    "versions", "created", "updated",
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with seconds (``2026-11-30T12:00:00+00:00``)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _refuse_existing(out_dir: Path) -> None:
+    raise UsageError(f"bundle directory '{out_dir}' exists: pass --force to replace it")
+
+
+@contextlib.contextmanager
+def stage_bundle(out_dir: str | Path, *, force: bool) -> Iterator[Path]:
+    """Build a bundle in a temp directory beside ``out_dir``; on success rename it into place.
+
+    The existing ``out_dir`` is refused unless ``force``; with ``force`` it is replaced only after the new
+    bundle is complete (two renames, the old directory restored if the second fails). On an exception
+    inside the block the staging directory is removed and ``out_dir`` is left as it was.
+
+    Yields:
+        The staging directory to write the bundle's files into.
+
+    Raises:
+        UsageError: ``out_dir`` exists without ``force``, or is not a directory.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise UsageError(f"'{out_dir}' exists and is not a directory; choose another --out")
+        if not force:
+            _refuse_existing(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    try:
+        yield staging
+        _commit(staging, out_dir, force=force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
+    """Move ``staging`` to ``out_dir``, replacing an existing ``out_dir`` only when ``force``."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        os.rename(staging, out_dir)  # fails (never merges) if a non-empty out_dir appeared meanwhile
+        _fsync_dir(out_dir.parent)
+        return
+    if not force:
+        _refuse_existing(out_dir)
+    old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.old")
+    os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    _fsync_dir(out_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _bundle_files(bundle_dir: Path) -> list[str]:
+    """Relative POSIX names of every regular file under ``bundle_dir`` except the manifest, sorted."""
+    names = []
+    for path in bundle_dir.rglob("*"):
+        if path.is_file():
+            name = path.relative_to(bundle_dir).as_posix()
+            if name != MANIFEST_NAME:
+                names.append(name)
+    return sorted(names)
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``bundle_dir/manifest.json`` (atomically) with ``files`` filled from the directory's contents.
+
+    ``format`` and ``format_version`` are set; ``files`` maps every file except the manifest to its sha256
+    and size. Returns the manifest written.
+    """
+    bundle_dir = Path(bundle_dir)
+    record: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    record.update({k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")})
+    record["files"] = {
+        name: {"sha256": file_sha256(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size}
+        for name in _bundle_files(bundle_dir)
+    }
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bundle manifest is not JSON-serialisable: {exc}") from None
+    atomic_write_text(bundle_dir / MANIFEST_NAME, text)
+    return record
+
+
+def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read ``bundle_dir/manifest.json``; with ``verify`` check every listed file's sha256.
+
+    Raises:
+        CheckpointError: no bundle or manifest, a corrupt or foreign manifest, a listed file missing, or a
+            sha256 mismatch (naming the file).
+    """
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise CheckpointError(f"bundle directory not found: '{bundle_dir}' (create one with `rkd export`)")
+    if not path.is_file():
+        raise CheckpointError(
+            f"'{bundle_dir}' has no {MANIFEST_NAME}: not an rkd bundle (create one with `rkd export`)"
+        )
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{path}' is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"'{path}' is not an rkd bundle manifest (expected \"format\": \"{FORMAT}\")")
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        hint = "upgrade rkd" if newer else "re-export the bundle"
+        raise CheckpointError(
+            f"'{path}' has format_version {version!r}, this rkd reads {FORMAT_VERSION}; {hint}"
+        )
+    files = record.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"'{path}' lacks a \"files\" table; re-export the bundle")
+    if verify:
+        for name, entry in files.items():
+            file = bundle_dir / name
+            if not file.is_file():
+                raise CheckpointError(
+                    f"bundle '{bundle_dir}': '{name}' is listed in {MANIFEST_NAME} but missing"
+                )
+            expected = entry.get("sha256") if isinstance(entry, dict) else None
+            actual = file_sha256(file)
+            if actual != expected:
+                raise CheckpointError(
+                    f"bundle '{bundle_dir}': sha256 mismatch for '{name}' (manifest {str(expected)[:12]}..., "
+                    f"file {actual[:12]}...): the file changed since it was written; re-export the bundle"
+                )
+    return record
+
+
+def _check_name(name: str) -> str:
+    pure = PurePosixPath(name)
+    bad = not name or pure.is_absolute() or ".." in pure.parts or "\\" in name
+    if bad or pure.as_posix() == MANIFEST_NAME:
+        raise UsageError(
+            f"cannot add '{name}' to a bundle: use a relative file name other than {MANIFEST_NAME}"
+        )
+    return pure.as_posix()
+
+
+def update_bundle(
+    bundle_dir: str | Path, add: Mapping[str, str | Path], sections: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Add or replace files and top-level manifest sections of an existing bundle, all or nothing.
+
+    The bundle is verified (:func:`read_manifest`), copied to a staging directory, the files ``add`` (bundle
+    name -> source path) are copied in, ``sections`` (e.g. ``{"quantize": {...}}``) are set, the manifest is
+    rewritten with fresh sha256s and an ``updated`` time, and the copy is swapped into place.
+
+    Returns:
+        The new manifest.
+
+    Raises:
+        CheckpointError: the bundle is missing or fails verification. UsageError: a bad file name, a missing
+            source file, or a section that would replace one of :data:`CORE_KEYS`.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir, verify=True)
+    targets = {_check_name(name): Path(src) for name, src in add.items()}
+    for name, src in targets.items():
+        if not src.is_file():
+            raise UsageError(f"cannot add '{name}' to bundle '{bundle_dir}': source file '{src}' not found")
+    for key in sections:
+        if key in CORE_KEYS:
+            raise UsageError(f"bundle section '{key}' is reserved; choose another name for the section")
+    with stage_bundle(bundle_dir, force=True) as stage:
+        for name in manifest["files"]:
+            dst = stage / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bundle_dir / name, dst)
+        for name, src in targets.items():
+            dst = stage / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        manifest.update(sections)
+        manifest["updated"] = utc_now()
+        manifest = write_manifest(stage, manifest)
+    return manifest

@@ -1,0 +1,154 @@
+"""Checkpoint -> deployment bundle: ``model.onnx`` (float), its parity with torch on real test images, and
+``manifest.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rkd.data import load_dataset, select_indices
+from rkd.data.arrays import ImageArrays
+from rkd.deploy.bundle import stage_bundle, utc_now, write_manifest
+from rkd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, compare_onnx, export_onnx
+from rkd.environment import package_versions
+from rkd.errors import DataError, UsageError
+from rkd.models import Classifier, load_checkpoint
+
+ONNX_NAME = "model.onnx"
+EXPORTER = "torch.onnx legacy"
+
+
+def _load_parity_data(name: str, options: dict[str, Any], data_root: str | None) -> ImageArrays:
+    try:
+        data = load_dataset(name, "test", root=data_root, **options)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; parity needs real test images: give --data-root, or pass --parity-data synthetic for an "
+            "offline export (labelled as such in the manifest)"
+        ) from None
+    if data.image_shape[0] != 3:
+        raise DataError(f"parity data '{name}' has {data.image_shape[0]} channels; rkd models take 3 (RGB)")
+    if len(data) == 0:
+        raise DataError(f"parity data '{name}' has no test images")
+    return data
+
+
+def _classes(
+    sidecar: dict[str, Any], data: ImageArrays | None, num_classes: int
+) -> tuple[list[str] | None, str]:
+    """Class names and where they came from: the checkpoint's training data, else the parity data set."""
+    meta = sidecar.get("metadata") or {}
+    names = (meta.get("data") or {}).get("classes") if isinstance(meta, dict) else None
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(c) for c in names], "checkpoint"
+    if data is not None and data.num_classes == num_classes:
+        return list(data.classes), f"parity data ({data.name})"
+    return None, "unknown"
+
+
+def _threat_model(sidecar: dict[str, Any]) -> dict[str, Any] | None:
+    meta = sidecar.get("metadata") or {}
+    threat = meta.get("threat") if isinstance(meta, dict) else None
+    if isinstance(threat, dict) and "eps" in threat:
+        return {"norm": threat.get("norm", "linf"), "eps": threat["eps"]}
+    return None
+
+
+def bundle_manifest(
+    model: Classifier,
+    *,
+    image_size: tuple[int, int],
+    classes: list[str] | None,
+    classes_source: str,
+    threat_model: dict[str, Any] | None,
+    checkpoint: Path,
+    checkpoint_sha256: str | None,
+) -> dict[str, Any]:
+    """The core manifest fields of a bundle of ``model`` (``files`` are filled by ``write_manifest``)."""
+    h, w = image_size
+    manifest: dict[str, Any] = {
+        "model": model.spec.to_dict(),
+        "input": {
+            "name": INPUT_NAME, "shape": [None, 3, h, w], "dtype": "float32", "range": [0.0, 1.0],
+            "layout": "NCHW", "normalisation": "inside the model",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": [None, model.num_classes], "dtype": "float32",
+                   "num_classes": model.num_classes},
+        "classes": classes,
+        "classes_source": classes_source,
+    }
+    if threat_model is not None:
+        manifest["threat_model"] = threat_model
+    manifest |= {
+        "source": {"checkpoint": str(checkpoint.resolve()), "sha256": checkpoint_sha256},
+        "versions": package_versions(),
+        "created": utc_now(),
+    }
+    return manifest
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    parity_data: tuple[str, dict[str, Any]] | None = ("cifar10", {}),
+    data_root: str | None = None,
+    parity_n: int = 256,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Export an rkd checkpoint as a bundle: ``model.onnx`` + ``manifest.json`` in ``out_dir``.
+
+    The checkpoint is loaded first (``rkd.models.load_checkpoint``, sha256-checked); the bundle is built in a
+    staging directory and renamed into place (:func:`rkd.deploy.bundle.stage_bundle`), so any failure leaves
+    no bundle and an existing one untouched. Parity: torch vs ONNX Runtime (CPU) logits on the first
+    ``parity_n`` test images of ``parity_data`` (:func:`rkd.deploy.onnx_export.compare_onnx`).
+
+    Args:
+        checkpoint: the ``.safetensors`` checkpoint (with its sidecar).
+        out_dir: the bundle directory to create.
+        force: replace an existing ``out_dir`` (only once the new bundle is complete).
+        parity_data: ``(dataset, options)`` as from ``rkd.data.parse_data_arg`` (``("synthetic", {})``
+            offline, marked ``synthetic`` in the manifest); None skips the parity check.
+        data_root: folder of data sets that download (cifar10/cifar100).
+        parity_n: number of test images for parity (fewer if the split is smaller).
+        opset: ONNX opset (17 up to the legacy exporter's maximum).
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        CheckpointError: unreadable checkpoint. DataError: parity data that cannot be loaded. UsageError: an
+            existing ``out_dir`` without ``force``, bad arguments, or an ONNX file the checker rejects.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if isinstance(parity_n, bool) or not isinstance(parity_n, int) or parity_n < 1:
+        raise UsageError(f"parity_n must be a positive integer, got {parity_n!r}")
+    model, sidecar = load_checkpoint(checkpoint, map_location="cpu")
+    with stage_bundle(out_dir, force=force) as stage:  # refuses an existing out_dir before any slow work
+        data = None
+        if parity_data is not None:
+            data = _load_parity_data(parity_data[0], dict(parity_data[1]), data_root)
+        image_size = data.image_shape[1:] if data is not None else (32, 32)
+        classes, classes_source = _classes(sidecar, data, model.num_classes)
+        manifest = bundle_manifest(
+            model, image_size=image_size, classes=classes, classes_source=classes_source,
+            threat_model=_threat_model(sidecar), checkpoint=checkpoint,
+            checkpoint_sha256=sidecar.get("sha256"),
+        )
+        export_onnx(model, stage / ONNX_NAME, opset=opset, image_size=image_size)
+        section: dict[str, Any] = {"file": ONNX_NAME, "opset": opset, "exporter": EXPORTER,
+                                   "torch": torch.__version__, "parity": None, "parity_data": None}
+        if data is not None and parity_data is not None:
+            name, options = parity_data
+            idx = select_indices(len(data), min(parity_n, len(data)), mode="first")
+            section["parity"] = compare_onnx(model, stage / ONNX_NAME, data.to_float(idx))
+            section["parity_data"] = {"dataset": name, "options": dict(options), "split": "test",
+                                      "selection": "first", "n": len(idx), "synthetic": name == "synthetic"}
+            if name == "synthetic":
+                section["parity_data"]["note"] = "synthetic images, not real data: a smoke check only"
+        manifest["export"] = section
+        manifest = write_manifest(stage, manifest)
+    return manifest
