@@ -127,7 +127,7 @@ class _Value:
 
 
 class _Watchful:
-    """Attributes in ``_watched`` exist but are recorded when read; those in ``_removed`` are recorded and raise."""
+    """``_watched`` attributes exist but are recorded when read; ``_removed`` ones are recorded and raise."""
 
     _state: FakeState
     _label: str
@@ -276,7 +276,9 @@ class _Profile:
     def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002  (binding names)
         lo, mid, hi = (tuple(int(d) for d in s) for s in (min, opt, max))
         self._state.calls.append(("set_shape", input, lo, mid, hi))
-        if not (len(lo) == len(mid) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, mid, hi))):
+        if not (
+            len(lo) == len(mid) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True))
+        ):
             raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
         self.shapes[input] = (lo, mid, hi)
 
@@ -365,7 +367,7 @@ class _Builder(_Watchful):
             profile = {name: [list(s) for s in shapes] for name, shapes in profile_obj.shapes.items()}
         dynamic = [t.name for t in network.inputs if any(d < 0 for d in t.shape)]
         if state.build_fails or not network.inputs or any(name not in profile for name in dynamic):
-            return None  # real TensorRT logs why ("no optimization profile has been defined", ...) and returns None
+            return None  # real TensorRT logs why ("no optimization profile has been defined", ...): None
         if config.cache is not None:
             config.cache.entries += 1
         strongly_typed = state.major >= 11 or bool(network.flags & 1)
@@ -453,7 +455,7 @@ class _Context:
         dims = tuple(int(d) for d in shape)
         self._state.calls.append(("set_input_shape", name, dims))
         lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)
-        if len(dims) != len(lo) or not all(a <= d <= b for a, d, b in zip(lo, dims, hi)):
+        if len(dims) != len(lo) or not all(a <= d <= b for a, d, b in zip(lo, dims, hi, strict=True)):
             return False
         self.input_shapes[name] = dims
         return True
@@ -510,7 +512,7 @@ def make_fake_tensorrt(
     timing_cache_mismatch: bool = False,
     memory: str = "cpu",
 ) -> types.ModuleType:
-    """A fresh fake ``tensorrt`` module; ``fake.state`` (:class:`FakeState`) holds its records and switches."""
+    """A fresh fake ``tensorrt`` module; ``fake.state`` (:class:`FakeState`) holds records and switches."""
     state = FakeState(
         version=version,
         parse_errors=list(parse_errors or []),

@@ -1,4 +1,4 @@
-"""Build a TensorRT engine from an rkd ONNX file: strongly typed network, explicit quantization, dynamic batch.
+"""Build a TensorRT engine from an rkd ONNX file: strongly typed, explicit quantization, dynamic batch.
 
 Written to the TensorRT 10 and 11 Python API and nothing older or removed. No machine of the project can
 install tensorrt (its libraries come only from NVIDIA's index), so this module was checked against the
@@ -13,21 +13,22 @@ relied on, and where they were checked:
   NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``.
 * ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: 10.x sets it with ``1 << int(flag)``; TensorRT 11 marks it
   "[DEPRECATED] ... Strongly typed mode is always enabled ... retained for API compatibility but is ignored"
-  (11.0.0 Python API, Core/Builder), so on 11.x the network is created with flags 0.
+  (docs.nvidia.com/deeplearning/tensorrt/11.0.0/_static/python-api/infer/Core/Builder.html), so on 11.x the
+  network is created with flags 0.
 * ``OnnxParser(network, logger).parse(model: buffer, path=None) -> bool``, ``num_errors`` (property),
   ``get_error(i)`` -> ``ParserError`` whose ``str()`` is "In node N (func): CODE: desc":
   NVIDIA/TensorRT ``python/src/parsers/pyOnnx.cpp`` and the Onnx Parser page of the Python API.
 * ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, n)``, ``add_optimization_profile(p)``,
   ``create_timing_cache(buffer)``, ``set_timing_cache(cache, ignore_mismatch) -> bool``,
   ``get_timing_cache()``, ``ITimingCache.serialize()``, ``clear_flag(BuilderFlag.TF32)``: ``pyCore.cpp``
-  (IBuilderConfig, ITimingCache). ``BuilderFlag.TF32`` ("Enabled by default") is still a member in TensorRT 11
-  (the trtx-sys bindings of the 11 headers list it next to the removed ones' absence).
+  (IBuilderConfig, ITimingCache). ``BuilderFlag.TF32`` ("Enabled by default") is still a member in
+  TensorRT 11: the trtx-sys Rust bindings generated from the 11 headers (docs.rs) list ``kTF32`` and no
+  ``kFP16``/``kINT8``.
 * ``IOptimizationProfile.set_shape(input, min, opt, max)`` (raises RuntimeError on inconsistent shapes):
   ``pyCore.cpp`` and Core/OptimizationProfile.
 * Removed in TensorRT 11 (never used here): ``BuilderFlag.FP16/INT8/BF16/FP8/INT4/FP4``,
   ``OBEY_/PREFER_PRECISION_CONSTRAINTS``, ``IBuilderConfig.int8_calibrator``, every INT8 calibrator,
-  ``platform_has_fast_fp16/int8``: "Removed Python APIs and Replacements", TensorRT 10.x to 11.x migration
-  guide
+  ``platform_has_fast_fp16/int8``: "Removed Python APIs and Replacements" in the 10.x to 11.x migration guide
   (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html).
 * Precision therefore comes from the ONNX file on both versions: ``int8`` builds the QDQ file (explicit
   quantization), ``fp32`` the float file with TF32 switched off, and ``fp16`` the float file converted to
@@ -74,8 +75,8 @@ def import_tensorrt(trt: Any = None) -> Any:
         except ImportError as exc:
             raise MissingDependencyError(
                 f"TensorRT is not installed ({exc}): pip install 'rkd[tensorrt]' with NVIDIA's index "
-                "(--extra-index-url https://pypi.nvidia.com) on a machine with an NVIDIA GPU, or use NVIDIA's "
-                "PyTorch/TensorRT container"
+                "(--extra-index-url https://pypi.nvidia.com) on a machine with an NVIDIA GPU, or use "
+                "NVIDIA's PyTorch/TensorRT container"
             ) from None
     if tensorrt_major(trt) < 10:
         raise MissingDependencyError(
@@ -105,8 +106,8 @@ def require_cuda(what: str) -> None:
 
     if not torch.cuda.is_available():
         raise MissingDependencyError(
-            f"{what} needs an NVIDIA GPU with CUDA, and none is usable here (torch.cuda.is_available() is False; "
-            f"torch {torch.__version__}, built for CUDA {torch.version.cuda}): run it on a GPU machine"
+            f"{what} needs an NVIDIA GPU with CUDA, and none is usable here (torch.cuda.is_available() is "
+            f"False; torch {torch.__version__}, built for CUDA {torch.version.cuda}): run it on a GPU machine"
         )
 
 
@@ -138,9 +139,9 @@ def engine_file_name(gpu_name: str, precision: str) -> str:
 def network_flags(trt: Any) -> int:
     """``create_network`` flags for a strongly typed network on this TensorRT.
 
-    10.x: ``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``. 11.x: 0, since networks are always strongly
-    typed there and the flag is deprecated and ignored (decided by the version, so the deprecated member is
-    never read on 11).
+    10.x: ``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``. 11.x: 0, since networks are always
+    strongly typed there and the flag is deprecated and ignored (decided by the version, so the deprecated
+    member is never read on 11).
     """
     if tensorrt_major(trt) >= 11:
         return 0
@@ -237,19 +238,20 @@ def _topological_sort(graph: Any) -> None:
 def _profile_shapes(
     onnx_path: Path, network: Any, batches: tuple[int, int, int], hw: tuple[int, int]
 ) -> dict[str, list[int]]:
-    """min/opt/max shapes of ``input`` from the parsed network's input (batch dynamic, the rest as exported)."""
+    """min/opt/max shapes of ``input`` from the parsed network's input (dynamic batch, rest as exported)."""
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     if INPUT_NAME not in inputs:
         raise UsageError(
-            f"'{onnx_path}' has no input named '{INPUT_NAME}' (inputs: {', '.join(inputs) or 'none'}); export it "
-            "with `rkd export`"
+            f"'{onnx_path}' has no input named '{INPUT_NAME}' (inputs: {', '.join(inputs) or 'none'}); "
+            "export it with `rkd export`"
         )
     dims = [int(d) for d in inputs[INPUT_NAME].shape]
     if len(dims) != 4:
         raise UsageError(f"'{onnx_path}' input '{INPUT_NAME}' has shape {dims}; rkd engines take NCHW images")
     if dims[0] >= 0:
         raise UsageError(
-            f"'{onnx_path}' input '{INPUT_NAME}' has a fixed batch of {dims[0]}; export it with a dynamic batch axis"
+            f"'{onnx_path}' input '{INPUT_NAME}' has a fixed batch of {dims[0]}; export it with a dynamic "
+            "batch axis"
         )
     rest = [
         3 if dims[1] < 0 else dims[1],
@@ -261,7 +263,7 @@ def _profile_shapes(
             f"'{onnx_path}' takes {rest[1]}x{rest[2]} images but image_size is {hw[0]}x{hw[1]}; pass the "
             "image size the model was exported for"
         )
-    return {key: [b, *rest] for key, b in zip(("min", "opt", "max"), batches)}
+    return {key: [b, *rest] for key, b in zip(("min", "opt", "max"), batches, strict=True)}
 
 
 def build_engine(
@@ -283,7 +285,8 @@ def build_engine(
     network, ``OnnxParser.parse`` of the file's bytes, a builder config with a workspace pool limit, one
     optimization profile for the dynamic batch of ``input`` (shape ``(b, 3, H, W)``), a timing cache loaded
     from and saved back to ``timing_cache``, ``build_serialized_network``, and the engine bytes written
-    atomically. Precision comes from the ONNX file only (no builder precision flags, which TensorRT 11 removed).
+    atomically. Precision comes from the ONNX file only (no builder precision flags, which TensorRT 11
+    removed).
 
     Args:
         onnx_path: the ONNX file; a QDQ file (``model.int8.onnx``) for ``int8``, the float one otherwise.
@@ -302,9 +305,9 @@ def build_engine(
         "timing_cache_reused", "build_seconds"}`` (+ ``"onnx_conversion"`` for fp16).
 
     Raises:
-        UsageError: bad arguments, a missing or unreadable ONNX file, ``int8`` on a file without QuantizeLinear
-            ("quantize first"), a QDQ file for fp16/fp32, ONNX the parser rejects (all its errors on one line),
-            or a bad timing cache file (exit 2).
+        UsageError: bad arguments, a missing or unreadable ONNX file, ``int8`` on a file without
+            QuantizeLinear nodes ("quantize first"), a QDQ file for fp16/fp32, ONNX the parser rejects (all
+            its errors on one line), or a bad timing cache file (exit 2).
         MissingDependencyError: no CUDA GPU, or no tensorrt >= 10 (exit 3).
         RkdError: TensorRT could not build the engine (exit 4).
     """
@@ -328,13 +331,13 @@ def build_engine(
     quantized = has_quantize_linear(model)
     if precision == "int8" and not quantized:
         raise UsageError(
-            f"'{onnx_path}' has no QuantizeLinear nodes, so it cannot give an INT8 engine (TensorRT 10/11 take INT8 "
-            "only from explicit Q/DQ): quantize first: rkd quantize"
+            f"'{onnx_path}' has no QuantizeLinear nodes, so it cannot give an INT8 engine (TensorRT 10/11 "
+            "take INT8 only from explicit Q/DQ): quantize first: rkd quantize"
         )
     if precision != "int8" and quantized:
         raise UsageError(
-            f"'{onnx_path}' is a quantized (QDQ) model; build it with precision 'int8', or pass the float model.onnx "
-            f"for {precision}"
+            f"'{onnx_path}' is a quantized (QDQ) model; build it with precision 'int8', or pass the float "
+            f"model.onnx for {precision}"
         )
     model_bytes = data
     if precision == "fp16":
@@ -389,8 +392,8 @@ def build_engine(
     seconds = time.perf_counter() - start
     if serialized is None:
         raise RkdError(
-            f"TensorRT failed to build an engine from '{onnx_path}' ({precision}, TensorRT {trt.__version__}, "
-            f"{gpu['gpu']}): see the TensorRT log above for the reason"
+            f"TensorRT failed to build an engine from '{onnx_path}' ({precision}, TensorRT "
+            f"{trt.__version__}, {gpu['gpu']}): see the TensorRT log above for the reason"
         )
     engine_bytes = bytes(serialized)
     atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
@@ -425,13 +428,13 @@ def build_bundle_engine(bundle_dir: Path, *, precision: str = "int8", **kw: Any)
 
     ``int8`` builds ``model.int8.onnx``, ``fp16``/``fp32`` build ``model.onnx``. The engine is built in a temp
     directory beside the bundle and added with :func:`rkd.deploy.bundle.update_bundle` (all or nothing); its
-    record (:func:`build_engine`'s return value) goes into the manifest's ``engines`` section under the engine's
-    file name, next to the engines already there. ``kw`` goes to :func:`build_engine`.
+    record (:func:`build_engine`'s return value) goes into the manifest's ``engines`` section under the
+    engine's file name, next to the engines already there. ``kw`` goes to :func:`build_engine`.
 
     Raises:
-        CheckpointError: the bundle is missing or fails verification. UsageError: the bundle lacks the ONNX file
-            the precision needs, or :func:`build_engine`'s usage errors. MissingDependencyError, RkdError: as
-            :func:`build_engine`.
+        CheckpointError: the bundle is missing or fails verification. UsageError: the bundle lacks the
+            ONNX file the precision needs, or :func:`build_engine`'s usage errors. MissingDependencyError,
+            RkdError: as :func:`build_engine`.
     """
     from rkd.deploy.bundle import read_manifest, update_bundle
 

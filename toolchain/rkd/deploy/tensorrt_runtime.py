@@ -81,12 +81,11 @@ class TensorRTRuntime(Runtime):
         device: the CUDA device (``"cpu"`` only with an injected fake ``trt``, see the module docstring).
 
     Raises:
-        MissingDependencyError: no CUDA GPU, no tensorrt, or an engine built for another TensorRT version or
-        GPU
-            architecture (exit 3; rebuild from the bundle's ONNX).
-        UsageError / CheckpointError: a missing engine file, a file that does not match the manifest's sha256,
-            an engine whose I/O is not one float image input and float logits, or a bad ``batch_size`` (exit
-            2).
+        MissingDependencyError: no CUDA GPU, no tensorrt, or an engine built for another TensorRT version
+            or GPU architecture (exit 3; rebuild from the bundle's ONNX).
+        UsageError / CheckpointError: a missing engine file, a file that does not match the manifest's
+            sha256, an engine whose I/O is not one float image input and float logits, or a bad
+            ``batch_size`` (exit 2).
         RkdError: TensorRT could not create an execution context (exit 4).
     """
 
