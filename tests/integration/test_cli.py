@@ -125,3 +125,13 @@ def test_eval_loads_a_foreign_state_dict_without_unpickling(smoke_teacher: Path,
     res = _run("eval", str(tmp_path / "foreign.pt"), "--model", "resnet18", "--num-classes", "10",
                "--data", "synthetic", "--n", "8", "--device", "cpu")
     assert res.exit_code == 2 and "shape" in res.output  # width 1 does not match the width-1/8 weights
+
+
+def test_env_reports_versions_and_runtimes() -> None:
+    res = _run("env", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert torch.__version__.startswith(info["versions"]["torch"].split("+")[0])
+    assert info["runtimes"]["onnxruntime"]["available"] is True
+    trt = info["runtimes"]["tensorrt"]
+    assert trt["available"] or "tensorrt" in trt["why"]

@@ -33,3 +33,28 @@ def device_description(device: str) -> dict[str, Any]:
         info["cpu"] = platform.processor() or platform.machine()
         info["torch_threads"] = torch.get_num_threads()
     return info
+
+
+def runtime_availability() -> dict[str, dict[str, Any]]:
+    """Which inference runtimes can run here, and why not when they cannot (``rkd env``)."""
+    import importlib.util
+
+    import torch
+
+    out: dict[str, dict[str, Any]] = {"torch": {"available": True, "devices": ["cpu"]}}
+    if torch.cuda.is_available():
+        out["torch"]["devices"] += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if importlib.util.find_spec("onnxruntime") is None:
+        out["onnxruntime"] = {"available": False, "why": "onnxruntime is not installed (pip install onnxruntime)"}
+    else:
+        import onnxruntime
+
+        out["onnxruntime"] = {"available": True, "providers": onnxruntime.get_available_providers()}
+    if importlib.util.find_spec("tensorrt") is None:
+        out["tensorrt"] = {"available": False, "why": "tensorrt is not installed: pip install 'rkd[tensorrt]' with "
+                           "NVIDIA's package index, or use NVIDIA's PyTorch container (docker/gpu.Dockerfile)"}
+    elif not torch.cuda.is_available():
+        out["tensorrt"] = {"available": False, "why": "tensorrt is installed but no CUDA GPU is visible"}
+    else:
+        out["tensorrt"] = {"available": True}
+    return out

@@ -42,13 +42,14 @@ def _root(
 
 
 def _register() -> None:
-    from rkd.cli import distill, evaluate, teacher
+    from rkd.cli import distill, env, evaluate, teacher
     from rkd.cli import export as export_cli
 
     app.command("teacher", help=teacher.__doc__, no_args_is_help=True)(teacher.teacher)
     app.command("distill", help=distill.__doc__, no_args_is_help=True)(distill.distill)
     app.command("eval", help=evaluate.__doc__, no_args_is_help=True)(evaluate.eval_command)
     app.command("export", help=export_cli.__doc__, no_args_is_help=True)(export_cli.export)
+    app.command("env", help=env.__doc__)(env.env)
 
 
 _register()
