@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -99,3 +100,20 @@ class RichProgress:
 
     def on_end(self) -> None:  # noqa: D102
         self._progress.stop()
+
+
+def render_train_result(title: str, result: Any) -> None:
+    """The summary table of a finished training run (``rkd teacher``, ``rkd distill``)."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_row("checkpoint", str(result.checkpoint))
+    if result.best_checkpoint:
+        table.add_row("best (held-out PGD)", str(result.best_checkpoint))
+    if result.history:
+        last = result.history[-1]
+        for key, value in last.items():
+            if key.endswith("_acc"):
+                table.add_row(f"held-out {key}", f"{value:.2%} (n={last['n']})")
+    table.add_row("time", f"{result.seconds:.0f} s")
+    out.print(table)

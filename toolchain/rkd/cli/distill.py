@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from rkd.cli._common import RichProgress, handle_errors, out
+from rkd.cli._common import RichProgress, handle_errors, render_train_result
 
 
 def distill(
@@ -46,14 +45,4 @@ def distill(
         if not current_context().is_main:
             return
         assert rec.student is not None
-        table = Table(title=f"student '{rec.name}' ({rec.student.method.name})", show_header=False)
-        table.add_row("checkpoint", str(result.checkpoint))
-        if result.best_checkpoint:
-            table.add_row("best (held-out PGD)", str(result.best_checkpoint))
-        if result.history:
-            last = result.history[-1]
-            for key, value in last.items():
-                if key.endswith("_acc"):
-                    table.add_row(f"held-out {key}", f"{value:.2%} (n={last['n']})")
-        table.add_row("time", f"{result.seconds:.0f} s")
-        out.print(table)
+        render_train_result(f"student '{rec.name}' ({rec.student.method.name})", result)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from rkd.cli._common import RichProgress, handle_errors, out
+from rkd.cli._common import RichProgress, handle_errors, render_train_result
 
 
 def teacher(
@@ -34,14 +33,4 @@ def teacher(
         run_dir = out_dir or Path("runs") / rec.name / "teacher"
         result = train_teacher(rec, run_dir=run_dir, resume=resume, device=device, data_root=data_root,
                                progress=RichProgress())
-        table = Table(title=f"teacher '{rec.name}'", show_header=False)
-        table.add_row("checkpoint", str(result.checkpoint))
-        if result.best_checkpoint:
-            table.add_row("best (held-out PGD)", str(result.best_checkpoint))
-        if result.history:
-            last = result.history[-1]
-            for key, value in last.items():
-                if key.endswith("_acc"):
-                    table.add_row(f"held-out {key}", f"{value:.2%} (n={last['n']})")
-        table.add_row("time", f"{result.seconds:.0f} s")
-        out.print(table)
+        render_train_result(f"teacher '{rec.name}'", result)

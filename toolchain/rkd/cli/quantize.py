@@ -1,0 +1,152 @@
+"""Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its bundle,
+with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from rkd.cli._common import console, handle_errors, out
+
+WORST_LAYERS = 10
+
+
+class Profile(str, Enum):
+    """Quantization scheme: cpu = uint8 asymmetric activations (fast on x86 ONNX Runtime); trt = symmetric int8
+    activations and weights (TensorRT explicit quantization)."""
+
+    cpu = "cpu"
+    trt = "trt"
+
+
+class Method(str, Enum):
+    """Calibration method of ONNX Runtime's quantize_static."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _acc(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "-"
+    lo, hi = block["ci95"]
+    return f"{block['acc']:.1%} ({block['correct']}/{block['n']}; 95% CI {lo:.1%}-{hi:.1%})"
+
+
+def _agree(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "-"
+    return (f"{block['top1_agreement']:.2%} ({block['n'] - block['top1_disagreements']}/{block['n']}), "
+            f"max |logit diff| {block['max_abs_diff']:.3g}")
+
+
+def _render(section: dict[str, Any], bundle: Path) -> None:
+    settings, calib = section["settings"], section["calibration"]
+    synthetic = " (synthetic)" if calib["synthetic"] else ""
+    out.print(f"INT8 {section['profile']} profile: {settings['activation_type']} activations "
+              f"({'symmetric' if settings['activation_symmetric'] else 'asymmetric'}), int8 per-channel weights, "
+              f"{settings['calibration_method']} calibration on {calib['n']} {calib['dataset']}{synthetic} training "
+              f"images (seed {calib['seed']}); logits {settings['logits']}", highlight=False)
+    ev = section.get("evaluation")
+    if ev:
+        tm = ev["threat_model"]
+        attack = tm["attack"]
+        title = (f"float vs INT8 on {ev['data']['dataset']} test, first n={ev['data']['n']}"
+                 + (f"; {attack.upper()} L-inf eps {tm['eps'] * 255:.3g}/255, step {tm['alpha'] * 255:.3g}/255, "
+                    f"seed {tm['seed']}" if attack else ""))
+        table = Table(title=title)
+        table.add_column("")
+        table.add_column("float (torch)")
+        table.add_column("INT8 (ONNX Runtime)")
+        table.add_row("clean", _acc(ev["float"]["clean"]), _acc(ev["int8"]["clean"]))
+        if attack:
+            table.add_row(attack, _acc(ev["float"].get(attack)), _acc(ev["int8"].get(attack)))
+        out.print(table)
+        agree = Table(title="surrogate vs INT8 (ONNX Runtime) top-1 agreement", show_header=False)
+        agree.add_row("clean", _agree(ev["agreement"]["clean"]))
+        if attack:
+            agree.add_row(f"{attack} (INT8's own adversarial inputs)", _agree(ev["agreement"].get(attack)))
+        agree.add_row("float vs INT8 (clean)", f"{ev['float_int8_top1_agreement']:.2%}")
+        out.print(agree)
+        if attack:
+            out.print("INT8 attacked with ONNX Runtime forward + surrogate gradient (straight-through)",
+                      highlight=False)
+    else:
+        sur = section["surrogate"]
+        out.print(f"surrogate agreement on {sur['agreement_on']}: {_agree(sur['agreement'])}", highlight=False)
+    files = Table(title=f"bundle {bundle}")
+    files.add_column("file")
+    files.add_column("size", justify="right")
+    for name, size in section["sizes"].items():
+        files.add_row(name, _size(int(size)))
+    out.print(files)
+    layers = section.get("debug_layers")
+    if layers:
+        worst = Table(title=f"{min(WORST_LAYERS, len(layers))} worst of {len(layers)} activations: SQNR of the INT8 "
+                      "model's activation vs the float model's (lower = worse)")
+        worst.add_column("producing node (for --exclude)", overflow="fold")
+        worst.add_column("op")
+        worst.add_column("SQNR dB", justify="right")
+        for row in layers[:WORST_LAYERS]:
+            worst.add_row(row["node"] or row["tensor"], row["op_type"], f"{row['sqnr_db']:.1f}")
+        out.print(worst)
+    for warning in section.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    out.print(f"manifest: {bundle / 'manifest.json'} (section \"quantize\")", highlight=False)
+
+
+def quantize(
+    checkpoint: Annotated[Path, typer.Argument(help="rkd checkpoint (.safetensors with its .json sidecar).",
+                                               show_default=False)],
+    calib_data: Annotated[str, typer.Option(
+        "--calib-data", help="Calibration images (training split): cifar10, cifar100, npz:PATH, imagefolder:PATH; "
+        "synthetic only for models trained on it.")] = "cifar10",
+    calib_n: Annotated[int, typer.Option("--calib-n", help="Number of calibration images (seeded random "
+                                         "subset of the training split).")] = 512,
+    profile: Annotated[Profile, typer.Option(help="cpu: uint8 asymmetric activations (fast x86 ONNX Runtime); "
+                                             "trt: symmetric int8 for TensorRT.")] = Profile.cpu,
+    method: Annotated[Method, typer.Option(help="Calibration method.")] = Method.minmax,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Bundle directory (exported first when missing) "
+                                                    "\\[default: CHECKPOINT's folder/bundle].")] = None,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+    eval_n: Annotated[int, typer.Option("--eval-n", help="Test images for float vs INT8 accuracy (0: skip).")] = 1000,
+    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="pgdK, or none for clean only.")] = "pgd20",
+    debug_layers: Annotated[bool, typer.Option("--debug-layers", help="Report the per-layer activation error "
+                                               "(ONNX Runtime qdq_loss_debug), worst first.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", help="ONNX node to keep in float (repeatable; names from --debug-layers).")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the calibration subset and PGD starts.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing INT8 model, or re-export a bundle "
+                                        "of another checkpoint.")] = False,
+) -> None:
+    """Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its
+    bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
+    with handle_errors():
+        from rkd.data import parse_data_arg
+        from rkd.quantize.pipeline import parse_eval_attacks, quantize_checkpoint
+
+        parse_eval_attacks(eval_attacks)  # fail fast on a typo
+        dataset, options = parse_data_arg(calib_data)
+        bundle = out_dir or checkpoint.parent / "bundle"
+        section = quantize_checkpoint(
+            checkpoint, bundle, profile=profile.value, calib_data=(dataset, options), calib_n=calib_n,
+            data_root=data_root, method=method.value, eval_n=eval_n, eval_attacks=eval_attacks,
+            debug_layers=debug_layers, force=force, seed=seed, nodes_to_exclude=exclude or None,
+        )
+        _render(section, bundle)
