@@ -12,7 +12,9 @@ What it measures, in one run, with the same student, teacher, batch B and attack
    the fast method's order), then ``reference_loss`` of ``tests/unit/test_adv_path.py`` (separate teacher and
    student calls per iterate and branch), backward and SGD step. The two losses are compared with the student
    in eval mode (batch-norm batch statistics depend on how inputs are batched); speed is compared in train
-   mode.
+   mode. A third variant is adv_path with ``max_batch = B`` (its alignment pass in chunks of B): on a CPU the
+   single pass over (2m+1)B inputs allocates tensors of tens of MB that glibc maps fresh from the kernel on
+   every call (page faults, pages zeroed), which the per-variant system time and minor page faults show.
 3. ``adv_path_parts``: adv_path's step against the sum of its parts timed alone: (a) the 2B-batch m-step attack
    (``AdvPath.craft``), (b) the teacher's no-grad pass over the (2m+1)B inputs, (c) the student's forward and
    backward over them, (d) the SGD step.
@@ -25,8 +27,8 @@ What it measures, in one run, with the same student, teacher, batch B and attack
 
 How: every variant runs once as a warm-up, then ``--repeats`` rounds; inside a round each variant runs once,
 in an order reversed every other round (A, B, ..., B, A, ...), so that background load on a shared machine
-hits all variants alike. Reported: every raw time, the median and min/max over rounds, and ratios computed per
-round (then their median and min/max). Data are uniform random images with random labels, models untrained
+hits all variants alike. Reported: every raw time (wall, process CPU, system, minor page faults), the median
+and min/max over rounds, and ratios computed per round (then their median and min/max). Data are uniform random images with random labels, models untrained
 (a step's cost does not depend on either). Inputs and models are channels_last unless ``--no-channels-last``
 (the training loop's default); on CUDA the step runs under bf16 autocast, as the training loop does.
 
@@ -50,6 +52,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -77,6 +80,7 @@ REFERENCE_TEST = REPO_ROOT / "tests" / "unit" / "test_adv_path.py"
 WEIGHT_DECAY = 2e-4  # METHOD.md's recipe: SGD lr 0.1, momentum 0.9, weight decay 2e-4
 PART_NAMES = ("craft", "teacher", "student", "sgd")
 REFERENCE = "adv_path_reference"
+CHUNKED = "adv_path_chunked"  # adv_path with max_batch = B: the alignment pass in chunks of B
 MALLOC_MMAP_THRESHOLD = 131072  # fixed threshold: freed tensors go back to the OS, so RSS tracks live memory
 
 Step = Callable[[], None]
@@ -324,28 +328,51 @@ def part_steps(bench: Bench, method: AdvPath, optimizer: torch.optim.Optimizer, 
 # ---- timing ----------------------------------------------------------------------------------------------------
 
 
-def timed(bench: Bench, fn: Step) -> float:
+@dataclass
+class Timings:
+    """Per variant, one entry per recorded round: wall seconds, process CPU seconds (user + system, all
+    threads; less sensitive than wall time to other processes on the machine), system seconds and minor page
+    faults (first touches of freshly mapped memory)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    system: dict[str, list[float]]
+    minor_faults: dict[str, list[int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_seconds": self.wall, "cpu_seconds": self.cpu, "system_seconds": self.system,
+                "minor_page_faults": self.minor_faults}
+
+
+def timed(bench: Bench, fn: Step) -> tuple[float, float, float, int]:
+    """(wall s, process CPU s, system s, minor page faults) of one call."""
     bench.sync()
-    start = time.perf_counter()
+    ru0, cpu0, start = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
     fn()
     bench.sync()
-    return time.perf_counter() - start
+    wall, cpu, ru1 = time.perf_counter() - start, time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF)
+    return wall, cpu, ru1.ru_stime - ru0.ru_stime, ru1.ru_minflt - ru0.ru_minflt
 
 
 def run_rounds(bench: Bench, variants: dict[str, Step], repeats: int, warmup: int,
-               log: Callable[[str], None]) -> dict[str, list[float]]:
+               log: Callable[[str], None]) -> Timings:
     """Every variant once per round, order reversed every other round; warm-up rounds are not recorded."""
     names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    t = Timings(wall={n: [] for n in names}, cpu={n: [] for n in names}, system={n: [] for n in names},
+                minor_faults={n: [] for n in names})
     for r in range(warmup + repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            seconds = timed(bench, variants[name])
+            wall, cpu, system, faults = timed(bench, variants[name])
             if r >= warmup:
-                times[name].append(seconds)
+                t.wall[name].append(wall)
+                t.cpu[name].append(cpu)
+                t.system[name].append(system)
+                t.minor_faults[name].append(faults)
         tag = "warm-up" if r < warmup else f"round {r - warmup + 1}/{repeats}"
-        log(f"{tag}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" if r >= warmup else n for n in names[:4]) + " ...")
-    return times
+        shown = ", ".join(f"{n} {t.wall[n][-1]:.2f}s" if r >= warmup else n for n in names[:4])
+        log(f"{tag}: {shown} ...")
+    return t
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -536,6 +563,15 @@ def command_line() -> str:
     return " ".join(filter(None, [env, shlex.join([str(exe), *sys.argv])]))
 
 
+def _cell(s: dict[str, float], digits: int) -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+
+def _costs_cells(r: dict[str, Any]) -> str:
+    return (f"{r['cpu_seconds']['median']:.3f} ({r['system_seconds']['median']:.3f}) | "
+            f"{r['minor_page_faults']:.0f}")
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg, sec = report["config"], report["sections"]
     b = cfg["batch"]
@@ -551,29 +587,31 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## 1. Full training step per method (train mode)",
         "",
-        "| method | s/step | img/s | step time / adv_path's |",
-        "|---|---|---|---|",
+        "| method | wall s/step | img/s | step time / adv_path's | CPU s (system s) | minor page faults |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in sec["methods"].items():
-        t, rel = r["seconds"], r["relative_to_adv_path"]
-        lines.append(f"| {name} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {b / t['median']:.0f} | "
-                     f"{rel['median']:.2f} [{rel['min']:.2f}, {rel['max']:.2f}] |")
+        rel = r["relative_to_adv_path"]
+        lines.append(f"| {name} | {_cell(r['seconds'], 3)} | {b / r['seconds']['median']:.0f} | {_cell(rel, 2)} | "
+                     f"{_costs_cells(r)} |")
     ref = sec["adv_path_vs_reference"]
-    eq, sp = ref["equality_eval_mode"], ref["speedup"]
-    tf, tr = ref["seconds_fast"], ref["seconds_reference"]
+    eq = ref["equality_eval_mode"]
+    rows = [("fast: 2B attack batch, one alignment pass (the registered adv_path)", ref["fast"]),
+            ("reference: a PGD loop per branch, a teacher and a student call per iterate", ref["reference"]),
+            (f"fast, alignment pass chunked ({ref['fast_chunked']['what']})", ref["fast_chunked"])]
     lines += [
         "",
-        "## 2. adv_path fast vs straightforward reference",
+        "## 2. adv_path fast vs straightforward reference (train mode)",
         "",
-        "| step | s/step | img/s |",
-        "|---|---|---|",
-        f"| fast (2B attack batch, one alignment pass) | {tf['median']:.3f} [{tf['min']:.3f}, {tf['max']:.3f}] | "
-        f"{b / tf['median']:.0f} |",
-        f"| reference (a PGD loop per branch, a call per iterate) | {tr['median']:.3f} [{tr['min']:.3f}, "
-        f"{tr['max']:.3f}] | {b / tr['median']:.0f} |",
+        "| step | wall s/step | img/s | CPU s (system s) | minor page faults |",
+        "|---|---|---|---|---|",
+        *(f"| {label} | {_cell(r['seconds'], 3)} | {b / r['seconds']['median']:.0f} | {_costs_cells(r)} |"
+          for label, r in rows),
         "",
-        f"Speed-up reference/fast: **{sp['median']:.2f}x** [{sp['min']:.2f}, {sp['max']:.2f}] "
-        f"(target >= {ref['target_speedup']}x).",
+        f"Speed-up reference/fast, wall time: **{_cell(ref['speedup'], 2)}x**; CPU time: "
+        f"{_cell(ref['speedup_cpu_time'], 2)}x (target >= {ref['target_speedup']}x).",
+        f"Speed-up reference/fast-chunked, wall time: {_cell(ref['speedup_chunked'], 2)}x; CPU time: "
+        f"{_cell(ref['speedup_chunked_cpu_time'], 2)}x.",
         f"Same loss (student in eval mode): fast {eq['loss_fast']:.8f}, reference {eq['loss_reference']:.8f}, "
         f"|diff| {eq['abs_diff']:.2e}; targets equal: {eq['targets_equal']}; paths max |diff| "
         f"{eq['path_max_abs_diff']:.2e}; gradients max |diff| {eq['grad_max_abs_diff']:.2e} "
@@ -584,17 +622,16 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## 3. adv_path step vs the sum of its parts timed alone",
         "",
-        "| part | s | share of the sum |",
-        "|---|---|---|",
+        "| part | wall s | share of the sum | CPU s (system s) | minor page faults |",
+        "|---|---|---|---|---|",
     ]
     for name in PART_NAMES:
         p = parts["parts"][name]
-        t = p["seconds"]
-        lines.append(f"| {p['what']} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {p['share']:.1%} |")
+        lines.append(f"| {p['what']} | {_cell(p['seconds'], 3)} | {p['share']:.1%} | {_costs_cells(p)} |")
     ratio = parts["step_over_sum"]
     lines += [
-        f"| sum of parts | {parts['sum_seconds_median']:.3f} | |",
-        f"| the step | {parts['step_seconds']['median']:.3f} | |",
+        f"| sum of parts | {parts['sum_seconds_median']:.3f} | | | |",
+        f"| the step | {parts['step_seconds']['median']:.3f} | | | |",
         "",
         f"Step / sum(parts): **{ratio['median']:.2f}** [{ratio['min']:.2f}, {ratio['max']:.2f}] "
         f"(target <= {parts['target']}).",
@@ -730,6 +767,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # adv_path, its reference and its parts side by side; the other methods after them
     variants["adv_path"] = method_step("adv_path")
     variants[REFERENCE] = lambda: train_step(bench, ref_method, ref_opt, lambda: reference.loss(bench.x, bench.y))
+    chunked, chunked_opt = build_method(bench, "adv_path")
+    assert isinstance(chunked, AdvPath)
+    chunked.max_batch = args.batch
+    variants[CHUNKED] = lambda: train_step(bench, chunked, chunked_opt)
     parts_method, parts_opt = build_method(bench, "adv_path")
     assert isinstance(parts_method, AdvPath)
     parts = part_steps(bench, parts_method, parts_opt, part_inputs(bench, parts_method))
@@ -737,12 +778,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     variants.update({n: method_step(n) for n in names if n != "adv_path"})
 
     log(f"timing {len(variants)} variants: {', '.join(variants)}")
-    times = run_rounds(bench, variants, args.repeats, args.warmup, log)
+    timings = run_rounds(bench, variants, args.repeats, args.warmup, log)
+    times, cpu, faults = timings.wall, timings.cpu, timings.minor_faults
     n = args.repeats
+
+    def costs(name: str) -> dict[str, Any]:
+        return {"seconds": summary(times[name]), "cpu_seconds": summary(cpu[name]),
+                "system_seconds": summary(timings.system[name]),
+                "minor_page_faults": statistics.median(faults[name])}
 
     sec_methods = {
         name: {
-            "seconds": summary(times[name]),
+            **costs(name),
             "images_per_second": summary([args.batch / t for t in times[name]]),
             "relative_to_adv_path": per_round(lambda i, nm=name: times[nm][i] / times["adv_path"][i], n),
         }
@@ -750,9 +797,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     sec_reference = {
         "equality_eval_mode": equality,
-        "seconds_fast": summary(times["adv_path"]),
-        "seconds_reference": summary(times[REFERENCE]),
+        "fast": costs("adv_path"),
+        "reference": costs(REFERENCE),
+        "fast_chunked": {**costs(CHUNKED), "what": f"adv_path with max_batch = B = {args.batch}"},
         "speedup": per_round(lambda i: times[REFERENCE][i] / times["adv_path"][i], n),
+        "speedup_cpu_time": per_round(lambda i: cpu[REFERENCE][i] / cpu["adv_path"][i], n),
+        "speedup_chunked": per_round(lambda i: times[REFERENCE][i] / times[CHUNKED][i], n),
+        "speedup_chunked_cpu_time": per_round(lambda i: cpu[REFERENCE][i] / cpu[CHUNKED][i], n),
         "target_speedup": 1.5,
         "student_mode": "train",
     }
@@ -766,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sgd": "(d) SGD step",
     }
     sec_parts = {
-        "parts": {k: {"what": what[k], "seconds": summary(part_times[k]), "raw": part_times[k],
+        "parts": {k: {"what": what[k], **costs(f"part_{k}"), "raw": part_times[k],
                       "share": part_medians[k] / sum(part_medians.values())} for k in PART_NAMES},
         "sum_seconds_median": sum(part_medians.values()),
         "step_seconds": summary(times["adv_path"]),
@@ -801,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "optimizer": f"SGD lr 0.1 momentum 0.9 weight decay {WEIGHT_DECAY}", "iad_epoch": "after warm-up",
             "order": "every variant once per round, order reversed every other round",
         },
-        "raw_seconds": times,
+        "raw": timings.as_dict(),
         "sections": sections,
         "total_seconds": time.perf_counter() - t0,
     }

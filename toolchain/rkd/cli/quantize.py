@@ -1,5 +1,5 @@
-"""Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its bundle,
-with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
+"""Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its
+bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ WORST_LAYERS = 10
 
 
 class Profile(str, Enum):
-    """Quantization scheme: cpu = uint8 asymmetric activations (fast on x86 ONNX Runtime); trt = symmetric int8
-    activations and weights (TensorRT explicit quantization)."""
+    """Quantization scheme: cpu = uint8 asymmetric activations (fast on x86 ONNX Runtime); trt = symmetric
+    int8 activations and weights (TensorRT explicit quantization)."""
 
     cpu = "cpu"
     trt = "trt"
@@ -59,17 +59,19 @@ def _agree(block: dict[str, Any] | None) -> str:
 def _render(section: dict[str, Any], bundle: Path) -> None:
     settings, calib = section["settings"], section["calibration"]
     synthetic = " (synthetic)" if calib["synthetic"] else ""
-    out.print(f"INT8 {section['profile']} profile: {settings['activation_type']} activations "
-              f"({'symmetric' if settings['activation_symmetric'] else 'asymmetric'}), int8 per-channel weights, "
-              f"{settings['calibration_method']} calibration on {calib['n']} {calib['dataset']}{synthetic} training "
-              f"images (seed {calib['seed']}); logits {settings['logits']}", highlight=False)
+    symmetry = "symmetric" if settings["activation_symmetric"] else "asymmetric"
+    out.print(f"INT8 {section['profile']} profile: {settings['activation_type']} activations ({symmetry}), "
+              f"int8 per-channel weights, {settings['calibration_method']} calibration on {calib['n']} "
+              f"{calib['dataset']}{synthetic} training images (seed {calib['seed']}); "
+              f"logits {settings['logits']}", highlight=False)
     ev = section.get("evaluation")
     if ev:
         tm = ev["threat_model"]
         attack = tm["attack"]
-        title = (f"float vs INT8 on {ev['data']['dataset']} test, first n={ev['data']['n']}"
-                 + (f"; {attack.upper()} L-inf eps {tm['eps'] * 255:.3g}/255, step {tm['alpha'] * 255:.3g}/255, "
-                    f"seed {tm['seed']}" if attack else ""))
+        title = f"float vs INT8 on {ev['data']['dataset']} test, first n={ev['data']['n']}"
+        if attack:
+            title += (f"; {attack.upper()} L-inf eps {tm['eps'] * 255:.3g}/255, "
+                      f"step {tm['alpha'] * 255:.3g}/255, seed {tm['seed']}")
         table = Table(title=title)
         table.add_column("")
         table.add_column("float (torch)")
@@ -89,7 +91,8 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
                       highlight=False)
     else:
         sur = section["surrogate"]
-        out.print(f"surrogate agreement on {sur['agreement_on']}: {_agree(sur['agreement'])}", highlight=False)
+        out.print(f"surrogate agreement on {sur['agreement_on']}: {_agree(sur['agreement'])}",
+                  highlight=False)
     files = Table(title=f"bundle {bundle}")
     files.add_column("file")
     files.add_column("size", justify="right")
@@ -98,8 +101,8 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
     out.print(files)
     layers = section.get("debug_layers")
     if layers:
-        worst = Table(title=f"{min(WORST_LAYERS, len(layers))} worst of {len(layers)} activations: SQNR of the INT8 "
-                      "model's activation vs the float model's (lower = worse)")
+        worst = Table(title=f"{min(WORST_LAYERS, len(layers))} worst of {len(layers)} activations: SQNR of "
+                      "the INT8 model's activation vs the float model's (lower = worse)")
         worst.add_column("producing node (for --exclude)", overflow="fold")
         worst.add_column("op")
         worst.add_column("SQNR dB", justify="right")
@@ -115,25 +118,28 @@ def quantize(
     checkpoint: Annotated[Path, typer.Argument(help="rkd checkpoint (.safetensors with its .json sidecar).",
                                                show_default=False)],
     calib_data: Annotated[str, typer.Option(
-        "--calib-data", help="Calibration images (training split): cifar10, cifar100, npz:PATH, imagefolder:PATH; "
-        "synthetic only for models trained on it.")] = "cifar10",
+        "--calib-data", help="Calibration images (training split): cifar10, cifar100, npz:PATH, "
+        "imagefolder:PATH; synthetic only for models trained on it.")] = "cifar10",
     calib_n: Annotated[int, typer.Option("--calib-n", help="Number of calibration images (seeded random "
                                          "subset of the training split).")] = 512,
-    profile: Annotated[Profile, typer.Option(help="cpu: uint8 asymmetric activations (fast x86 ONNX Runtime); "
-                                             "trt: symmetric int8 for TensorRT.")] = Profile.cpu,
+    profile: Annotated[Profile, typer.Option(help="cpu: uint8 asymmetric activations (fast x86 ONNX "
+                                             "Runtime); trt: symmetric int8 for TensorRT.")] = Profile.cpu,
     method: Annotated[Method, typer.Option(help="Calibration method.")] = Method.minmax,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Bundle directory (exported first when missing) "
-                                                    "\\[default: CHECKPOINT's folder/bundle].")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Bundle directory (exported first when missing) \\[default: CHECKPOINT's "
+        "folder/bundle].")] = None,
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
-    eval_n: Annotated[int, typer.Option("--eval-n", help="Test images for float vs INT8 accuracy (0: skip).")] = 1000,
-    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="pgdK, or none for clean only.")] = "pgd20",
+    eval_n: Annotated[int, typer.Option("--eval-n", help="Test images (the first n) for float vs INT8 "
+                                        "accuracy; 0 skips.")] = 1000,
+    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="pgdK, or none for clean "
+                                              "only.")] = "pgd20",
     debug_layers: Annotated[bool, typer.Option("--debug-layers", help="Report the per-layer activation error "
                                                "(ONNX Runtime qdq_loss_debug), worst first.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option(
         "--exclude", help="ONNX node to keep in float (repeatable; names from --debug-layers).")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the calibration subset and PGD starts.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing INT8 model, or re-export a bundle "
-                                        "of another checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing INT8 model, or re-export a "
+                                        "bundle of another checkpoint.")] = False,
 ) -> None:
     """Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its
     bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""

@@ -1,0 +1,13 @@
+"""INT8 quantization: calibration on real images, ONNX Runtime static QDQ quantization, the fake-quant
+surrogate that gives the INT8 model gradients, and the checkpoint -> bundle pipeline (``rkd quantize``).
+
+Modules: :mod:`rkd.quantize.calibration` (the ``CalibrationDataReader``), :mod:`rkd.quantize.ort_static`
+(``quantize_onnx``, ``debug_layers``), :mod:`rkd.quantize.surrogate` (``build_surrogate``, ``save_surrogate``,
+``load_surrogate``, ``agreement``), :mod:`rkd.quantize.pipeline` (``quantize_checkpoint``). Nothing is
+imported here, so ``import rkd.quantize`` stays light (onnx and onnxruntime load only with the modules that
+use them).
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

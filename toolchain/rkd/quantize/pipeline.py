@@ -1,0 +1,414 @@
+"""Checkpoint -> INT8 bundle: calibrate on real training images, quantize with ONNX Runtime (QDQ), build the
+fake-quant surrogate, and measure float vs INT8 clean and PGD accuracy on the same test images.
+
+The INT8 model is attacked through :class:`StraightThroughEngine`: forward value from ONNX Runtime, gradient
+from the surrogate (BPDA, ``s(x) + (engine(x) - s(x)).detach()``), so PGD runs against the artifact that
+ships, not against the float model. Everything measured goes into the bundle manifest's ``quantize`` section.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rkd.data import indices_sha256, load_dataset, select_indices
+from rkd.data.arrays import ImageArrays
+from rkd.data.seeds import derive_seed
+from rkd.deploy.bundle import read_manifest, update_bundle, utc_now
+from rkd.errors import DataError, RkdError, UsageError
+from rkd.models import load_checkpoint
+from rkd.quantize import ort_static
+from rkd.quantize.ort_static import METHODS, SCHEMES
+from rkd.quantize.surrogate import KIND, agreement, build_surrogate, save_surrogate
+from rkd.stats import wilson_interval
+
+INT8_NAME = "model.int8.onnx"
+SURROGATE_NAME = "surrogate.int8.safetensors"
+SURROGATE_SIDECAR = "surrogate.int8.json"
+FLOAT_NAME = "model.onnx"
+#: The surrogate must agree with the INT8 model on at least this share of clean test images (issue 4).
+REQUIRED_AGREEMENT = 0.99
+DEBUG_IMAGES = 64
+DEFAULT_EPS = 8 / 255
+DEFAULT_ALPHA = 2 / 255
+
+
+class StraightThroughEngine(nn.Module):
+    """Forward value from ``engine`` (an rkd ``Runtime``), input gradient from ``surrogate``.
+
+    ``s(x) + (engine(x) - s(x)).detach()`` when ``x`` needs a gradient; the engine alone otherwise (under
+    ``torch.no_grad``/``inference_mode`` a surrogate pass would be wasted). Owns the surrogate, so
+    ``next(model.parameters())`` gives its device.
+    """
+
+    def __init__(self, engine: Any, surrogate: nn.Module) -> None:
+        super().__init__()
+        self.surrogate = surrogate
+        self.engine = engine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Engine logits, with the surrogate's gradient when ``x`` requires one."""
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return self.engine.predict(x)
+        s = self.surrogate(x)
+        e = self.engine.predict(x).to(device=s.device, dtype=s.dtype)
+        return s + (e - s).detach()
+
+
+def _acc(correct: torch.Tensor) -> dict[str, Any]:
+    k, n = int(correct.sum()), int(correct.numel())
+    lo, hi = wilson_interval(k, n)
+    return {"acc": k / n if n else 0.0, "correct": k, "n": n, "ci95": [lo, hi]}
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def parse_eval_attacks(attacks: str | None) -> int:
+    """Steps of the PGD attack named in ``attacks`` (``"pgd20"``); 0 for none (``""``, ``"none"``,
+    ``"clean"``).
+
+    Raises:
+        UsageError: anything else (rkd quantize measures one PGD attack; the full suite is rkd verify's).
+    """
+    text = (attacks or "").strip().lower()
+    if text in ("", "none", "clean"):
+        return 0
+    names = [t.strip() for t in text.split(",") if t.strip() and t.strip() != "clean"]
+    steps = names[0][3:] if len(names) == 1 and names[0].startswith("pgd") else ""
+    if not steps.isdigit() or int(steps) < 1:
+        raise UsageError(
+            f"eval attacks '{attacks}': rkd quantize measures one PGD attack (e.g. pgd20) or none; run "
+            "rkd verify on the bundle for AutoAttack and the full suite"
+        )
+    return int(steps)
+
+
+def _load_split(
+    name: str, options: dict[str, Any], split: str, data_root: str | None, purpose: str
+) -> ImageArrays:
+    try:
+        data = load_dataset(name, split, root=data_root, **options)
+    except DataError as exc:
+        text = str(exc)
+        if "[0, 1]" in text:
+            text += "; normalisation is inside the model: give raw pixels (uint8, or float in [0, 1])"
+        raise DataError(f"{purpose} data '{name}': {text}") from None
+    if len(data) == 0:
+        raise DataError(f"{purpose} data '{name}' has no {split} images")
+    return data
+
+
+def _check_shape(data: ImageArrays, expected: Sequence[Any], purpose: str) -> None:
+    chw = tuple(int(d) for d in expected[1:]) if len(expected) == 4 else None
+    if chw is not None and data.image_shape != chw:
+        raise UsageError(
+            f"{purpose} images from '{data.name}' have shape (C, H, W) = {data.image_shape}, the model takes "
+            f"{chw}; use the data set the model was trained on"
+        )
+
+
+def _refuse_synthetic(name: str, trained_on: str | None, purpose: str, flag: str) -> None:
+    if name == "synthetic" and trained_on != "synthetic":
+        raise UsageError(
+            f"{flag} synthetic: {purpose} needs real images of the data the model was trained on "
+            f"({trained_on or 'unknown'}); synthetic images are allowed only for models trained on the "
+            "synthetic data set"
+        )
+
+
+def _prepare_bundle(
+    checkpoint: Path, bundle: Path, ck_sha: str, *, force: bool, export: Callable[[bool], None]
+) -> str:
+    """Make sure ``bundle`` is a bundle of ``checkpoint``; returns what was done (``exported``/``reused``)."""
+    if not bundle.exists():
+        export(False)
+        return "exported"
+    if not (bundle / "manifest.json").is_file():
+        if not force:
+            raise UsageError(
+                f"'{bundle}' exists and is not an rkd bundle; choose another --out or pass --force"
+            )
+        export(True)
+        return "re-exported"
+    try:
+        manifest = read_manifest(bundle, verify=True)
+    except RkdError:
+        if not force:
+            raise
+        export(True)
+        return "re-exported"
+    source = (manifest.get("source") or {}).get("sha256")
+    if source != ck_sha:
+        if not force:
+            raise UsageError(
+                f"bundle '{bundle}' was exported from another checkpoint (sha256 {str(source)[:12]}..., "
+                f"this one {ck_sha[:12]}...); choose another --out or pass --force to re-export it"
+            )
+        export(True)
+        return "re-exported"
+    if FLOAT_NAME not in manifest["files"]:
+        raise UsageError(f"bundle '{bundle}' has no {FLOAT_NAME}; re-export it with rkd export --force")
+    if INT8_NAME in manifest["files"] and not force:
+        raise UsageError(f"bundle '{bundle}' already has {INT8_NAME}; pass --force to quantize it again")
+    return "reused"
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def _pgd_adv(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, seed: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """PGD (L-inf, random start, cross-entropy) on every row of ``x``; seeded per call."""
+    from rkd.attacks import pgd
+
+    gen = torch.Generator().manual_seed(derive_seed("rkd-quantize-pgd", seed))
+    out = [pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=alpha, steps=steps,
+               start="random", generator=gen).x_adv.detach()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else x.clone()
+
+
+def _evaluate(
+    model: nn.Module, surrogate: nn.Module, engine: Any, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+    alpha: float, steps: int, seed: int, batch_size: int,
+) -> dict[str, Any]:
+    """Clean and PGD accuracy of the float model and the INT8 engine, and surrogate/engine agreement."""
+    t0 = time.perf_counter()
+    f_pred = _predict(model, x, batch_size).argmax(1)
+    q_pred = engine.predict(x).argmax(1)
+    f_clean, q_clean = f_pred == y, q_pred == y
+    result: dict[str, Any] = {
+        "float": {"clean": _acc(f_clean)}, "int8": {"clean": _acc(q_clean)},
+        "float_int8_top1_agreement": float((f_pred == q_pred).float().mean()),
+        "agreement": {"clean": agreement(surrogate, engine, x, batch_size=batch_size)},
+    }
+    seconds: dict[str, float] = {"clean": time.perf_counter() - t0}
+    if steps:
+        name = f"pgd{steps}"
+        t0 = time.perf_counter()
+        f_rob = torch.zeros_like(f_clean)
+        idx = f_clean.nonzero().flatten()
+        if len(idx):
+            x_adv = _pgd_adv(model, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, seed=seed,
+                             batch_size=batch_size)
+            f_rob[idx] = _predict(model, x_adv, batch_size).argmax(1) == y[idx]
+        seconds[f"float_{name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        q_rob = torch.zeros_like(q_clean)
+        idx = q_clean.nonzero().flatten()
+        wrapped = StraightThroughEngine(engine, surrogate).eval()
+        if len(idx):
+            x_adv = _pgd_adv(wrapped, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, seed=seed,
+                             batch_size=batch_size)
+            q_rob[idx] = engine.predict(x_adv).argmax(1) == y[idx]
+            result["agreement"][name] = agreement(surrogate, engine, x_adv, batch_size=batch_size)
+        else:
+            result["agreement"][name] = None
+        seconds[f"int8_{name}"] = time.perf_counter() - t0
+        result["float"][name] = _acc(f_rob)
+        result["int8"][name] = _acc(q_rob)
+    result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return result
+
+
+def quantize_checkpoint(
+    checkpoint: str | Path,
+    bundle: str | Path,
+    *,
+    profile: str = "cpu",
+    calib_data: tuple[str, dict[str, Any]] = ("cifar10", {}),
+    calib_n: int = 512,
+    data_root: str | None = None,
+    method: str = "minmax",
+    eval_n: int = 1000,
+    eval_data: tuple[str, dict[str, Any]] | None = None,
+    eval_attacks: str | None = "pgd20",
+    debug_layers: bool = False,
+    force: bool = False,
+    seed: int = 0,
+    nodes_to_exclude: Sequence[str] | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Quantize a checkpoint into its bundle: ``model.int8.onnx`` + the surrogate + a manifest section.
+
+    The bundle is created with :func:`rkd.deploy.export.export_bundle` when missing; an existing one must come
+    from the same checkpoint (sha256) and have no INT8 model yet, unless ``force`` (which re-exports a foreign
+    bundle and replaces an INT8 model). Calibration: ``calib_n`` images drawn at random (seeded) from the
+    TRAINING split of ``calib_data``. Quantization: :func:`rkd.quantize.ort_static.quantize_onnx` on the
+    bundle's ``model.onnx``. Surrogate: :func:`rkd.quantize.surrogate.build_surrogate`. Evaluation on the
+    first ``eval_n`` TEST images of ``eval_data`` (default: the calibration data set): clean and PGD accuracy
+    of the float torch model and of the INT8 model (ONNX Runtime forward, surrogate gradient), each with a
+    Wilson 95% interval, and surrogate/INT8 top-1 agreement on the clean and adversarial inputs. Files are
+    added with :func:`rkd.deploy.bundle.update_bundle` (all or nothing).
+
+    Args:
+        checkpoint: the rkd ``.safetensors`` checkpoint.
+        bundle: the bundle directory.
+        profile: ``"cpu"`` (uint8 asymmetric activations) or ``"trt"`` (symmetric int8 for TensorRT).
+        calib_data: ``(dataset, options)`` as from ``rkd.data.parse_data_arg``; ``synthetic`` is refused
+            unless the checkpoint was trained on the synthetic data set.
+        calib_n: number of calibration images.
+        data_root: folder of data sets that download.
+        method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
+        eval_n: number of test images to evaluate (0 skips the evaluation; agreement is then measured on the
+            calibration images).
+        eval_data: ``(dataset, options)`` for the evaluation; default ``calib_data``.
+        eval_attacks: ``"pgd20"`` (any ``pgdK``), or ``None``/``"none"`` for clean only. eps and step size
+            come from the checkpoint's threat model (default L-inf 8/255, step 2/255).
+        debug_layers: also record the per-layer activation error (``qdq_loss_debug``), worst first.
+        force: see above.
+        seed: seeds the calibration subset and the PGD random starts.
+        nodes_to_exclude: ONNX node names to keep in float.
+        batch_size: images per forward pass / attack batch.
+
+    Returns:
+        The manifest's ``quantize`` section.
+
+    Raises:
+        UsageError: bad arguments, a foreign or already-quantized bundle without ``force``, synthetic data for
+            a real model, images of the wrong shape or range. DataError: unreadable data. CheckpointError: an
+            unreadable checkpoint or a corrupt bundle.
+    """
+    from rkd.deploy.export import export_bundle
+    from rkd.deploy.runtimes import OnnxRuntime
+
+    started = time.perf_counter()
+    checkpoint, bundle = Path(checkpoint), Path(bundle)
+    if profile not in SCHEMES:
+        raise UsageError(f"unknown profile '{profile}'; choose {', '.join(SCHEMES)}")
+    if method not in METHODS:
+        raise UsageError(f"unknown calibration method '{method}'; choose {', '.join(METHODS)}")
+    _positive("calib_n", calib_n)
+    _positive("eval_n", eval_n, 0)
+    _positive("batch_size", batch_size)
+    steps = parse_eval_attacks(eval_attacks)
+    eval_data = eval_data if eval_data is not None else calib_data
+    model, sidecar = load_checkpoint(checkpoint, map_location="cpu")
+    ck_sha = str(sidecar.get("sha256"))
+    meta = sidecar.get("metadata") or {}
+    trained_on = (meta.get("data") or {}).get("dataset") if isinstance(meta, dict) else None
+    _refuse_synthetic(calib_data[0], trained_on, "calibration", "--calib-data")
+    if eval_n:
+        _refuse_synthetic(eval_data[0], trained_on, "evaluation", "--eval-data")
+    threat = (meta.get("threat") or {}) if isinstance(meta, dict) else {}
+    eps = float(threat.get("eps", DEFAULT_EPS))
+    alpha = float(threat.get("alpha", DEFAULT_ALPHA))
+    norm = str(threat.get("norm", "linf"))
+    if steps and norm != "linf":
+        raise UsageError(f"the checkpoint's threat model is {norm}; rkd quantize measures L-inf PGD only")
+
+    calib_set = _load_split(calib_data[0], dict(calib_data[1]), "train", data_root, "calibration")
+    if calib_n > len(calib_set):
+        raise UsageError(
+            f"--calib-n {calib_n} but the calibration data has only {len(calib_set)} training images"
+        )
+
+    def export(replace: bool) -> None:
+        export_bundle(checkpoint, bundle, force=replace, parity_data=eval_data, data_root=data_root)
+
+    bundle_action = _prepare_bundle(checkpoint, bundle, ck_sha, force=force, export=export)
+    manifest = read_manifest(bundle, verify=True)
+    input_shape = manifest["input"]["shape"]
+    _check_shape(calib_set, input_shape, "calibration")
+    calib_idx = select_indices(len(calib_set), calib_n, seed=seed, mode="random")
+    calib = calib_set.to_float(calib_idx).numpy()
+    test = None
+    if eval_n:
+        test = _load_split(eval_data[0], dict(eval_data[1]), "test", data_root, "evaluation")
+        _check_shape(test, input_shape, "evaluation")
+
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=".rkd-quantize-", dir=bundle.parent) as tmp_dir:
+        tmp = Path(tmp_dir)
+        int8_path, sur_path = tmp / INT8_NAME, tmp / SURROGATE_NAME
+        t0 = time.perf_counter()
+        settings = ort_static.quantize_onnx(bundle / FLOAT_NAME, int8_path, calib, scheme=profile,
+                                            method=method, nodes_to_exclude=nodes_to_exclude)
+        timings["quantize"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        surrogate = build_surrogate(int8_path)
+        save_surrogate(surrogate, sur_path)
+        timings["surrogate"] = time.perf_counter() - t0
+        engine = OnnxRuntime(int8_path, batch_size=batch_size)
+
+        evaluation = None
+        if test is not None:
+            idx = select_indices(len(test), min(eval_n, len(test)), mode="first")
+            x, y = test.to_float(idx), test.y[idx]
+            t0 = time.perf_counter()
+            evaluation = _evaluate(model, surrogate, engine, x, y, eps=eps, alpha=alpha, steps=steps,
+                                   seed=seed, batch_size=batch_size)
+            timings["evaluate"] = time.perf_counter() - t0
+            evaluation = {
+                "data": {"dataset": eval_data[0], "options": dict(eval_data[1]), "split": "test",
+                         "selection": "first", "n": len(idx), "indices_sha256": indices_sha256(idx),
+                         "synthetic": eval_data[0] == "synthetic"},
+                "threat_model": {"norm": "linf", "eps": eps, "alpha": alpha, "attack": f"pgd{steps}" if steps
+                                 else None, "start": "random", "loss": "ce", "seed": seed},
+                "int8_gradient": "surrogate (fake-quant, straight-through); forward: ONNX Runtime INT8",
+                **evaluation,
+            }
+            check = evaluation["agreement"]["clean"]
+            check_on = "clean test images"
+        else:
+            n = min(512, len(calib))
+            check = agreement(surrogate, engine, torch.from_numpy(calib[:n]), batch_size=batch_size)
+            check_on = "calibration images (train split)"
+
+        layers = None
+        if debug_layers:
+            t0 = time.perf_counter()
+            layers = ort_static.debug_layers(bundle / FLOAT_NAME, int8_path, calib[:DEBUG_IMAGES])
+            timings["debug_layers"] = time.perf_counter() - t0
+
+        warnings: list[str] = []
+        ok = check["top1_agreement"] >= REQUIRED_AGREEMENT
+        if not ok:
+            warnings.append(
+                f"surrogate/INT8 top-1 agreement {check['top1_agreement']:.2%} on {check_on} is below "
+                f"{REQUIRED_AGREEMENT:.0%}: gradient attacks on the INT8 model may be weak"
+            )
+        sizes = {FLOAT_NAME: (bundle / FLOAT_NAME).stat().st_size, INT8_NAME: int8_path.stat().st_size,
+                 SURROGATE_NAME: sur_path.stat().st_size}
+        section: dict[str, Any] = {
+            "file": INT8_NAME,
+            "profile": profile,
+            "settings": settings,
+            "calibration": {"dataset": calib_data[0], "options": dict(calib_data[1]), "split": "train",
+                            "selection": "random", "seed": seed, "n": len(calib_idx),
+                            "indices_sha256": indices_sha256(calib_idx),
+                            "synthetic": calib_data[0] == "synthetic"},
+            "surrogate": {"file": SURROGATE_NAME, "sidecar": SURROGATE_SIDECAR, "kind": KIND,
+                          "fake_quant_ops": surrogate.num_fake_quant,
+                          "quantized_weights": surrogate.num_quantized_weights,
+                          "agreement": check, "agreement_on": check_on,
+                          "required_agreement": REQUIRED_AGREEMENT, "ok": ok},
+            "evaluation": evaluation,
+            "debug_layers": layers,
+            "sizes": sizes,
+            "checkpoint": {"path": str(checkpoint.resolve()), "sha256": ck_sha},
+            "bundle_action": bundle_action,
+            "warnings": warnings,
+            "created": utc_now(),
+        }
+        timings["total"] = time.perf_counter() - started
+        section["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+        update_bundle(bundle, add={INT8_NAME: int8_path, SURROGATE_NAME: sur_path,
+                                   SURROGATE_SIDECAR: tmp / SURROGATE_SIDECAR},
+                      sections={"quantize": section})
+    return section

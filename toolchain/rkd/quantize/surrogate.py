@@ -1,0 +1,656 @@
+"""The differentiable surrogate of an INT8 QDQ model: the QDQ graph itself, executed with torch ops.
+
+Design (chosen over hooking the original torch modules): :class:`OnnxGraphModule` interprets the INT8 QDQ
+ONNX file node by node, so whatever ``quantize_static`` wrote (BatchNorm folded into Conv by the exporter,
+Relu removed after asymmetric Q, shared scales across MaxPool/Flatten, the normalisation Sub/Div, float
+logits) is replicated exactly by construction, with no mapping from ONNX names back to torch modules:
+
+- ``DequantizeLinear`` of a constant (int8 per-channel weights, int32 biases) is evaluated once at build time
+  with the file's own scales and zero points; the dequantized weights become frozen ``nn.Parameter`` s.
+- Every activation ``QuantizeLinear -> DequantizeLinear`` pair becomes one fake-quant op with the pair's
+  scale, zero point and integer range (int8: -128..127, uint8: 0..255):
+  ``torch.fake_quantize_per_tensor_affine`` (``_per_channel_affine`` for an ``axis``). Its gradient is the
+  straight-through estimator, masked where the value saturates (the true derivative of the clamp):
+  ``dout/dx=1`` inside the quantization range.
+- Everything else (Conv, Gemm, Add, Relu, pools, BatchNormalization, Reshape, ...) runs as the torch op.
+
+The forward value therefore matches ONNX Runtime's INT8 output up to float rounding at quantization ties
+(ONNX Runtime fuses DQ -> Conv -> Q into integer kernels that requantize with a float multiplier); agreement
+is measured by :func:`agreement` and must be >= 99% top-1. Input: float NCHW in [0, 1]; output: logits.
+
+The module owns its weights as parameters (``requires_grad=False``), so ``next(model.parameters())`` gives the
+device, as attack libraries expect; ``set_fake_quant(False)`` turns activation quantization off (weights stay
+quantized) for diagnostics. Files: :func:`save_surrogate` writes the QDQ graph's raw tensors (int8 weights,
+scales, zero points) as safetensors plus a JSON sidecar holding the node list; :func:`load_surrogate` rebuilds
+the module from them (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rkd.atomic import atomic_write, atomic_write_text
+from rkd.errors import CheckpointError, UsageError
+
+FORMAT = "rkd-surrogate"
+FORMAT_VERSION = 1
+KIND = "onnx-qdq-interpreter"
+
+_QRANGE: dict[torch.dtype, tuple[int, int]] = {
+    torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int16: (-32768, 32767),
+    torch.int32: (-2**31, 2**31 - 1),
+}
+_ONNX_TO_TORCH: dict[int, torch.dtype] = {
+    1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
+    9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16,
+}
+
+Op = Callable[[list[Any], dict[str, Any]], Any]
+
+
+# --------------------------------------------------------------------------------------------------- ops
+def _pads(pads: Sequence[int] | None, n: int) -> tuple[list[int], list[int]]:
+    pads = list(pads or [0] * (2 * n))
+    return pads[:n], pads[n:]
+
+
+def _pad_input(x: torch.Tensor, begin: list[int], end: list[int], value: float = 0.0) -> torch.Tensor:
+    spec: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end), strict=True):
+        spec += [b, e]
+    return F.pad(x, spec, value=value)
+
+
+def _no_auto_pad(attrs: dict[str, Any], op: str) -> None:
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise UsageError(f"surrogate: {op} with auto_pad={attrs['auto_pad']} is not supported; export with "
+                         "explicit pads")
+
+
+def _conv(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    _no_auto_pad(a, "Conv")
+    x, w = inp[0], inp[1]
+    b = inp[2] if len(inp) > 2 else None
+    n = w.dim() - 2
+    begin, end = _pads(a.get("pads"), n)
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    stride, dilation = a.get("strides", [1] * n), a.get("dilations", [1] * n)
+    if begin != end:
+        x, begin = _pad_input(x, begin, end), [0] * n
+    return fn(x, w, b, stride=stride, padding=begin, dilation=dilation, groups=a.get("group", 1))
+
+
+def _gemm(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    x, w = inp[0], inp[1]
+    x = x.t() if a.get("transA", 0) else x
+    w = w.t() if a.get("transB", 0) else w
+    y = x @ w
+    if a.get("alpha", 1.0) != 1.0:
+        y = y * a["alpha"]
+    if len(inp) > 2 and inp[2] is not None:
+        c = inp[2] if a.get("beta", 1.0) == 1.0 else inp[2] * a["beta"]
+        y = y + c
+    return y
+
+
+def _pool(inp: list[Any], a: dict[str, Any], kind: str) -> torch.Tensor:
+    _no_auto_pad(a, kind)
+    x = inp[0]
+    kernel = a["kernel_shape"]
+    n = len(kernel)
+    begin, end = _pads(a.get("pads"), n)
+    if begin != end:
+        raise UsageError(f"surrogate: {kind} with asymmetric pads {a.get('pads')} is not supported")
+    stride = a.get("strides", [1] * n)
+    ceil = bool(a.get("ceil_mode", 0))
+    if kind == "MaxPool":
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+        return fn(x, kernel, stride, begin, a.get("dilations", [1] * n), ceil_mode=ceil)
+    if any(d != 1 for d in a.get("dilations", [1] * n)):
+        raise UsageError("surrogate: AveragePool with dilations is not supported")
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+    return fn(x, kernel, stride, begin, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+def _reshape(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    x, shape = inp[0], [int(s) for s in inp[1].tolist()]
+    if not a.get("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _flatten(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    x, axis = inp[0], a.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
+    lead = math.prod(x.shape[:axis])
+    return x.reshape(lead, -1)
+
+
+def _axes(inp: list[Any], a: dict[str, Any]) -> list[int] | None:
+    if len(inp) > 1 and inp[1] is not None:
+        return [int(v) for v in inp[1].tolist()]
+    return a.get("axes")
+
+
+def _unsqueeze(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    x = inp[0]
+    axes = _axes(inp, a) or []
+    rank = x.dim() + len(axes)
+    for ax in sorted(ax + rank if ax < 0 else ax for ax in axes):
+        x = x.unsqueeze(ax)
+    return x
+
+
+def _squeeze(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    x = inp[0]
+    axes = _axes(inp, a)
+    if axes is None:
+        return x.squeeze()
+    return x.squeeze(tuple(ax + x.dim() if ax < 0 else ax for ax in axes))
+
+
+def _gather(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    data, idx = inp[0], inp[1].long()
+    axis = a.get("axis", 0)
+    axis = axis + data.dim() if axis < 0 else axis
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    out = torch.index_select(data, axis, idx.reshape(-1).to(data.device))
+    return out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])
+
+
+def _clip(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    lo = inp[1] if len(inp) > 1 and inp[1] is not None else a.get("min")
+    hi = inp[2] if len(inp) > 2 and inp[2] is not None else a.get("max")
+    return torch.clamp(inp[0], min=lo, max=hi)
+
+
+def _batchnorm(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    if a.get("training_mode", 0):
+        raise UsageError(
+            "surrogate: BatchNormalization in training mode is not supported; export in eval mode"
+        )
+    x, scale, bias, mean, var = inp[:5]
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, a.get("epsilon", 1e-5))
+
+
+def _pad(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    if a.get("mode", "constant") != "constant":
+        raise UsageError(f"surrogate: Pad mode '{a['mode']}' is not supported")
+    x = inp[0]
+    pads = [int(p) for p in (inp[1].tolist() if len(inp) > 1 and inp[1] is not None else a["pads"])]
+    value = float(inp[2]) if len(inp) > 2 and inp[2] is not None else float(a.get("value", 0.0))
+    n = x.dim()
+    return _pad_input(x, pads[:n], pads[n:], value)
+
+
+def _reduce_mean(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    axes = _axes(inp, a)
+    keep = bool(a.get("keepdims", 1))
+    if axes is None:
+        return inp[0].mean().reshape([1] * inp[0].dim()) if keep else inp[0].mean()
+    return inp[0].mean(dim=tuple(axes), keepdim=keep)
+
+
+def _shape(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    dims = list(inp[0].shape)[a.get("start", 0):a.get("end", None)]
+    return torch.tensor(dims, dtype=torch.int64)
+
+
+def _cast(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    to = a["to"]
+    if to not in _ONNX_TO_TORCH:
+        raise UsageError(f"surrogate: Cast to ONNX type {to} is not supported")
+    return inp[0].to(_ONNX_TO_TORCH[to])
+
+
+def _qparams(inp: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = inp[1]
+    zp = inp[2] if len(inp) > 2 and inp[2] is not None else torch.zeros((), dtype=torch.uint8)
+    return scale, zp
+
+
+def _broadcast(param: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    if param.numel() == 1:
+        return param.reshape(())
+    axis = axis + x.dim() if axis < 0 else axis
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+def _quantize(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    """ONNX QuantizeLinear: saturate(round(x / scale) + zero_point), round half to even."""
+    x = inp[0]
+    scale, zp = _qparams(inp)
+    if zp.dtype not in _QRANGE:
+        raise UsageError(f"surrogate: QuantizeLinear to {zp.dtype} is not supported")
+    lo, hi = _QRANGE[zp.dtype]
+    axis = a.get("axis", 1)
+    q = torch.round(x / _broadcast(scale, x, axis)) + _broadcast(zp, x, axis).to(x.dtype)
+    return q.clamp_(lo, hi).to(zp.dtype)
+
+
+def _dequantize(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    """ONNX DequantizeLinear: (x - zero_point) * scale, in float32."""
+    x = inp[0]
+    scale, zp = _qparams(inp)
+    axis = a.get("axis", 1)
+    centred = x.to(torch.int64) - _broadcast(zp, x, axis).to(torch.int64)
+    return centred.to(scale.dtype) * _broadcast(scale, x, axis)
+
+
+def _binary(fn: Callable[[Any, Any], Any]) -> Op:
+    return lambda inp, a: fn(inp[0], inp[1])
+
+
+def _unary(fn: Callable[[Any], Any]) -> Op:
+    return lambda inp, a: fn(inp[0])
+
+
+OPS: dict[str, Op] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _binary(torch.matmul),
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": _binary(torch.div),
+    "Relu": _unary(F.relu),
+    "LeakyRelu": lambda inp, a: F.leaky_relu(inp[0], a.get("alpha", 0.01)),
+    "Sigmoid": _unary(torch.sigmoid),
+    "Tanh": _unary(torch.tanh),
+    "HardSigmoid": lambda inp, a: torch.clamp(inp[0] * a.get("alpha", 0.2) + a.get("beta", 0.5), 0.0, 1.0),
+    "HardSwish": _unary(F.hardswish),
+    "Clip": _clip,
+    "Softmax": lambda inp, a: torch.softmax(inp[0], dim=a.get("axis", -1)),
+    "BatchNormalization": _batchnorm,
+    "MaxPool": lambda inp, a: _pool(inp, a, "MaxPool"),
+    "AveragePool": lambda inp, a: _pool(inp, a, "AveragePool"),
+    "GlobalAveragePool": lambda inp, a: inp[0].mean(dim=tuple(range(2, inp[0].dim())), keepdim=True),
+    "GlobalMaxPool": lambda inp, a: inp[0].amax(dim=tuple(range(2, inp[0].dim())), keepdim=True),
+    "ReduceMean": _reduce_mean,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Transpose": lambda inp, a: inp[0].permute(*(a.get("perm") or reversed(range(inp[0].dim())))),
+    "Concat": lambda inp, a: torch.cat([t for t in inp if t is not None], dim=a["axis"]),
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Gather": _gather,
+    "Shape": _shape,
+    "Cast": _cast,
+    "Pad": _pad,
+    "Identity": _unary(lambda x: x),
+    "Dropout": _unary(lambda x: x),
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+}
+
+
+# ---------------------------------------------------------------------------------------- graph parsing
+def _attr_value(attr: Any, node_name: str, tensors: dict[str, torch.Tensor]) -> Any:
+    import onnx
+    from onnx import numpy_helper
+
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, onnx.TensorProto):
+        key = f"{node_name}::{attr.name}"
+        tensors[key] = torch.from_numpy(np.array(numpy_helper.to_array(value)))
+        return {"__tensor__": key}
+    if isinstance(value, (list, tuple)):
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+    if isinstance(value, (int, float, str)):
+        return value
+    raise UsageError(f"surrogate: attribute '{attr.name}' of node '{node_name}' has an unsupported type")
+
+
+def graph_spec(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read an ONNX file into ``(spec, tensors)``: the JSON-ready node list and the initializers (raw dtypes).
+
+    ``Constant`` nodes become initializers; tensor-valued attributes of other nodes are stored in ``tensors``
+    under ``"<node>::<attr>"``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise UsageError(f"ONNX file not found: '{path}'")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends
+        raise CheckpointError(f"cannot read '{path}' as ONNX: {str(exc).strip().splitlines()[0]}") from None
+    graph = model.graph
+    tensors: dict[str, torch.Tensor] = {}
+    for init in graph.initializer:
+        tensors[init.name] = torch.from_numpy(np.array(numpy_helper.to_array(init)))
+    inputs = [i.name for i in graph.input if i.name not in tensors]
+    if len(inputs) != 1 or len(graph.output) < 1:
+        raise UsageError(f"'{path}' must have one image input and a logits output; it has inputs {inputs}")
+    nodes: list[dict[str, Any]] = []
+    for i, node in enumerate(graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            raise UsageError(
+                f"surrogate: node '{node.name}' uses custom domain '{node.domain}' ({node.op_type})"
+            )
+        name = node.name or f"node{i}"
+        if node.op_type == "Constant":
+            attrs = {a.name: _attr_value(a, name, tensors) for a in node.attribute}
+            value = attrs.get("value")
+            if not isinstance(value, dict):
+                raise UsageError(
+                    f"surrogate: Constant node '{name}' without a tensor 'value' is not supported"
+                )
+            tensors[node.output[0]] = tensors.pop(value["__tensor__"])
+            continue
+        if node.op_type not in OPS:
+            raise UsageError(
+                f"surrogate: op '{node.op_type}' (node '{name}') is not supported by the QDQ interpreter; "
+                f"supported: {', '.join(sorted(OPS))}"
+            )
+        attrs = {a.name: _attr_value(a, name, tensors) for a in node.attribute}
+        nodes.append({"name": name, "op": node.op_type, "inputs": list(node.input),
+                      "outputs": list(node.output), "attrs": attrs})
+    used = {t for n in nodes for t in n["inputs"] if t} | {
+        v["__tensor__"] for n in nodes for v in n["attrs"].values() if isinstance(v, dict)}
+    tensors = {k: v for k, v in tensors.items() if k in used}
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    spec = {"input": inputs[0], "output": graph.output[0].name, "opset": int(opset), "nodes": nodes}
+    return spec, tensors
+
+
+# ------------------------------------------------------------------------------------------- the module
+class OnnxGraphModule(nn.Module):
+    """A torch interpreter of a (QDQ) ONNX classifier graph with fake quantization; see the module docstring.
+
+    Args:
+        spec: ``{"input", "output", "opset", "nodes": [{"name", "op", "inputs", "outputs", "attrs"}]}``
+            as from :func:`graph_spec`.
+        tensors: the graph's constants by name (int8/uint8/int32/int64/float32 CPU tensors).
+        source: where the graph came from (file name and sha256), kept for the sidecar.
+    """
+
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        source: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = json.loads(json.dumps(spec))
+        self.raw = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        self.source = dict(source or {})
+        self.fake_quant_enabled = True
+        self.input_name: str = self.spec["input"]
+        self.output_name: str = self.spec["output"]
+        consts: dict[str, torch.Tensor] = dict(self.raw)
+        steps: list[dict[str, Any]] = []
+        for node in self.spec["nodes"]:
+            attrs = {k: (self.raw[v["__tensor__"]] if isinstance(v, dict) else v)
+                     for k, v in node["attrs"].items()}
+            ins = node["inputs"]
+            if all(not t or t in consts for t in ins):  # constant folding: weight DQ, shape arithmetic
+                with torch.no_grad():
+                    out = OPS[node["op"]]([consts[t] if t else None for t in ins], attrs)
+                outs = out if isinstance(out, (list, tuple)) else [out]
+                for name, value in zip(node["outputs"], outs, strict=False):
+                    consts[name] = value.detach().contiguous()
+                continue
+            steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
+                          "attrs": attrs})
+        steps = self._fuse_qdq(steps, consts)
+        needed = {t for s in steps for t in s["inputs"] if t and t in consts}
+        self._const_keys: dict[str, tuple[str, str]] = {}
+        for i, name in enumerate(sorted(needed)):
+            value = consts[name]
+            key = f"c{i}"
+            if value.is_floating_point() and value.dim() >= 2:
+                self.register_parameter(key, nn.Parameter(value.clone(), requires_grad=False))
+                self._const_keys[name] = ("param", key)
+            else:
+                self.register_buffer(key, value.clone(), persistent=False)
+                self._const_keys[name] = ("buffer", key)
+        if not any(True for _ in self.parameters()):  # attack libraries read the device from a parameter
+            self.register_parameter("device_anchor", nn.Parameter(torch.zeros(0), requires_grad=False))
+        self.steps = steps
+        self.num_fake_quant = sum(s["op"] == "FakeQuantize" for s in steps)
+        self.num_quantized_weights = sum(
+            1 for n in self.spec["nodes"]
+            if n["op"] == "DequantizeLinear" and n["inputs"][0] in self.raw
+            and self.raw[n["inputs"][0]].dtype in (torch.int8, torch.uint8)
+        )
+
+    def _fuse_qdq(self, steps: list[dict[str, Any]], consts: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """Replace each activation QuantizeLinear whose consumers are all matching DequantizeLinear nodes by
+        one FakeQuantize step writing every consumer's output."""
+        consumers: dict[str, list[int]] = {}
+        for i, s in enumerate(steps):
+            for t in s["inputs"]:
+                consumers.setdefault(t, []).append(i)
+        drop: set[int] = set()
+        fused: dict[int, dict[str, Any]] = {}
+        for i, s in enumerate(steps):
+            if s["op"] != "QuantizeLinear" or s["outputs"][0] == self.output_name:
+                continue
+            users = consumers.get(s["outputs"][0], [])
+            qp = s["inputs"][1:3]
+            if not users or not all(
+                steps[j]["op"] == "DequantizeLinear" and steps[j]["inputs"][0] == s["outputs"][0]
+                and self._same_qparams(qp, steps[j]["inputs"][1:3], consts)
+                and steps[j]["attrs"].get("axis", 1) == s["attrs"].get("axis", 1)
+                for j in users
+            ):
+                continue
+            if not all(t in consts for t in qp if t):
+                continue
+            scale = consts[qp[0]]
+            zp = consts[qp[1]] if len(qp) > 1 and qp[1] else torch.zeros((), dtype=torch.uint8)
+            if zp.dtype not in _QRANGE:
+                continue
+            lo, hi = _QRANGE[zp.dtype]
+            key = f"fq{i}"
+            self.register_buffer(f"{key}_scale", scale.to(torch.float32).reshape(-1).clone(),
+                                 persistent=False)
+            self.register_buffer(f"{key}_zp", zp.to(torch.int32).reshape(-1).clone(), persistent=False)
+            fused[i] = {"name": s["name"], "op": "FakeQuantize", "inputs": [s["inputs"][0]],
+                        "outputs": [steps[j]["outputs"][0] for j in users],
+                        "attrs": {"key": key, "qmin": lo, "qmax": hi, "axis": s["attrs"].get("axis", 1),
+                                  "per_channel": scale.numel() > 1,
+                                  "dtype": str(zp.dtype).removeprefix("torch.")}}
+            drop.update(users)
+        return [fused.get(i, s) for i, s in enumerate(steps) if i not in drop]
+
+    @staticmethod
+    def _same_qparams(a: Sequence[str], b: Sequence[str], consts: dict[str, torch.Tensor]) -> bool:
+        for x, y in zip(a, b, strict=False):
+            if x == y:
+                continue
+            if not (x in consts and y in consts and torch.equal(consts[x], consts[y])):
+                return False
+        return len(a) == len(b)
+
+    def set_fake_quant(self, enabled: bool) -> OnnxGraphModule:
+        """Turn activation fake quantization on (default) or off; weights stay dequantized INT8 either way."""
+        self.fake_quant_enabled = bool(enabled)
+        return self
+
+    def _fake_quant(self, x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+        if not self.fake_quant_enabled:
+            return x
+        scale, zp = getattr(self, f"{a['key']}_scale"), getattr(self, f"{a['key']}_zp")
+        if x.dtype != torch.float32:
+            x = x.float()
+        if a["per_channel"]:
+            axis = a["axis"] + x.dim() if a["axis"] < 0 else a["axis"]
+            return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, a["qmin"], a["qmax"])
+        return torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], a["qmin"], a["qmax"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for float NCHW images ``x`` in [0, 1] (on the module's device)."""
+        env: dict[str, Any] = {self.input_name: x}
+        for name, (_, key) in self._const_keys.items():
+            env[name] = getattr(self, key)
+        for s in self.steps:
+            args = [env[t] if t else None for t in s["inputs"]]
+            if s["op"] == "FakeQuantize":
+                y = self._fake_quant(args[0], s["attrs"])
+                for out in s["outputs"]:
+                    env[out] = y
+                continue
+            out = OPS[s["op"]](args, s["attrs"])
+            if isinstance(out, (list, tuple)):
+                for name, value in zip(s["outputs"], out, strict=False):
+                    env[name] = value
+            else:
+                env[s["outputs"][0]] = out
+        return env[self.output_name]
+
+    def extra_repr(self) -> str:
+        return (f"steps={len(self.steps)}, fake_quant={self.num_fake_quant}, "
+                f"int8_weights={self.num_quantized_weights}, source={self.source.get('file')}")
+
+
+def build_surrogate(int8_onnx: str | Path) -> OnnxGraphModule:
+    """The fake-quant surrogate of the QDQ file ``int8_onnx`` (see the module docstring), in eval mode on CPU.
+
+    Raises:
+        UsageError: a missing file, an op the interpreter lacks, or a file without any QuantizeLinear (a float
+            model needs no surrogate). CheckpointError: an unreadable ONNX file.
+    """
+    from rkd.deploy.bundle import file_sha256
+
+    path = Path(int8_onnx)
+    spec, tensors = graph_spec(path)
+    if not any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
+        raise UsageError(f"'{path}' has no QuantizeLinear nodes: not a QDQ model (run rkd quantize first)")
+    return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)}).eval()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of a surrogate ``.safetensors`` file (same stem, ``.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+_SAFE_KEY = re.compile(r"^[^\x00]+$")
+
+
+def save_surrogate(module: OnnxGraphModule, path: str | Path) -> Path:
+    """Write ``module`` as ``path`` (safetensors: the graph's raw tensors) plus its JSON sidecar (the nodes).
+
+    Both files are written atomically, the weights first; the sidecar records the weights' sha256.
+
+    Raises:
+        UsageError: not an :class:`OnnxGraphModule`, or a path not ending in ``.safetensors``.
+    """
+    from safetensors.torch import save_file
+
+    from rkd.deploy.bundle import file_sha256
+
+    if not isinstance(module, OnnxGraphModule):
+        raise UsageError(
+            f"save_surrogate needs an OnnxGraphModule (build_surrogate), got {type(module).__name__}"
+        )
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UsageError(f"surrogate path must end in .safetensors, got '{path}'")
+    bad = [k for k in module.raw if not _SAFE_KEY.match(k)]
+    if bad:
+        raise UsageError(f"surrogate tensor name {bad[0]!r} cannot be stored")
+    tensors = {k: v.contiguous().clone() for k, v in module.raw.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "graph": module.spec,
+              "source": module.source, "weights": path.name, "sha256": file_sha256(path)}
+    atomic_write_text(sidecar_path(path), json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_surrogate(path: str | Path, *, map_location: str | torch.device = "cpu") -> OnnxGraphModule:
+    """Load a surrogate written by :func:`save_surrogate` (sha256-checked; safetensors, never pickle).
+
+    Raises:
+        CheckpointError: a missing or foreign file or sidecar, a sha256 mismatch, a corrupt file.
+    """
+    from safetensors.torch import load_file
+
+    from rkd.deploy.bundle import file_sha256
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file() or not side.is_file():
+        missing = path if not path.is_file() else side
+        raise CheckpointError(f"surrogate file missing: '{missing}' (rkd quantize writes both files)")
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"surrogate sidecar '{side}' is not valid JSON ({exc}); rerun rkd quantize"
+        ) from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("kind") != KIND:
+        raise CheckpointError(f"'{side}' is not an rkd surrogate sidecar (expected \"format\": \"{FORMAT}\")")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{side}' has format_version {record.get('format_version')!r}, this rkd reads {FORMAT_VERSION}; "
+            "rerun rkd quantize (or upgrade rkd)"
+        )
+    actual = file_sha256(path)
+    if actual != record.get("sha256"):
+        raise CheckpointError(f"sha256 mismatch for surrogate '{path}': the file changed since it was saved; "
+                              "rerun rkd quantize")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:  # SafetensorError
+        raise CheckpointError(f"cannot read surrogate '{path}': {str(exc).splitlines()[0]}") from None
+    module = OnnxGraphModule(record["graph"], tensors, source=record.get("source"))
+    return module.to(map_location).eval()
+
+
+@torch.no_grad()
+def agreement(
+    surrogate: nn.Module, int8_onnx: str | Path | Any, x: torch.Tensor, *, batch_size: int = 256
+) -> dict[str, Any]:
+    """Top-1 agreement and logit difference of ``surrogate`` (torch) and the INT8 model (ONNX Runtime CPU).
+
+    Args:
+        surrogate: the fake-quant module (run on its own device, eval mode).
+        int8_onnx: the QDQ file, or an open :class:`rkd.deploy.runtimes.OnnxRuntime` of it.
+        x: float32 NCHW images in [0, 1].
+        batch_size: images per run.
+
+    Returns:
+        ``{"n", "top1_agreement", "top1_disagreements", "max_abs_diff", "mean_abs_diff", "max_abs_logit"}``.
+    """
+    from rkd.deploy.runtimes import OnnxRuntime
+
+    if x.ndim != 4 or len(x) == 0:
+        raise UsageError(f"agreement needs a non-empty NCHW batch, got shape {tuple(x.shape)}")
+    if isinstance(int8_onnx, OnnxRuntime):
+        engine = int8_onnx
+    else:
+        engine = OnnxRuntime(int8_onnx, batch_size=batch_size)
+    param = next(surrogate.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    surrogate.eval()
+    ours = torch.cat([surrogate(x[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(x), batch_size)])
+    ref = engine.predict(x.cpu()).cpu()
+    diff = (ours - ref).abs()
+    agree = ours.argmax(1) == ref.argmax(1)
+    return {
+        "n": len(x),
+        "top1_agreement": float(agree.float().mean()),
+        "top1_disagreements": int((~agree).sum()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_abs_logit": float(ref.abs().max()),
+    }
