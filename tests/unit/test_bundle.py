@@ -129,3 +129,22 @@ def test_update_bundle_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="model.onnx"):
         update_bundle(out, {}, {"quantize": {}})
     assert _leftovers(tmp_path) == []
+
+
+def test_bundles_and_atomic_files_get_umask_permissions_not_temp_file_ones(tmp_path: Path) -> None:
+    """mkdtemp/mkstemp create 0700/0600; a deployed bundle must be readable like any written file."""
+    import os
+    import stat
+
+    from rkd.atomic import atomic_write_text, default_mode
+    from rkd.deploy.bundle import stage_bundle
+
+    old = os.umask(0o022)
+    try:
+        with stage_bundle(tmp_path / "b", force=False) as staging:
+            (staging / "x.txt").write_text("x")
+        f = atomic_write_text(tmp_path / "f.json", "{}")
+        assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755 == default_mode(directory=True)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644 == default_mode()
+    finally:
+        os.umask(old)

@@ -17,7 +17,6 @@ standard library is used here (no torch, no onnx).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -28,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rkd.atomic import atomic_write_text
+from rkd.atomic import atomic_write_text, default_mode, file_sha256, fsync_dir
 from rkd.errors import CheckpointError, UsageError
 
 MANIFEST_NAME = "manifest.json"
@@ -42,31 +41,9 @@ CORE_KEYS: tuple[str, ...] = (
 )
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with seconds (``2026-11-30T12:00:00+00:00``)."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _refuse_existing(out_dir: Path) -> None:
@@ -95,6 +72,7 @@ def stage_bundle(out_dir: str | Path, *, force: bool) -> Iterator[Path]:
             _refuse_existing(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    os.chmod(staging, default_mode(directory=True))
     try:
         yield staging
         _commit(staging, out_dir, force=force)
@@ -107,7 +85,7 @@ def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
     """Move ``staging`` to ``out_dir``, replacing an existing ``out_dir`` only when ``force``."""
     if not (out_dir.exists() or out_dir.is_symlink()):
         os.rename(staging, out_dir)  # fails (never merges) if a non-empty out_dir appeared meanwhile
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         return
     if not force:
         _refuse_existing(out_dir)
@@ -118,7 +96,7 @@ def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
     except BaseException:
         os.rename(old, out_dir)
         raise
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -12,7 +12,6 @@ read with ``torch.load(..., weights_only=True)`` only (DESIGN.md: never unpickle
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rkd.atomic import file_sha256, fsync_dir
 from rkd.errors import CheckpointError, UsageError
 from rkd.models.classifier import Classifier, ModelSpec, create_model
 
@@ -41,15 +41,6 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _temp_path(target: Path) -> Path:
     """A unique hidden temp path next to ``target`` (same directory, so ``os.replace`` is atomic)."""
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -59,20 +50,6 @@ def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 
@@ -147,7 +124,7 @@ def save_checkpoint(model: Classifier, path: str | Path, metadata: dict[str, Any
         weights_tmp.unlink(missing_ok=True)
         sidecar_tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
