@@ -15,9 +15,9 @@ What it measures, in one run, with the same student, teacher, batch B and attack
    mode. A third variant is adv_path with ``max_batch = B`` (its alignment pass in chunks of B): on a CPU the
    single pass over (2m+1)B inputs allocates tensors of tens of MB that glibc maps fresh from the kernel on
    every call (page faults, pages zeroed), which the per-variant system time and minor page faults show.
-3. ``adv_path_parts``: adv_path's step against the sum of its parts timed alone: (a) the 2B-batch m-step attack
-   (``AdvPath.craft``), (b) the teacher's no-grad pass over the (2m+1)B inputs, (c) the student's forward and
-   backward over them, (d) the SGD step.
+3. ``adv_path_parts``: adv_path's step against the sum of its parts timed alone: (a) the 2B-batch m-step
+   attack (``AdvPath.craft``), (b) the teacher's no-grad pass over the (2m+1)B inputs, (c) the student's
+   forward and backward over them, (d) the SGD step.
 4. ``adv_path_vs_rslad``: adv_path's step time over RSLAD's at the same m, next to the ratio of multiply-adds
    the two methods imply (MACs of Conv2d/Linear layers counted with forward hooks; the formula is written to
    the output).
@@ -28,13 +28,15 @@ What it measures, in one run, with the same student, teacher, batch B and attack
 How: every variant runs once as a warm-up, then ``--repeats`` rounds; inside a round each variant runs once,
 in an order reversed every other round (A, B, ..., B, A, ...), so that background load on a shared machine
 hits all variants alike. Reported: every raw time (wall, process CPU, system, minor page faults), the median
-and min/max over rounds, and ratios computed per round (then their median and min/max). Data are uniform random images with random labels, models untrained
-(a step's cost does not depend on either). Inputs and models are channels_last unless ``--no-channels-last``
-(the training loop's default); on CUDA the step runs under bf16 autocast, as the training loop does.
+and min/max over rounds, and ratios computed per round (then their median and min/max). Data are uniform
+random images with random labels, models untrained (a step's cost depends on neither). Inputs and models are
+channels_last unless ``--no-channels-last`` (the training loop's default); on CUDA the step runs under bf16
+autocast, as the training loop does.
 
 Run (the machine's threads are shared, so pin them)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_step.py --out benchmarks/results/distill_step-cpu.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_step.py \
+        --out benchmarks/results/distill_step-cpu.json
 
 It writes the JSON (machine, torch version, threads, date, command, raw timings) and a Markdown summary beside
 it (same name, ``.md``).
@@ -68,7 +70,7 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from rkd.attacks import pgd
-from rkd.config import DistillMethodConfig, TrainConfig
+from rkd.config import DistillMethodConfig, IadConfig, TrainConfig
 from rkd.distill import METHODS, DistillMethod, create_method
 from rkd.distill.adv_path import START_STD, AdvPath, AdvPaths
 from rkd.distill.losses import kl_per_sample, soft_targets
@@ -86,7 +88,7 @@ MALLOC_MMAP_THRESHOLD = 131072  # fixed threshold: freed tensors go back to the 
 Step = Callable[[], None]
 
 
-# ---- models, data, methods ------------------------------------------------------------------------------------
+# ---- models, data, methods ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class ModelChoice:
         return create_model(self.name, num_classes=num_classes, width=self.width)
 
     def label(self) -> str:
-        """E.g. ``resnet18 width 0.25`` or ``wide_resnet depth 34 widen_factor 10`` (the factory's defaults)."""
+        """E.g. ``resnet18 width 0.25``, ``wide_resnet depth 34 widen_factor 10`` (the factory's defaults)."""
         knobs = {"width": self.width} if self.width != 1.0 else {}
         spec = getattr(self.build(10), "spec", None)
         for knob in ("depth", "widen_factor"):
@@ -134,8 +136,17 @@ class Bench:
             torch.cuda.synchronize(self.device)
 
 
-def make_bench(student: ModelChoice, teacher: ModelChoice, *, batch: int, steps: int, num_classes: int,
-               device: torch.device, channels_last: bool, seed: int) -> Bench:
+def make_bench(
+    student: ModelChoice,
+    teacher: ModelChoice,
+    *,
+    batch: int,
+    steps: int,
+    num_classes: int,
+    device: torch.device,
+    channels_last: bool,
+    seed: int,
+) -> Bench:
     """Seeded models and a random batch on ``device`` (channels_last like the training loop's loader)."""
     torch.manual_seed(seed)
     s, t = student.build(num_classes), teacher.build(num_classes)
@@ -143,28 +154,43 @@ def make_bench(student: ModelChoice, teacher: ModelChoice, *, batch: int, steps:
     x = torch.rand(batch, 3, 32, 32, generator=gen)
     y = torch.randint(0, num_classes, (batch,), generator=gen)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    s, t = s.to(device, memory_format=fmt), t.to(device, memory_format=fmt)
+    s, t = s.to(device).to(memory_format=fmt), t.to(device).to(memory_format=fmt)
     x = x.to(device).contiguous(memory_format=fmt)
-    return Bench(student=s, teacher=t, x=x, y=y.to(device), steps=steps, num_classes=num_classes,
-                 device=device, channels_last=channels_last, seed=seed)
+    return Bench(
+        student=s,
+        teacher=t,
+        x=x,
+        y=y.to(device),
+        steps=steps,
+        num_classes=num_classes,
+        device=device,
+        channels_last=channels_last,
+        seed=seed,
+    )
 
 
 def build_method(bench: Bench, name: str) -> tuple[DistillMethod, torch.optim.Optimizer]:
-    """The registered method ``name`` from its recipe section (``steps = m``) on a private copy of the student,
-    in train mode, with the training loop's optimizer."""
+    """The registered method ``name`` from its recipe section (``steps = m``) on a private copy of the
+    student, in train mode, with the training loop's optimizer."""
     config = TypeAdapter(DistillMethodConfig).validate_python({"name": name, "steps": bench.steps})
     student = copy.deepcopy(bench.student)
     cls = METHODS.get(name)
     method = create_method(config, student=student, teacher=bench.teacher if cls.needs_teacher else None)
-    if name == "iad":
+    if isinstance(config, IadConfig):
         method.set_epoch(config.warmup_epochs)  # past the warm-up: IAD's own term is on
     method.train()
-    optimizer = build_optimizer(method.trainable_parameters(), TrainConfig(weight_decay=WEIGHT_DECAY))
+    optimizer = build_optimizer(
+        method.trainable_parameters(), TrainConfig.model_validate({"weight_decay": WEIGHT_DECAY})
+    )
     return method, optimizer
 
 
-def train_step(bench: Bench, method: nn.Module, optimizer: torch.optim.Optimizer,
-               loss_fn: Callable[[], torch.Tensor] | None = None) -> None:
+def train_step(
+    bench: Bench,
+    method: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[], torch.Tensor] | None = None,
+) -> None:
     """One step as ``rkd.train.loop`` runs it: forward (with the attack), zero_grad, backward, SGD step."""
     with bench.autocast():
         loss = (loss_fn() if loss_fn is not None else method(bench.x, bench.y).loss).float()
@@ -173,7 +199,7 @@ def train_step(bench: Bench, method: nn.Module, optimizer: torch.optim.Optimizer
     optimizer.step()
 
 
-# ---- the slow reference of adv_path ---------------------------------------------------------------------------
+# ---- the slow reference of adv_path ------------------------------------------------------------------------
 
 
 def load_reference_loss() -> Callable[[AdvPath, torch.Tensor, torch.Tensor, AdvPaths], torch.Tensor]:
@@ -189,18 +215,30 @@ def load_reference_loss() -> Callable[[AdvPath, torch.Tensor, torch.Tensor, AdvP
 
 class ReferenceAdvPath:
     """adv_path written the straightforward way: one PGD loop of B samples per branch, then the per-iterate
-    reference loss. Same draws as :class:`AdvPath` from the same generator state (targets first, then the start
-    noise of both branches as one (2B, C, H, W) normal draw), so both give the same paths and loss.
+    reference loss. Same draws as :class:`AdvPath` from the same generator state (targets first, then the
+    start noise of both branches as one (2B, C, H, W) normal draw), so both give the same paths and loss.
 
-    Only METHOD.md's defaults are covered (random targets, CE steps, all iterates, paths on the student crafted
-    in eval mode), which is what the registered adv_path runs with.
+    Only METHOD.md's defaults are covered (random targets, CE steps, all iterates, paths on the student
+    crafted in eval mode), which is what the registered adv_path runs with.
     """
 
-    def __init__(self, method: AdvPath, num_classes: int,
-                 reference_loss: Callable[[AdvPath, torch.Tensor, torch.Tensor, AdvPaths], torch.Tensor]) -> None:
-        knobs = (method.target, method.step_loss, method.iterate_stride, method.path_model, method.crafting_mode)
+    def __init__(
+        self,
+        method: AdvPath,
+        num_classes: int,
+        reference_loss: Callable[[AdvPath, torch.Tensor, torch.Tensor, AdvPaths], torch.Tensor],
+    ) -> None:
+        knobs = (
+            method.target,
+            method.step_loss,
+            method.iterate_stride,
+            method.path_model,
+            method.crafting_mode,
+        )
         if knobs != ("random", "ce", 1, "student", "eval") or method.gamma <= 0:
-            raise ValueError(f"the reference covers METHOD.md's defaults only, got {knobs}, gamma {method.gamma}")
+            raise ValueError(
+                f"the reference covers METHOD.md's defaults only, got {knobs}, gamma {method.gamma}"
+            )
         self.method, self.num_classes, self.reference_loss = method, num_classes, reference_loss
 
     def _draw(self, kind: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -220,8 +258,19 @@ class ReferenceAdvPath:
         m.student.eval()
         try:
             paths = [
-                pgd(m.attack_model, x, labels, eps=m.eps, alpha=m.alpha, steps=m.steps, norm=m.norm,
-                    targeted=targeted, loss="ce", x_init=x0, return_path=True).path
+                pgd(
+                    m.attack_model,
+                    x,
+                    labels,
+                    eps=m.eps,
+                    alpha=m.alpha,
+                    steps=m.steps,
+                    norm=m.norm,
+                    targeted=targeted,
+                    loss="ce",
+                    x_init=x0,
+                    return_path=True,
+                ).path
                 for labels, targeted, x0 in ((y, False, starts[0]), (targets, True, starts[1]))
             ]
         finally:
@@ -235,7 +284,7 @@ class ReferenceAdvPath:
 
 
 def equality_check(bench: Bench, reference_loss: Callable[..., torch.Tensor]) -> dict[str, Any]:
-    """Fast and reference adv_path on one student in EVAL mode, same generator seed: paths, loss, gradients."""
+    """Fast and reference adv_path on one student in EVAL mode, same generator seed: paths, loss, grads."""
     method, _ = build_method(bench, "adv_path")
     assert isinstance(method, AdvPath)
     method.eval()
@@ -260,8 +309,9 @@ def equality_check(bench: Bench, reference_loss: Callable[..., torch.Tensor]) ->
     method.generator = torch.Generator(device=bench.device).manual_seed(bench.seed + 7)
     paths_ref = reference.craft(x, y)
     assert paths_fast.t is not None and paths_ref.t is not None
+    assert paths_fast.targets is not None and paths_ref.targets is not None
     g_scale = max(float(g.abs().max()) for g in g_fast)
-    g_diff = max(float((a - b).abs().max()) for a, b in zip(g_fast, g_ref))
+    g_diff = max(float((a - b).abs().max()) for a, b in zip(g_fast, g_ref, strict=True))
     return {
         "student_mode": "eval",
         "loss_fast": loss_fast,
@@ -269,14 +319,15 @@ def equality_check(bench: Bench, reference_loss: Callable[..., torch.Tensor]) ->
         "abs_diff": abs(loss_fast - loss_ref),
         "rel_diff": abs(loss_fast - loss_ref) / max(abs(loss_ref), 1e-30),
         "targets_equal": bool(torch.equal(paths_fast.targets, paths_ref.targets)),
-        "path_max_abs_diff": max(float((paths_fast.u - paths_ref.u).abs().max()),
-                                 float((paths_fast.t - paths_ref.t).abs().max())),
+        "path_max_abs_diff": max(
+            float((paths_fast.u - paths_ref.u).abs().max()), float((paths_fast.t - paths_ref.t).abs().max())
+        ),
         "grad_max_abs_diff": g_diff,
         "grad_max_abs": g_scale,
     }
 
 
-# ---- the parts of the adv_path step ----------------------------------------------------------------------------
+# ---- the parts of the adv_path step ------------------------------------------------------------------------
 
 
 @dataclass
@@ -303,8 +354,10 @@ def part_inputs(bench: Bench, method: AdvPath) -> PartInputs:
     return PartInputs(teacher_clean=teacher_clean, inputs=inputs, teacher_log_probs=log_probs)
 
 
-def part_steps(bench: Bench, method: AdvPath, optimizer: torch.optim.Optimizer, inputs: PartInputs) -> dict[str, Step]:
-    """The four parts of adv_path's step, each runnable alone (``student`` leaves the gradients ``sgd`` uses)."""
+def part_steps(
+    bench: Bench, method: AdvPath, optimizer: torch.optim.Optimizer, inputs: PartInputs
+) -> dict[str, Step]:
+    """adv_path's step in four parts, each runnable alone (``student`` leaves the gradients ``sgd`` uses)."""
 
     def craft() -> None:
         with bench.autocast():
@@ -325,7 +378,7 @@ def part_steps(bench: Bench, method: AdvPath, optimizer: torch.optim.Optimizer, 
     return {"craft": craft, "teacher": teacher, "student": student, "sgd": sgd}
 
 
-# ---- timing ----------------------------------------------------------------------------------------------------
+# ---- timing ------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -340,8 +393,12 @@ class Timings:
     minor_faults: dict[str, list[int]]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"wall_seconds": self.wall, "cpu_seconds": self.cpu, "system_seconds": self.system,
-                "minor_page_faults": self.minor_faults}
+        return {
+            "wall_seconds": self.wall,
+            "cpu_seconds": self.cpu,
+            "system_seconds": self.system,
+            "minor_page_faults": self.minor_faults,
+        }
 
 
 def timed(bench: Bench, fn: Step) -> tuple[float, float, float, int]:
@@ -350,16 +407,25 @@ def timed(bench: Bench, fn: Step) -> tuple[float, float, float, int]:
     ru0, cpu0, start = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
     fn()
     bench.sync()
-    wall, cpu, ru1 = time.perf_counter() - start, time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF)
+    wall, cpu, ru1 = (
+        time.perf_counter() - start,
+        time.process_time() - cpu0,
+        resource.getrusage(resource.RUSAGE_SELF),
+    )
     return wall, cpu, ru1.ru_stime - ru0.ru_stime, ru1.ru_minflt - ru0.ru_minflt
 
 
-def run_rounds(bench: Bench, variants: dict[str, Step], repeats: int, warmup: int,
-               log: Callable[[str], None]) -> Timings:
+def run_rounds(
+    bench: Bench, variants: dict[str, Step], repeats: int, warmup: int, log: Callable[[str], None]
+) -> Timings:
     """Every variant once per round, order reversed every other round; warm-up rounds are not recorded."""
     names = list(variants)
-    t = Timings(wall={n: [] for n in names}, cpu={n: [] for n in names}, system={n: [] for n in names},
-                minor_faults={n: [] for n in names})
+    t = Timings(
+        wall={n: [] for n in names},
+        cpu={n: [] for n in names},
+        system={n: [] for n in names},
+        minor_faults={n: [] for n in names},
+    )
     for r in range(warmup + repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
@@ -379,12 +445,17 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def relative_to(times: dict[str, list[float]], name: str, base: str) -> Callable[[int], float]:
+    """Round i -> times[name][i] / times[base][i]."""
+    return lambda i: times[name][i] / times[base][i]
+
+
 def per_round(fn: Callable[[int], float], n: int) -> dict[str, Any]:
     values = [fn(i) for i in range(n)]
     return {"per_round": values, **summary(values)}
 
 
-# ---- multiply-adds ---------------------------------------------------------------------------------------------
+# ---- multiply-adds -----------------------------------------------------------------------------------------
 
 
 def macs_per_image(model: nn.Module, device: torch.device) -> int:
@@ -399,7 +470,9 @@ def macs_per_image(model: nn.Module, device: torch.device) -> int:
         elif isinstance(module, nn.Linear):
             total += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -415,7 +488,7 @@ def macs_per_image(model: nn.Module, device: torch.device) -> int:
 FLOP_MODEL = {
     "units": "multiply-adds per batch of B, F_s = student forward, F_t = teacher forward (per image)",
     "assumptions": "student fwd+bwd = 3 F_s (input and weight gradients); attack step = 2 F_s (forward and "
-                   "input gradient, parameters frozen); teacher no-grad forward = F_t",
+    "input gradient, parameters frozen); teacher no-grad forward = F_t",
     "adv_path": "B * [ 2m * 2 F_s  (m steps on 2B)  +  (2m+1) * (F_t + 3 F_s) ]",
     "rslad": "B * [ F_t  (clean soft labels)  +  m * 2 F_s  +  2 * 3 F_s  (x_adv and x) ]",
 }
@@ -427,7 +500,7 @@ def implied_macs(f_s: float, f_t: float, m: int) -> dict[str, float]:
     return {"adv_path_per_image": adv, "rslad_per_image": rslad, "ratio": adv / rslad}
 
 
-# ---- memory (one subprocess per point) -------------------------------------------------------------------------
+# ---- memory (one subprocess per point) ---------------------------------------------------------------------
 
 
 def _rss_bytes() -> int:
@@ -452,9 +525,16 @@ def _trim() -> None:
 def memory_point(args: argparse.Namespace, batch: int, steps: int) -> dict[str, Any]:
     """Peak resident-memory growth of one adv_path step (after a warm-up step), in this process."""
     device = torch.device(args.device)
-    bench = make_bench(ModelChoice(args.memory_student), ModelChoice(args.memory_teacher), batch=batch,
-                       steps=steps, num_classes=args.num_classes, device=device,
-                       channels_last=args.channels_last, seed=args.seed)
+    bench = make_bench(
+        ModelChoice(args.memory_student),
+        ModelChoice(args.memory_teacher),
+        batch=batch,
+        steps=steps,
+        num_classes=args.num_classes,
+        device=device,
+        channels_last=args.channels_last,
+        seed=args.seed,
+    )
     method, optimizer = build_method(bench, "adv_path")
     start = time.perf_counter()
     train_step(bench, method, optimizer)  # warm-up: momentum buffers, kernel caches
@@ -474,18 +554,25 @@ def memory_point(args: argparse.Namespace, batch: int, steps: int) -> dict[str, 
             how = "ru_maxrss (process peak; may include model construction), minus RSS before the step"
         train_step(bench, method, optimizer)
         peak = _hwm_bytes()
-    return {"batch": batch, "steps": steps, "inputs": (2 * steps + 1) * batch, "before_bytes": before,
-            "peak_bytes": peak, "growth_bytes": peak - before, "how": how,
-            "seconds_two_steps": time.perf_counter() - start}
+    return {
+        "batch": batch,
+        "steps": steps,
+        "inputs": (2 * steps + 1) * batch,
+        "before_bytes": before,
+        "peak_bytes": peak,
+        "growth_bytes": peak - before,
+        "how": how,
+        "seconds_two_steps": time.perf_counter() - start,
+    }
 
 
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
     """Least squares y = a + c x; returns (a, c, R^2)."""
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    c = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    c = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     a = my - c * mx
-    ss_res = sum((y - a - c * x) ** 2 for x, y in zip(xs, ys))
+    ss_res = sum((y - a - c * x) ** 2 for x, y in zip(xs, ys, strict=True))
     ss_tot = sum((y - my) ** 2 for y in ys)
     return a, c, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
 
@@ -495,14 +582,31 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
     points: list[dict[str, Any]] = []
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MALLOC_MMAP_THRESHOLD))
     for b, m in args.memory_points:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-point", f"{b}x{m}",
-               "--memory-student", args.memory_student, "--memory-teacher", args.memory_teacher,
-               "--device", args.device, "--threads", str(args.threads), "--num-classes", str(args.num_classes),
-               "--seed", str(args.seed)] + ([] if args.channels_last else ["--no-channels-last"])
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--memory-point",
+            f"{b}x{m}",
+            "--memory-student",
+            args.memory_student,
+            "--memory-teacher",
+            args.memory_teacher,
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+            "--num-classes",
+            str(args.num_classes),
+            "--seed",
+            str(args.seed),
+        ] + ([] if args.channels_last else ["--no-channels-last"])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
         point = json.loads(out.stdout.strip().splitlines()[-1])
         points.append(point)
-        log(f"memory B={b} m={m}: growth {point['growth_bytes'] / 2**20:.0f} MiB ({point['seconds_two_steps']:.0f}s)")
+        log(
+            f"memory B={b} m={m}: growth {point['growth_bytes'] / 2**20:.0f} MiB "
+            f"({point['seconds_two_steps']:.0f}s)"
+        )
     xs = [float(p["inputs"]) for p in points]
     ys = [float(p["growth_bytes"]) for p in points]
     a, c, r2 = linear_fit(xs, ys)
@@ -515,12 +619,21 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
     teacher = ModelChoice(args.memory_teacher).build(args.num_classes)
     s_bytes = sum(p.numel() * p.element_size() for p in student.parameters())
     t_bytes = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    static = 2 * s_bytes + t_bytes  # student weights + SGD momentum, teacher weights (gradients are in growth)
+    static = (
+        2 * s_bytes + t_bytes
+    )  # student weights + SGD momentum, teacher weights (gradients are in growth)
     gib = 2**30
     return {
-        "kind": "ESTIMATE from CPU runs (no GPU was used)" if args.device == "cpu" else f"measured on {args.device}",
-        "student": ModelChoice(args.memory_student).label(), "teacher": ModelChoice(args.memory_teacher).label(),
-        "target": {"batch": args.memory_batch, "steps": args.memory_m, "inputs_2m_plus_1_times_B": target_inputs},
+        "kind": "ESTIMATE from CPU runs (no GPU was used)"
+        if args.device == "cpu"
+        else f"measured on {args.device}",
+        "student": ModelChoice(args.memory_student).label(),
+        "teacher": ModelChoice(args.memory_teacher).label(),
+        "target": {
+            "batch": args.memory_batch,
+            "steps": args.memory_m,
+            "inputs_2m_plus_1_times_B": target_inputs,
+        },
         "points": points,
         "fit": {"model": "growth = a + c * (2m+1) * B", "a_bytes": a, "c_bytes_per_input": c, "r2": r2},
         "static_bytes": {"student_weights": s_bytes, "sgd_momentum": s_bytes, "teacher_weights": t_bytes},
@@ -528,19 +641,19 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
         "estimate_growth_fp32_gib": growth / gib,
         "estimate_bf16_gib": (static + growth / 2) / gib,
         "method": (
-            f"Peak resident memory growth of one adv_path step (after a warm-up step), measured on the CPU in a "
-            f"fresh subprocess per (B, m) point (glibc mmap threshold fixed at {MALLOC_MMAP_THRESHOLD} bytes and "
-            f"malloc_trim before the step, so RSS follows live tensors), fitted by least squares as a + c (2m+1) B "
-            f"and extrapolated to B = {args.memory_batch}, m = {args.memory_m}; plus the static weights (student "
-            f"weights, SGD momentum, teacher weights). The growth holds the activations kept for the backward, "
-            f"the transient teacher activations and the gradients. On a GPU under bf16 autocast the activation "
-            f"memory is about half of fp32 ('estimate_bf16_gib' halves the whole growth; the CUDA caching "
-            f"allocator and cuDNN workspaces add to either)."
+            f"Peak resident memory growth of one adv_path step (after a warm-up step), measured on the CPU "
+            f"in a fresh subprocess per (B, m) point (glibc mmap threshold fixed at {MALLOC_MMAP_THRESHOLD} "
+            f"bytes and malloc_trim before the step, so RSS follows live tensors), fitted by least squares "
+            f"as a + c (2m+1) B and extrapolated to B = {args.memory_batch}, m = {args.memory_m}; plus the "
+            f"static weights (student weights, SGD momentum, teacher weights). The growth holds the "
+            f"activations kept for the backward, the transient teacher activations and the gradients. On a "
+            f"GPU under bf16 autocast the activation memory is about half of fp32 ('estimate_bf16_gib' "
+            f"halves the whole growth; the CUDA caching allocator and cuDNN workspaces add to either)."
         ),
     }
 
 
-# ---- the report ------------------------------------------------------------------------------------------------
+# ---- the report --------------------------------------------------------------------------------------------
 
 
 def machine_info() -> dict[str, Any]:
@@ -550,12 +663,17 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
-    return {"processor": platform.processor(), "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "processor": platform.processor(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def command_line() -> str:
-    """The command as run: thread variables, interpreter (relative to the working directory when inside it), argv."""
+    """The command as run: thread variables, interpreter (relative to the working directory), argv."""
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):
@@ -568,8 +686,10 @@ def _cell(s: dict[str, float], digits: int) -> str:
 
 
 def _costs_cells(r: dict[str, Any]) -> str:
-    return (f"{r['cpu_seconds']['median']:.3f} ({r['system_seconds']['median']:.3f}) | "
-            f"{r['minor_page_faults']:.0f}")
+    return (
+        f"{r['cpu_seconds']['median']:.3f} ({r['system_seconds']['median']:.3f}) | "
+        f"{r['minor_page_faults']:.0f}"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -592,27 +712,34 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, r in sec["methods"].items():
         rel = r["relative_to_adv_path"]
-        lines.append(f"| {name} | {_cell(r['seconds'], 3)} | {b / r['seconds']['median']:.0f} | {_cell(rel, 2)} | "
-                     f"{_costs_cells(r)} |")
+        lines.append(
+            f"| {name} | {_cell(r['seconds'], 3)} | {b / r['seconds']['median']:.0f} | {_cell(rel, 2)} | "
+            f"{_costs_cells(r)} |"
+        )
     ref = sec["adv_path_vs_reference"]
     eq = ref["equality_eval_mode"]
-    rows = [("fast: 2B attack batch, one alignment pass (the registered adv_path)", ref["fast"]),
-            ("reference: a PGD loop per branch, a teacher and a student call per iterate", ref["reference"]),
-            (f"fast, alignment pass chunked ({ref['fast_chunked']['what']})", ref["fast_chunked"])]
+    rows = [
+        ("fast: 2B attack batch, one alignment pass (the registered adv_path)", ref["fast"]),
+        ("reference: a PGD loop per branch, a teacher and a student call per iterate", ref["reference"]),
+        (f"fast, alignment pass chunked ({ref['fast_chunked']['what']})", ref["fast_chunked"]),
+    ]
     lines += [
         "",
         "## 2. adv_path fast vs straightforward reference (train mode)",
         "",
         "| step | wall s/step | img/s | CPU s (system s) | minor page faults |",
         "|---|---|---|---|---|",
-        *(f"| {label} | {_cell(r['seconds'], 3)} | {b / r['seconds']['median']:.0f} | {_costs_cells(r)} |"
-          for label, r in rows),
+        *(
+            f"| {label} | {_cell(r['seconds'], 3)} | {b / r['seconds']['median']:.0f} | {_costs_cells(r)} |"
+            for label, r in rows
+        ),
         "",
         f"Speed-up reference/fast, wall time: **{_cell(ref['speedup'], 2)}x**; CPU time: "
         f"{_cell(ref['speedup_cpu_time'], 2)}x (target >= {ref['target_speedup']}x).",
         f"Speed-up reference/fast-chunked, wall time: {_cell(ref['speedup_chunked'], 2)}x; CPU time: "
         f"{_cell(ref['speedup_chunked_cpu_time'], 2)}x.",
-        f"Same loss (student in eval mode): fast {eq['loss_fast']:.8f}, reference {eq['loss_reference']:.8f}, "
+        f"Same loss (student in eval mode): fast {eq['loss_fast']:.8f}, "
+        f"reference {eq['loss_reference']:.8f}, "
         f"|diff| {eq['abs_diff']:.2e}; targets equal: {eq['targets_equal']}; paths max |diff| "
         f"{eq['path_max_abs_diff']:.2e}; gradients max |diff| {eq['grad_max_abs_diff']:.2e} "
         f"(max |grad| {eq['grad_max_abs']:.2e}).",
@@ -644,7 +771,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"MACs per image: student {macs['student_macs_per_image'] / 1e6:.1f} M, teacher "
         f"{macs['teacher_macs_per_image'] / 1e6:.1f} M.",
-        f"- adv_path: {FLOP_MODEL['adv_path']} = {macs['implied']['adv_path_per_image'] / 1e9:.2f} GMAC per image",
+        f"- adv_path: {FLOP_MODEL['adv_path']} = "
+        f"{macs['implied']['adv_path_per_image'] / 1e9:.2f} GMAC per image",
         f"- RSLAD: {FLOP_MODEL['rslad']} = {macs['implied']['rslad_per_image'] / 1e9:.2f} GMAC per image",
         f"- ({FLOP_MODEL['assumptions']})",
         "",
@@ -664,23 +792,27 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|",
         ]
         for p in mem["points"]:
-            lines.append(f"| {p['batch']} | {p['steps']} | {p['inputs']} | {p['growth_bytes'] / 2**20:.0f} | "
-                         f"{p['fitted_growth_bytes'] / 2**20:.0f} | {p['seconds_two_steps']:.0f} |")
+            lines.append(
+                f"| {p['batch']} | {p['steps']} | {p['inputs']} | {p['growth_bytes'] / 2**20:.0f} | "
+                f"{p['fitted_growth_bytes'] / 2**20:.0f} | {p['seconds_two_steps']:.0f} |"
+            )
         fit = mem["fit"]
         st = mem["static_bytes"]
         lines += [
             "",
-            f"Fit: growth = {fit['a_bytes'] / 2**20:.0f} MiB + {fit['c_bytes_per_input'] / 2**20:.2f} MiB x (2m+1)B "
+            f"Fit: growth = {fit['a_bytes'] / 2**20:.0f} MiB + "
+            f"{fit['c_bytes_per_input'] / 2**20:.2f} MiB x (2m+1)B "
             f"(R^2 {fit['r2']:.4f}). Static: student {st['student_weights'] / 2**20:.0f} MiB + momentum "
             f"{st['sgd_momentum'] / 2**20:.0f} MiB + teacher {st['teacher_weights'] / 2**20:.0f} MiB.",
-            f"Estimate at (2m+1)B = {mem['target']['inputs_2m_plus_1_times_B']}: **{mem['estimate_fp32_gib']:.1f} GiB "
+            f"Estimate at (2m+1)B = {mem['target']['inputs_2m_plus_1_times_B']}: "
+            f"**{mem['estimate_fp32_gib']:.1f} GiB "
             f"in fp32**, about **{mem['estimate_bf16_gib']:.1f} GiB under bf16 autocast** (activations about "
             f"half of fp32).",
         ]
     return "\n".join(lines) + "\n"
 
 
-# ---- main ------------------------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------------------
 
 
 def parse_points(text: str) -> list[tuple[int, int]]:
@@ -693,10 +825,15 @@ def parse_points(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/distill_step-cpu.json"),
-                   help="JSON report; the Markdown summary goes beside it (.md)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/distill_step-cpu.json"),
+        help="JSON report; the Markdown summary goes beside it (.md)",
+    )
     p.add_argument("--student", default="resnet18")
     p.add_argument("--student-width", type=float, default=0.25)
     p.add_argument("--teacher", default="resnet18")
@@ -706,8 +843,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", "-m", type=int, default=10, help="attack steps m of every method")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--methods", default="all", help="comma-separated method names (adv_path and rslad are "
-                   "always included)")
+    p.add_argument(
+        "--methods",
+        default="all",
+        help="comma-separated method names (adv_path and rslad are always included)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (set OMP_NUM_THREADS too)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -717,9 +857,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-teacher", default="wide_resnet", help="wide_resnet is WRN-34-10 by default")
     p.add_argument("--memory-batch", type=int, default=128, help="batch of the extrapolated estimate")
     p.add_argument("--memory-m", type=int, default=10, help="m of the extrapolated estimate")
-    p.add_argument("--memory-points", type=parse_points, default=parse_points("2x2,4x2,8x2,4x1,4x4"),
-                   help="measured (batch x m) points")
-    p.add_argument("--memory-point", type=parse_points, default=None, help=argparse.SUPPRESS)  # subprocess mode
+    p.add_argument(
+        "--memory-points",
+        type=parse_points,
+        default=parse_points("2x2,4x2,8x2,4x1,4x4"),
+        help="measured (batch x m) points",
+    )
+    p.add_argument(
+        "--memory-point", type=parse_points, default=None, help=argparse.SUPPRESS
+    )  # subprocess mode
     return p.parse_args(argv)
 
 
@@ -729,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
     if args.memory_point:
-        (b, m), = args.memory_point
+        ((b, m),) = args.memory_point
         print(json.dumps(memory_point(args, b, m)))
         return
 
@@ -741,9 +887,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = torch.device(args.device)
     student_choice = ModelChoice(args.student, args.student_width)
     teacher_choice = ModelChoice(args.teacher, args.teacher_width)
-    bench = make_bench(student_choice, teacher_choice, batch=args.batch, steps=args.steps,
-                       num_classes=args.num_classes, device=device, channels_last=args.channels_last, seed=args.seed)
-    names = METHODS.names() if args.methods == "all" else sorted({*args.methods.split(","), "adv_path", "rslad"})
+    bench = make_bench(
+        student_choice,
+        teacher_choice,
+        batch=args.batch,
+        steps=args.steps,
+        num_classes=args.num_classes,
+        device=device,
+        channels_last=args.channels_last,
+        seed=args.seed,
+    )
+    names = (
+        METHODS.names() if args.methods == "all" else sorted({*args.methods.split(","), "adv_path", "rslad"})
+    )
     reference_loss = load_reference_loss()
 
     log("equality check (eval mode)")
@@ -751,7 +907,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     log(f"loss fast {equality['loss_fast']:.8f} reference {equality['loss_reference']:.8f}")
 
     variants: dict[str, Step] = {}
-    methods: dict[str, tuple[DistillMethod, torch.optim.Optimizer]] = {n: build_method(bench, n) for n in names}
+    methods: dict[str, tuple[DistillMethod, torch.optim.Optimizer]] = {
+        n: build_method(bench, n) for n in names
+    }
     fast, fast_opt = methods["adv_path"]
     assert isinstance(fast, AdvPath)
     ref_method, ref_opt = build_method(bench, "adv_path")
@@ -766,7 +924,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # adv_path, its reference and its parts side by side; the other methods after them
     variants["adv_path"] = method_step("adv_path")
-    variants[REFERENCE] = lambda: train_step(bench, ref_method, ref_opt, lambda: reference.loss(bench.x, bench.y))
+    variants[REFERENCE] = lambda: train_step(
+        bench, ref_method, ref_opt, lambda: reference.loss(bench.x, bench.y)
+    )
     chunked, chunked_opt = build_method(bench, "adv_path")
     assert isinstance(chunked, AdvPath)
     chunked.max_batch = args.batch
@@ -783,15 +943,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     n = args.repeats
 
     def costs(name: str) -> dict[str, Any]:
-        return {"seconds": summary(times[name]), "cpu_seconds": summary(cpu[name]),
-                "system_seconds": summary(timings.system[name]),
-                "minor_page_faults": statistics.median(faults[name])}
+        return {
+            "seconds": summary(times[name]),
+            "cpu_seconds": summary(cpu[name]),
+            "system_seconds": summary(timings.system[name]),
+            "minor_page_faults": statistics.median(faults[name]),
+        }
 
     sec_methods = {
         name: {
             **costs(name),
             "images_per_second": summary([args.batch / t for t in times[name]]),
-            "relative_to_adv_path": per_round(lambda i, nm=name: times[nm][i] / times["adv_path"][i], n),
+            "relative_to_adv_path": per_round(relative_to(times, name, "adv_path"), n),
         }
         for name in names
     }
@@ -817,22 +980,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sgd": "(d) SGD step",
     }
     sec_parts = {
-        "parts": {k: {"what": what[k], **costs(f"part_{k}"), "raw": part_times[k],
-                      "share": part_medians[k] / sum(part_medians.values())} for k in PART_NAMES},
+        "parts": {
+            k: {
+                "what": what[k],
+                **costs(f"part_{k}"),
+                "raw": part_times[k],
+                "share": part_medians[k] / sum(part_medians.values()),
+            }
+            for k in PART_NAMES
+        },
         "sum_seconds_median": sum(part_medians.values()),
         "step_seconds": summary(times["adv_path"]),
-        "step_over_sum": per_round(lambda i: times["adv_path"][i] / sum(part_times[k][i] for k in PART_NAMES), n),
+        "step_over_sum": per_round(
+            lambda i: times["adv_path"][i] / sum(part_times[k][i] for k in PART_NAMES), n
+        ),
         "target": 1.2,
     }
     f_s = macs_per_image(bench.student, device)
     f_t = macs_per_image(bench.teacher, device)
     sec_rslad = {
         "measured_time_ratio": per_round(lambda i: times["adv_path"][i] / times["rslad"][i], n),
-        "macs": {"student_macs_per_image": f_s, "teacher_macs_per_image": f_t, "formula": FLOP_MODEL,
-                 "implied": implied_macs(f_s, f_t, m)},
+        "macs": {
+            "student_macs_per_image": f_s,
+            "teacher_macs_per_image": f_t,
+            "formula": FLOP_MODEL,
+            "implied": implied_macs(f_s, f_t, m),
+        },
     }
-    sections: dict[str, Any] = {"methods": sec_methods, "adv_path_vs_reference": sec_reference,
-                                "adv_path_parts": sec_parts, "adv_path_vs_rslad": sec_rslad}
+    sections: dict[str, Any] = {
+        "methods": sec_methods,
+        "adv_path_vs_reference": sec_reference,
+        "adv_path_parts": sec_parts,
+        "adv_path_vs_rslad": sec_rslad,
+    }
     if not args.skip_memory:
         log("memory estimate")
         sections["memory_estimate"] = memory_estimate(args, log)
@@ -846,10 +1026,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "command": command_line(),
         "config": {
-            "student": student_choice.label(), "teacher": teacher_choice.label(), "batch": args.batch,
-            "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "device": args.device,
-            "channels_last": args.channels_last, "num_classes": args.num_classes, "seed": args.seed,
-            "optimizer": f"SGD lr 0.1 momentum 0.9 weight decay {WEIGHT_DECAY}", "iad_epoch": "after warm-up",
+            "student": student_choice.label(),
+            "teacher": teacher_choice.label(),
+            "batch": args.batch,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "device": args.device,
+            "channels_last": args.channels_last,
+            "num_classes": args.num_classes,
+            "seed": args.seed,
+            "optimizer": f"SGD lr 0.1 momentum 0.9 weight decay {WEIGHT_DECAY}",
+            "iad_epoch": "after warm-up",
             "order": "every variant once per round, order reversed every other round",
         },
         "raw": timings.as_dict(),
