@@ -182,7 +182,7 @@ class AdvPathConfig(AttackConfig):
     lambda_nat: float = Field(1 / 6, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
     crafting_mode: Literal["eval", "train"] = "eval"  # student mode while crafting the path
-    max_batch: int | None = Field(None, ge=1)  # chunk the alignment pass to bound memory (None: one pass)
+    max_batch: int | None = Field(None, ge=1)  # chunk the alignment passes (None: one pass on GPU, B on CPU)
 
 
 DistillMethodConfig = Annotated[

@@ -18,8 +18,11 @@ divided by 10, batch mean), so adv_path and RSLAD compare under the same optimiz
 
 Cost: both branches' m attack steps run as one batch of 2B (the targeted branch descends, the untargeted one
 ascends: one signed objective); the teacher's pass over all used iterates is one no-grad batch and the student's
-one batch (both split by ``max_batch`` when set); the clean pass is separate for both, as in RSLAD's code, so
-batch-norm statistics of clean and adversarial inputs are not mixed.
+one batch, split into chunks of ``max_batch`` when set; the clean pass is separate for both, as in RSLAD's code,
+so batch-norm statistics of clean and adversarial inputs are not mixed. ``max_batch=None`` means one pass on a
+GPU and chunks of B on a CPU: there one allocation for the whole pass (e.g. 88 MB) is served by fresh mmap pages
+and page faults cost a quarter of the step (benchmarks/results/distill_step-cpu.md); with B-sized chunks each
+chunk is one iterate's batch, so the student's batch-norm statistics are per iterate, as in the reference.
 """
 
 from __future__ import annotations
@@ -210,9 +213,10 @@ class AdvPath(DistillMethod):
         branches = [("u", paths.u)] + ([("t", paths.t)] if paths.t is not None else [])
         k_n, b = paths.u.shape[:2]
         iterates = torch.cat([p.reshape(-1, *p.shape[2:]) for _, p in branches])  # (nb*K*B, C, H, W)
-        logits_t_iter = _chunked(self.teacher_logits, iterates, self.max_batch)
+        chunk = self.max_batch if self.max_batch is not None else (b if x.device.type == "cpu" else None)
+        logits_t_iter = _chunked(self.teacher_logits, iterates, chunk)
         logits_s_nat = self.student(x)
-        logits_s_iter = _chunked(self.student, iterates, self.max_batch)
+        logits_s_iter = _chunked(self.student, iterates, chunk)
 
         with torch.no_grad():
             p_clean = F.softmax(teacher_clean, dim=1)
