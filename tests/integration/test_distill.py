@@ -124,15 +124,19 @@ def test_a_ddp_run_killed_mid_way_resumes_on_a_different_number_of_processes(tmp
               "--set", "data.holdout=0", "--device", "cpu", "--out", str(out)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29643", "-m", "rkd",
-         *common], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+         *common], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     state = out / "train_state.pt"
     deadline = time.time() + 180
     while time.time() < deadline and not state.exists():
         time.sleep(0.2)
     time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # torchrun starts its workers in sessions of their own: kill every process of this run, agent and workers
+    subprocess.run(["pkill", "-9", "-f", str(out)], check=False)
     proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
+        time.sleep(0.2)
     assert state.exists() and not (out / "model.safetensors").exists(), "the run was not killed mid-way"
     done = subprocess.run([sys.executable, "-m", "rkd", *common, "--resume"], env=_env(), capture_output=True,
                           text=True, timeout=300)

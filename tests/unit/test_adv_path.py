@@ -68,7 +68,7 @@ def reference_loss(method: AdvPath, x: torch.Tensor, y: torch.Tensor, paths: Adv
         else:
             dmax = max(float(d.max()) for d in ds)
             ws = [d / max(dmax, 1e-12) for d in ds]
-        num = sum(w * l for w, l in zip(ws, ls))
+        num = sum(w * kl_k for w, kl_k in zip(ws, ls, strict=True))
         den = sum(ws) + 1e-8
         branch = (num / den).mean()
         weight = 1.0 if name == "u" else method.gamma

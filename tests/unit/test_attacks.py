@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from rkd.attacks import (
     AttackResult,
     AutoAttackResult,
@@ -22,7 +24,6 @@ from rkd.attacks import (
     run_autoattack,
 )
 from rkd.errors import UsageError
-from torch import nn
 
 Data = tuple[torch.Tensor, torch.Tensor]
 EPS = 8 / 255

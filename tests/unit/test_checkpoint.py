@@ -10,8 +10,8 @@ import safetensors.torch
 import torch
 
 from rkd.errors import CheckpointError, UsageError
-from rkd.models import create_model, load_checkpoint, load_foreign_checkpoint, save_checkpoint
 from rkd.models import checkpoint as ckpt_module
+from rkd.models import create_model, load_checkpoint, load_foreign_checkpoint, save_checkpoint
 from rkd.models.classifier import Classifier
 
 X = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

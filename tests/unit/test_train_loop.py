@@ -141,3 +141,13 @@ def test_schedules() -> None:
     assert lr_at(0, 10, cos) == pytest.approx(0.1) and lr_at(50, 10, cos) == pytest.approx(0.05)
     warm = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1, schedule="constant")
     assert lr_at(0, 10, warm) == pytest.approx(0.01) and lr_at(9, 10, warm) == pytest.approx(0.1)
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path: Path, data) -> None:
+    import fcntl
+
+    with open(tmp_path / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UsageError, match="another process is training"):
+            _fit(_method(), data, tmp_path, _cfg(epochs=1))
+    _fit(_method(), data, tmp_path, _cfg(epochs=1))  # released: the run goes ahead

@@ -18,14 +18,12 @@ class-summed KL divided by the batch size (scale 1, 10 times this one) on CIFAR-
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rkd.attacks import pgd
-from rkd.distill.ard import grad_if, require_teacher
+from rkd.distill.ard import grad_if
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import kl_per_sample, soft_targets
 from rkd.distill.rslad import eval_mode, rslad_kl
@@ -60,14 +58,6 @@ class Adaad(DistillMethod):
         self.kd_weight = kd_weight
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
         self.generator = generator
-
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> Adaad:
-        """Build from a :class:`rkd.config.AdaadConfig`."""
-        return cls(
-            student, require_teacher(cls.name, teacher), kd_weight=config.kd_weight, eps=config.eps,
-            alpha=config.alpha, steps=config.steps, norm=config.norm,
-        )
 
     def _teacher_with_input_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits (float32) keeping the graph to ``x`` (the autocast policy of ``teacher_logits``)."""

@@ -118,15 +118,6 @@ class AdvPath(DistillMethod):
         self.crafting_mode, self.max_batch = crafting_mode, max_batch
         self.generator = generator
 
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> AdvPath:
-        """Build from a :class:`rkd.config.AdvPathConfig`."""
-        assert teacher is not None  # create_method checks needs_teacher
-        knobs = config.model_dump(exclude={"name"})
-        return cls(student, teacher, **knobs)
-
-    # ---- the path -------------------------------------------------------------------------------------------
-
     def _draw(self, shape: torch.Size | tuple[int, ...], device: torch.device, kind: str, high: int = 0) -> torch.Tensor:
         gen = self.generator
         gdev = gen.device if gen is not None else device

@@ -21,20 +21,12 @@ from torch import nn
 from rkd.attacks import pgd
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import ard_kl_scale, kl_per_sample, soft_targets
-from rkd.errors import UsageError
 
 
 def grad_if(weight: float) -> contextlib.AbstractContextManager[Any]:
     """``torch.no_grad()`` for a term whose weight is 0 (its forward still runs, e.g. for batch-norm
     statistics and the reported part, but no backward is paid for it); a no-op context otherwise."""
     return torch.no_grad() if weight == 0 else contextlib.nullcontext()
-
-
-def require_teacher(method: str, teacher: nn.Module | None) -> nn.Module:
-    """The teacher, or a UsageError naming the method (for ``from_config`` called without one)."""
-    if teacher is None:
-        raise UsageError(f"method '{method}' distils from a teacher: give one (--teacher CHECKPOINT)")
-    return teacher
 
 
 @dataclass
@@ -88,15 +80,6 @@ class Ard(DistillMethod):
         self.temperature, self.kd_weight = temperature, kd_weight
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
         self.generator = generator
-
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> Ard:
-        """Build from a :class:`rkd.config.ArdConfig`."""
-        return cls(
-            student, require_teacher(cls.name, teacher), temperature=config.temperature,
-            kd_weight=config.kd_weight, eps=config.eps, alpha=config.alpha, steps=config.steps,
-            norm=config.norm,
-        )
 
     def craft(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x_adv = PGD-k on CE(S(.), y) from a uniform random start, on the student in its current mode."""

@@ -51,6 +51,18 @@ class DistillMethod(nn.Module):
         self.attack_model: nn.Module = student  # replaced by a compiled twin when compile_attack is on
         self.epoch = 0
 
+    @classmethod
+    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> DistillMethod:
+        """Build from the method's validated recipe section: every field but ``name`` is a keyword argument."""
+        knobs = config.model_dump(exclude={"name"})
+        if cls.needs_teacher:
+            if teacher is None:
+                from rkd.errors import UsageError
+
+                raise UsageError(f"method '{cls.name}' distils from a teacher: give one (--teacher CHECKPOINT)")
+            return cls(student, teacher, **knobs)
+        return cls(student, **knobs)
+
     def train(self, mode: bool = True) -> DistillMethod:
         """Train/eval the student; the teacher stays in eval mode."""
         super().train(mode)
@@ -90,9 +102,4 @@ METHODS: Registry[Any] = Registry("method")
 
 def create_method(config: Any, student: nn.Module, teacher: nn.Module | None = None) -> DistillMethod:
     """Build the method named by ``config.name`` from its validated recipe section."""
-    cls = METHODS.get(config.name)
-    if cls.needs_teacher and teacher is None:
-        from rkd.errors import UsageError
-
-        raise UsageError(f"method '{config.name}' distils from a teacher: give one (--teacher CHECKPOINT)")
-    return cls.from_config(config, student=student, teacher=teacher)
+    return METHODS.get(config.name).from_config(config, student=student, teacher=teacher)

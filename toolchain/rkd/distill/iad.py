@@ -19,13 +19,11 @@ KL terms.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rkd.distill.ard import Ard, require_teacher
+from rkd.distill.ard import Ard
 from rkd.distill.base import METHODS, StepOutput
 from rkd.distill.losses import ard_kl_scale, kl_per_sample
 
@@ -62,15 +60,6 @@ class Iad(Ard):
             norm=norm, generator=generator,
         )
         self.warmup_epochs, self.beta = warmup_epochs, beta
-
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> Iad:
-        """Build from a :class:`rkd.config.IadConfig`."""
-        return cls(
-            student, require_teacher(cls.name, teacher), temperature=config.temperature,
-            kd_weight=config.kd_weight, warmup_epochs=config.warmup_epochs, beta=config.beta, eps=config.eps,
-            alpha=config.alpha, steps=config.steps, norm=config.norm,
-        )
 
     @property
     def warming_up(self) -> bool:

@@ -3,8 +3,6 @@ ICLR 2018): minimise CE(S(x_adv), y) with x_adv = PGD-k on CE(S(.), y) from a un
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,13 +36,6 @@ class PgdAt(DistillMethod):
         super().__init__(student)
         self.eps, self.alpha, self.steps, self.norm, self.start = eps, alpha, steps, norm, start
         self.generator = generator
-
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> PgdAt:
-        """Build from a :class:`rkd.config.PgdAtConfig`."""
-        return cls(
-            student, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm, start=config.start
-        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         x_adv = pgd(

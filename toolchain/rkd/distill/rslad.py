@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 
 from rkd.attacks import pgd
-from rkd.distill.ard import grad_if, require_teacher
+from rkd.distill.ard import grad_if
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets
 
@@ -73,14 +72,6 @@ class Rslad(DistillMethod):
         self.lambda_nat = lambda_nat
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
         self.generator = generator
-
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> Rslad:
-        """Build from a :class:`rkd.config.RsladConfig`."""
-        return cls(
-            student, require_teacher(cls.name, teacher), lambda_nat=config.lambda_nat, eps=config.eps,
-            alpha=config.alpha, steps=config.steps, norm=config.norm,
-        )
 
     def craft(
         self, x: torch.Tensor, y: torch.Tensor, *, teacher_log_probs: torch.Tensor | None = None

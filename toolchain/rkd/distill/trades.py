@@ -7,8 +7,6 @@ classes and averaged over the batch, the scale of the reference code (``KLDivLos
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,13 +41,6 @@ class Trades(DistillMethod):
         super().__init__(student)
         self.beta, self.eps, self.alpha, self.steps, self.norm = beta, eps, alpha, steps, norm
         self.generator = generator
-
-    @classmethod
-    def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> Trades:
-        """Build from a :class:`rkd.config.TradesConfig`."""
-        return cls(
-            student, beta=config.beta, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm
-        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         was_training = self.student.training

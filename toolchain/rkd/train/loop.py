@@ -66,6 +66,19 @@ def evaluate_holdout(
     return {"clean_acc": res.accuracy("clean"), f"pgd{steps}_acc": res.accuracy(f"pgd{steps}"), "n": k}
 
 
+def _lock_run_dir(run: Path) -> Any:
+    """An exclusive lock on ``run/.lock`` held for the run: two trainings never write one run directory."""
+    import fcntl
+
+    fh = open(run / ".lock", "a")  # held open (and locked) for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UsageError(f"another process is training in {run}: wait for it or stop it first") from None
+    return fh
+
+
 def fit(
     method: DistillMethod,
     train_data: ImageArrays,
@@ -99,8 +112,10 @@ def fit(
     if state_path.exists() and not resume:
         raise UsageError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     ctx.barrier()  # every rank has checked before rank 0 writes anything
+    lock = None
     if ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
+        lock = _lock_run_dir(run)
     dev = torch.device(device)
     student = method.student
     channels_last = cfg.channels_last != "off"
@@ -230,6 +245,8 @@ def fit(
         method.student = student
         method.eval()
         sink.on_end()
+        if lock is not None:
+            lock.close()
     best = run / BEST_CHECKPOINT
     return TrainResult(
         run_dir=run, checkpoint=ckpt, best_checkpoint=best if best.exists() else None, epochs=cfg.epochs,
