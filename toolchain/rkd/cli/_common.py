@@ -117,3 +117,15 @@ def render_train_result(title: str, result: Any) -> None:
                 table.add_row(f"held-out {key}", f"{value:.2%} (n={last['n']})")
     table.add_row("time", f"{result.seconds:.0f} s")
     out.print(table)
+
+
+def human_size(n: int) -> str:
+    """A byte count as B, KiB, MiB or GiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import handle_errors, out
+from rkd.cli._common import handle_errors, human_size, out
 
 _TRT_HINT = "pip install 'rkd[tensorrt]' on a machine with NVIDIA's index, or use NVIDIA's PyTorch container"
 
@@ -29,17 +29,6 @@ class Target(str, Enum):
 
     onnx = "onnx"
     trt = "trt"
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = n / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def _engine_builder() -> Callable[..., Any]:
@@ -78,7 +67,7 @@ def _render(manifest: dict[str, Any], out_dir: Path) -> None:
     for col in ("file", "size", "sha256"):
         table.add_column(col, justify="right" if col == "size" else "left")
     for name, entry in sorted(manifest["files"].items()):
-        table.add_row(name, _size(int(entry["bytes"])), str(entry["sha256"])[:16] + "…")
+        table.add_row(name, human_size(int(entry["bytes"])), str(entry["sha256"])[:16] + "…")
     out.print(table)
     section = manifest.get("export") or {}
     parity, pdata = section.get("parity"), section.get("parity_data")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import console, handle_errors, out
+from rkd.cli._common import console, handle_errors, human_size, out
 
 WORST_LAYERS = 10
 
@@ -29,17 +29,6 @@ class Method(str, Enum):
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = n / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def _acc(block: dict[str, Any] | None) -> str:
@@ -97,7 +86,7 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
     files.add_column("file")
     files.add_column("size", justify="right")
     for name, size in section["sizes"].items():
-        files.add_row(name, _size(int(size)))
+        files.add_row(name, human_size(int(size)))
     out.print(files)
     layers = section.get("debug_layers")
     if layers:
