@@ -98,6 +98,19 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
         for row in layers[:WORST_LAYERS]:
             worst.add_row(row["node"] or row["tensor"], row["op_type"], f"{row['sqnr_db']:.1f}")
         out.print(worst)
+    q = section.get("qat")
+    if q:
+        out.print(f"QAT: {q['method']}, {q['epochs']} epoch(s), lr {q['lr']}, {q['train_n']} training images; "
+                  f"{q['write_back']['changed']}/{q['write_back']['initializers']} weight tensors changed; "
+                  f"PTQ kept as {q['started_from']}", highlight=False)
+        if q.get("before") and q.get("after"):
+            table = Table(title="INT8 (ONNX Runtime): PTQ vs QAT")
+            table.add_column("")
+            table.add_column("PTQ")
+            table.add_column("QAT")
+            for key in q["after"]["int8"]:
+                table.add_row(key, _acc(q["before"]["int8"].get(key)), _acc(q["after"]["int8"].get(key)))
+            out.print(table)
     for warning in section.get("warnings") or []:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out.print(f"manifest: {bundle / 'manifest.json'} (section \"quantize\")", highlight=False)
@@ -129,6 +142,23 @@ def quantize(
     seed: Annotated[int, typer.Option(help="Seeds the calibration subset and PGD starts.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing INT8 model, or re-export a "
                                         "bundle of another checkpoint.")] = False,
+    qat: Annotated[bool, typer.Option("--qat", help="Robust quantization-aware training after PTQ: fine-tune "
+                                      "the fake-quant student (the QDQ file's scales fixed) with --qat-method, then "
+                                      "write the weights back as model.int8.onnx (PTQ kept as "
+                                      "model.int8.ptq.onnx).")] = False,
+    epochs: Annotated[int, typer.Option("--epochs", help="QAT epochs.")] = 1,
+    qat_method: Annotated[str, typer.Option("--qat-method", help="QAT distillation method from the registry "
+                                            "(adv_path, ard, rslad, ..., or teacher-free pgd_at, "
+                                            "trades).")] = "adv_path",
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher checkpoint, required for QAT "
+                                                    "methods that distil.")] = None,
+    train_n: Annotated[Optional[int], typer.Option("--train-n", help="QAT training images: seeded random "
+                                                   "subset of --calib-data's training split [default: "
+                                                   "all].")] = None,
+    qat_lr: Annotated[float, typer.Option("--qat-lr", help="QAT learning rate (SGD, constant).")] = 0.01,
+    qat_steps: Annotated[Optional[int], typer.Option("--qat-steps", help="Attack steps of the QAT method "
+                                                     "[default: the method's].")] = None,
+    device: Annotated[str, typer.Option("--device", help="QAT device: auto, cpu, cuda[:N].")] = "auto",
 ) -> None:
     """Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its
     bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
@@ -137,11 +167,20 @@ def quantize(
         from rkd.quantize.pipeline import parse_eval_attacks, quantize_checkpoint
 
         parse_eval_attacks(eval_attacks)  # fail fast on a typo
+        if qat:
+            from rkd.errors import UsageError
+            from rkd.quantize.qat import needs_teacher
+
+            if needs_teacher(qat_method) and teacher is None:
+                raise UsageError(f"--qat with method '{qat_method}' distils from a teacher: pass --teacher "
+                                 "CHECKPOINT (or choose a teacher-free --qat-method such as pgd_at)")
         dataset, options = parse_data_arg(calib_data)
         bundle = out_dir or checkpoint.parent / "bundle"
         section = quantize_checkpoint(
             checkpoint, bundle, profile=profile.value, calib_data=(dataset, options), calib_n=calib_n,
             data_root=data_root, method=method.value, eval_n=eval_n, eval_attacks=eval_attacks,
             debug_layers=debug_layers, force=force, seed=seed, nodes_to_exclude=exclude or None,
+            qat=qat, qat_method=qat_method, qat_epochs=epochs, qat_lr=qat_lr, qat_teacher=teacher,
+            qat_train_n=train_n, qat_steps=qat_steps, device=device,
         )
         _render(section, bundle)

@@ -3,7 +3,9 @@ surrogate that gives the INT8 model gradients, and the checkpoint -> bundle pipe
 
 Modules: :mod:`rkd.quantize.calibration` (the ``CalibrationDataReader``), :mod:`rkd.quantize.ort_static`
 (``quantize_onnx``, ``debug_layers``), :mod:`rkd.quantize.surrogate` (``build_surrogate``, ``save_surrogate``,
-``load_surrogate``, ``agreement``), :mod:`rkd.quantize.pipeline` (``quantize_checkpoint``). Nothing is
+``load_surrogate``, ``agreement``), :mod:`rkd.quantize.qat` (``build_qat_student``, ``train_qat``,
+``write_back``: quantization-aware training of the QDQ model), :mod:`rkd.quantize.pipeline`
+(``quantize_checkpoint``). Nothing is
 imported here, so ``import rkd.quantize`` stays light (onnx and onnxruntime load only with the modules that
 use them).
 """

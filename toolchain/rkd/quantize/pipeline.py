@@ -29,6 +29,7 @@ from rkd.quantize.surrogate import KIND, agreement, build_surrogate, save_surrog
 from rkd.stats import wilson_interval
 
 INT8_NAME = "model.int8.onnx"
+PTQ_NAME = "model.int8.ptq.onnx"  # with --qat: the post-training-quantized model QAT started from
 SURROGATE_NAME = "surrogate.int8.safetensors"
 SURROGATE_SIDECAR = "surrogate.int8.json"
 FLOAT_NAME = "model.onnx"
@@ -226,6 +227,45 @@ def _evaluate(
     return result
 
 
+def _run_qat(
+    model: nn.Module, int8_path: Path, ptq_path: Path, train_set: ImageArrays, test: ImageArrays | None,
+    eval_n: int, teacher: nn.Module | None, *, method: str, epochs: int, lr: float, train_n: int | None,
+    attack_steps: int | None, eps: float, alpha: float, steps: int, seed: int, batch_size: int, device: str,
+    teacher_path: str | Path | None,
+) -> dict[str, Any]:
+    """Measure the PTQ model, move it to ``ptq_path``, fine-tune its fake-quant twin and write the QAT model
+    to ``int8_path``; returns the ``qat`` section (``after`` is filled in by the caller)."""
+    from rkd.config import resolve_device
+    from rkd.deploy.runtimes import OnnxRuntime
+    from rkd.quantize.qat import train_qat, write_back
+
+    before = None
+    if test is not None:
+        idx = select_indices(len(test), min(eval_n, len(test)), mode="first")
+        x, y = test.to_float(idx), test.y[idx]
+        ptq_sur = build_surrogate(int8_path)
+        ptq_eval = _evaluate(model, ptq_sur, OnnxRuntime(int8_path, batch_size=batch_size), x, y, eps=eps,
+                             alpha=alpha, steps=steps, seed=seed, batch_size=batch_size)
+        before = {"int8": ptq_eval["int8"], "surrogate_agreement": ptq_eval["agreement"]}
+    int8_path.replace(ptq_path)
+    n = len(train_set) if train_n is None else train_n
+    if n > len(train_set):
+        raise UsageError(f"--train-n {n} but the training data has only {len(train_set)} images")
+    train_idx = select_indices(len(train_set), n, seed=derive_seed("rkd-qat-train", seed), mode="random")
+    student, info = train_qat(ptq_path, train_set.subset(train_idx), method=method, teacher=teacher,
+                              epochs=epochs, lr=lr, steps=attack_steps, eps=eps, alpha=alpha,
+                              batch_size=min(batch_size, 128), device=resolve_device(device), seed=seed)
+    written = write_back(student, ptq_path, int8_path)
+    return {
+        "method": method, "method_config": info.pop("method"), "teacher": str(teacher_path) if teacher else None,
+        **info, "train_data": {"split": "train", "selection": "random", "n": n,
+                               "indices_sha256": indices_sha256(train_idx)},
+        "started_from": PTQ_NAME, "write_back": written, "onnx_checker": "passed",
+        "measured_on": "ONNX Runtime INT8 (forward) + surrogate gradient, the evaluation images above",
+        "before": before, "after": None,
+    }
+
+
 def quantize_checkpoint(
     checkpoint: str | Path,
     bundle: str | Path,
@@ -243,6 +283,14 @@ def quantize_checkpoint(
     seed: int = 0,
     nodes_to_exclude: Sequence[str] | None = None,
     batch_size: int = 256,
+    qat: bool = False,
+    qat_method: str = "adv_path",
+    qat_epochs: int = 1,
+    qat_lr: float = 0.01,
+    qat_teacher: str | Path | None = None,
+    qat_train_n: int | None = None,
+    qat_steps: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Quantize a checkpoint into its bundle: ``model.int8.onnx`` + the surrogate + a manifest section.
 
@@ -275,6 +323,15 @@ def quantize_checkpoint(
         seed: seeds the calibration subset and the PGD random starts.
         nodes_to_exclude: ONNX node names to keep in float.
         batch_size: images per forward pass / attack batch.
+        qat: robust quantization-aware training after PTQ (:mod:`rkd.quantize.qat`): the PTQ file is kept as
+            ``model.int8.ptq.onnx``, its trainable fake-quant twin is fine-tuned with registry method
+            ``qat_method`` (teacher ``qat_teacher`` for methods that distil) for ``qat_epochs`` epochs at
+            constant ``qat_lr`` on ``qat_train_n`` training images of ``calib_data`` (seeded; all when None),
+            and the weights are written back on the same INT8 grid as ``model.int8.onnx``. The section's
+            ``evaluation``/``surrogate`` then describe the QAT model, and ``qat`` holds the PTQ (before) and
+            QAT (after) INT8 numbers, measured the same way on the same images.
+        qat_steps: attack steps of the QAT method (its default when None).
+        device: where QAT trains (``auto``: CUDA when available).
 
     Returns:
         The manifest's ``quantize`` section.
@@ -297,12 +354,33 @@ def quantize_checkpoint(
     _positive("eval_n", eval_n, 0)
     _positive("batch_size", batch_size)
     steps = parse_eval_attacks(eval_attacks)
+    teacher_model = None
+    if qat:
+        from rkd.quantize.qat import needs_teacher
+
+        _positive("qat_epochs", qat_epochs)
+        if qat_train_n is not None:
+            _positive("qat_train_n", qat_train_n)
+        if qat_steps is not None:
+            _positive("qat_steps", qat_steps)
+        if not qat_lr > 0:
+            raise UsageError(f"qat_lr must be > 0, got {qat_lr!r}")
+        if needs_teacher(qat_method):
+            if qat_teacher is None:
+                raise UsageError(f"--qat with method '{qat_method}' distils from a teacher: pass --teacher "
+                                 "CHECKPOINT (or choose a teacher-free --qat-method such as pgd_at)")
+            if not Path(qat_teacher).is_file():
+                raise UsageError(f"teacher checkpoint not found: '{qat_teacher}'")
+            teacher_model, _ = load_checkpoint(qat_teacher, map_location="cpu")
     eval_data = eval_data if eval_data is not None else calib_data
     model, sidecar = load_checkpoint(checkpoint, map_location="cpu")
     ck_sha = str(sidecar.get("sha256"))
     meta = sidecar.get("metadata") or {}
     trained_on = (meta.get("data") or {}).get("dataset") if isinstance(meta, dict) else None
     _refuse_synthetic(calib_data[0], trained_on, "calibration", "--calib-data")
+    if teacher_model is not None and teacher_model.spec.num_classes != model.spec.num_classes:
+        raise UsageError(f"the teacher has {teacher_model.spec.num_classes} classes, the student "
+                         f"{model.spec.num_classes}")
     if eval_n:
         _refuse_synthetic(eval_data[0], trained_on, "evaluation", "--eval-data")
     threat = (meta.get("threat") or {}) if isinstance(meta, dict) else {}
@@ -340,6 +418,16 @@ def quantize_checkpoint(
         settings = ort_static.quantize_onnx(bundle / FLOAT_NAME, int8_path, calib, scheme=profile,
                                             method=method, nodes_to_exclude=nodes_to_exclude)
         timings["quantize"] = time.perf_counter() - t0
+        qat_section = None
+        if qat:
+            t0 = time.perf_counter()
+            qat_section = _run_qat(
+                model, int8_path, tmp / PTQ_NAME, calib_set, test, eval_n, teacher_model,
+                method=qat_method, epochs=qat_epochs, lr=qat_lr, train_n=qat_train_n, attack_steps=qat_steps,
+                eps=eps, alpha=alpha, steps=steps, seed=seed, batch_size=batch_size, device=device,
+                teacher_path=qat_teacher,
+            )
+            timings["qat"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         surrogate = build_surrogate(int8_path)
         save_surrogate(surrogate, sur_path)
@@ -399,6 +487,7 @@ def quantize_checkpoint(
                           "agreement": check, "agreement_on": check_on,
                           "required_agreement": REQUIRED_AGREEMENT, "ok": ok},
             "evaluation": evaluation,
+            "qat": qat_section,
             "debug_layers": layers,
             "sizes": sizes,
             "checkpoint": {"path": str(checkpoint.resolve()), "sha256": ck_sha},
@@ -406,9 +495,15 @@ def quantize_checkpoint(
             "warnings": warnings,
             "created": utc_now(),
         }
+        if qat_section is not None:
+            sizes[PTQ_NAME] = (tmp / PTQ_NAME).stat().st_size
+            if evaluation is not None:
+                qat_section["after"] = {"int8": evaluation["int8"],
+                                        "surrogate_agreement": evaluation["agreement"]}
         timings["total"] = time.perf_counter() - started
         section["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-        update_bundle(bundle, add={INT8_NAME: int8_path, SURROGATE_NAME: sur_path,
-                                   SURROGATE_SIDECAR: tmp / SURROGATE_SIDECAR},
-                      sections={"quantize": section})
+        add = {INT8_NAME: int8_path, SURROGATE_NAME: sur_path, SURROGATE_SIDECAR: tmp / SURROGATE_SIDECAR}
+        if qat_section is not None:
+            add[PTQ_NAME] = tmp / PTQ_NAME
+        update_bundle(bundle, add=add, sections={"quantize": section})
     return section

@@ -386,8 +386,13 @@ class OnnxGraphModule(nn.Module):
         spec: Mapping[str, Any],
         tensors: Mapping[str, torch.Tensor],
         source: Mapping[str, Any] | None = None,
+        trainable: bool = False,
     ) -> None:
         super().__init__()
+        self.trainable = bool(trainable)
+        #: trainable weights (``trainable=True``): ONNX initializer name -> parameter key (see
+        #: :meth:`quantized_weights`).
+        self.weight_keys: dict[str, str] = {}
         self.spec = json.loads(json.dumps(spec))
         self.raw = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         self.source = dict(source or {})
@@ -400,6 +405,9 @@ class OnnxGraphModule(nn.Module):
             attrs = {k: (self.raw[v["__tensor__"]] if isinstance(v, dict) else v)
                      for k, v in node["attrs"].items()}
             ins = node["inputs"]
+            if self.trainable and self._is_weight_dq(node, ins):
+                steps.append(self._weight_step(node, ins, attrs))
+                continue
             if all(not t or t in consts for t in ins):  # constant folding: weight DQ, shape arithmetic
                 with torch.no_grad():
                     out = OPS[node["op"]]([consts[t] if t else None for t in ins], attrs)
@@ -430,6 +438,59 @@ class OnnxGraphModule(nn.Module):
             if n["op"] == "DequantizeLinear" and n["inputs"][0] in self.raw
             and self.raw[n["inputs"][0]].dtype in (torch.int8, torch.uint8)
         )
+
+    def _is_weight_dq(self, node: Mapping[str, Any], ins: Sequence[str]) -> bool:
+        """A DequantizeLinear of an integer initializer (int8/uint8 weights, int32 biases) with constant
+        scale and zero point."""
+        return (node["op"] == "DequantizeLinear" and bool(ins) and ins[0] in self.raw
+                and self.raw[ins[0]].dtype in (torch.int8, torch.uint8, torch.int32)
+                and all(t in self.raw for t in ins[1:3] if t))
+
+    def _weight_step(self, node: Mapping[str, Any], ins: Sequence[str], attrs: dict[str, Any]) -> dict[str, Any]:
+        """A trainable float weight initialised from the dequantized integer initializer ``ins[0]``, fake-
+        quantized on every forward with the file's scale and zero point (straight-through)."""
+        q = self.raw[ins[0]]
+        scale = self.raw[ins[1]]
+        zp = self.raw[ins[2]] if len(ins) > 2 and ins[2] else torch.zeros((), dtype=q.dtype)
+        axis = attrs.get("axis", 1)
+        key = f"w{len(self.weight_keys)}"
+        with torch.no_grad():
+            w = _dequantize([q, scale, zp], attrs)
+        self.register_parameter(key, nn.Parameter(w.float().clone(), requires_grad=True))
+        self.register_buffer(f"{key}_scale", _broadcast(scale.float(), q, axis).clone(), persistent=False)
+        self.register_buffer(f"{key}_zp", _broadcast(zp.to(torch.int64), q, axis).clone(), persistent=False)
+        self.weight_keys[ins[0]] = key
+        lo, hi = _QRANGE[q.dtype]
+        return {"name": node["name"], "op": "WeightFakeQuantize", "inputs": [], "outputs": node["outputs"],
+                "attrs": {"key": key, "qmin": lo, "qmax": hi, "dtype": str(q.dtype).removeprefix("torch.")}}
+
+    def _weight_int(self, key: str, qmin: int, qmax: int) -> torch.Tensor:
+        """The integer grid value (int64) of trainable weight ``key``: clamp(round(w / scale) + zp)."""
+        w = getattr(self, key)
+        scale, zp = getattr(self, f"{key}_scale"), getattr(self, f"{key}_zp")
+        return (torch.round(w / scale).to(torch.int64) + zp).clamp(qmin, qmax)
+
+    def _weight_fake_quant(self, a: dict[str, Any]) -> torch.Tensor:
+        w = getattr(self, a["key"])
+        scale, zp = getattr(self, f"{a['key']}_scale"), getattr(self, f"{a['key']}_zp")
+        with torch.no_grad():
+            q = self._weight_int(a["key"], a["qmin"], a["qmax"])
+            deq = (q - zp).to(scale.dtype) * scale  # exactly as DequantizeLinear (constant folding)
+        return w + (deq - w).detach()  # straight-through
+
+    @torch.no_grad()
+    def quantized_weights(self) -> dict[str, torch.Tensor]:
+        """``trainable=True`` only: ONNX initializer name -> the current weights on the file's integer grid
+        (same dtype and shape as the initializer)."""
+        out: dict[str, torch.Tensor] = {}
+        for s in self.steps:
+            if s["op"] != "WeightFakeQuantize":
+                continue
+            a = s["attrs"]
+            name = next(n for n, k in self.weight_keys.items() if k == a["key"])
+            q = self._weight_int(a["key"], a["qmin"], a["qmax"]).cpu()
+            out[name] = q.to(getattr(torch, a["dtype"])).reshape(self.raw[name].shape)
+        return out
 
     def _fuse_qdq(self, steps: list[dict[str, Any]], consts: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         """Replace each activation QuantizeLinear whose consumers are all matching DequantizeLinear nodes by
@@ -503,6 +564,9 @@ class OnnxGraphModule(nn.Module):
             env[name] = getattr(self, key)
         for s in self.steps:
             args = [env[t] if t else None for t in s["inputs"]]
+            if s["op"] == "WeightFakeQuantize":
+                env[s["outputs"][0]] = self._weight_fake_quant(s["attrs"])
+                continue
             if s["op"] == "FakeQuantize":
                 y = self._fake_quant(args[0], s["attrs"])
                 for out in s["outputs"]:
@@ -521,8 +585,14 @@ class OnnxGraphModule(nn.Module):
                 f"int8_weights={self.num_quantized_weights}, source={self.source.get('file')}")
 
 
-def build_surrogate(int8_onnx: str | Path) -> OnnxGraphModule:
+def build_surrogate(int8_onnx: str | Path, *, trainable: bool = False) -> OnnxGraphModule:
     """The fake-quant surrogate of the QDQ file ``int8_onnx`` (see the module docstring), in eval mode on CPU.
+
+    ``trainable=True`` (quantization-aware training, :mod:`rkd.quantize.qat`): every DequantizeLinear of an
+    integer initializer (int8 weights, int32 biases) becomes a trainable float parameter initialised from the
+    dequantized value and fake-quantized on every forward with the file's scale and zero point
+    (straight-through gradient); activations keep the file's fixed scales. Before any update its output
+    equals the frozen surrogate's exactly.
 
     Raises:
         UsageError: a missing file, an op the interpreter lacks, or a file without any QuantizeLinear (a float
@@ -534,7 +604,8 @@ def build_surrogate(int8_onnx: str | Path) -> OnnxGraphModule:
     spec, tensors = graph_spec(path)
     if not any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
         raise UsageError(f"'{path}' has no QuantizeLinear nodes: not a QDQ model (run rkd quantize first)")
-    return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)}).eval()
+    return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)},
+                           trainable=trainable).eval()
 
 
 def sidecar_path(path: str | Path) -> Path:

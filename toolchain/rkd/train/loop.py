@@ -95,11 +95,14 @@ def fit(
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     progress: ProgressSink | None = None,
+    save_model: bool = True,
 ) -> TrainResult:
     """Train ``method.student`` with ``method``'s loss; write checkpoints and metrics into ``run_dir``.
 
     Args:
         fingerprint: identifies the recipe; resuming a run of another recipe is refused.
+        save_model: write the final (and best) checkpoint with ``save_checkpoint``; off for students that are
+            not rkd Classifiers (quantization-aware training saves its own way).
         resume: continue from ``run_dir/train_state.pt`` if present (else start fresh). Without it an
             existing state is an error, so nothing is overwritten by accident.
     """
@@ -224,8 +227,9 @@ def fit(
                 )
                 if robust > pos.best_metric:
                     pos.best_metric, pos.best_epoch = robust, pos.epoch
-                    save_checkpoint(student, run / BEST_CHECKPOINT,
-                                    meta | {"epoch": pos.epoch, "holdout": ev, "kind": "best"})
+                    if save_model:
+                        save_checkpoint(student, run / BEST_CHECKPOINT,
+                                        meta | {"epoch": pos.epoch, "holdout": ev, "kind": "best"})
                 method.train()
             if ctx.is_main:
                 save_train_state(state_path, model=student, optimizer=optimizer, position=pos,
@@ -234,7 +238,7 @@ def fit(
         final_eval = history[-1] if history else {}
         seconds = time.perf_counter() - t_start
         ckpt = run / FINAL_CHECKPOINT
-        if ctx.is_main:
+        if ctx.is_main and save_model:
             save_checkpoint(
                 student, ckpt,
                 meta | {"epoch": cfg.epochs, "holdout": final_eval, "kind": "final", "best_epoch": pos.best_epoch},
