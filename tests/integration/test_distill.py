@@ -111,7 +111,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     a, _ = load_checkpoint(one / "model.safetensors")
     b, sidecar = load_checkpoint(two / "model.safetensors")
     assert sidecar["metadata"]["world_size"] == 2
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(va, vb, atol=1e-5), k
 
 

@@ -155,7 +155,7 @@ def test_loader_epoch_determinism_and_epochs_differ() -> None:
     b = _collect(BatchLoader(data, batch_size=8, seed=5), 3)
     c = _collect(BatchLoader(data, batch_size=8, seed=5), 4)
     d = _collect(BatchLoader(data, batch_size=8, seed=6), 3)
-    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True))
     assert not torch.equal(a[0][0], c[0][0])
     assert not torch.equal(a[0][0], d[0][0])
 
@@ -195,7 +195,7 @@ def test_loader_mid_epoch_resume_matches_uninterrupted_epoch() -> None:
     resumed_loader.set_epoch(2)
     resumed = list(resumed_loader.skip(3))
     assert len(resumed) == len(full) - 3
-    for (xf, yf), (xr, yr) in zip(full[3:], resumed):
+    for (xf, yf), (xr, yr) in zip(full[3:], resumed, strict=True):
         assert torch.equal(xf, xr) and torch.equal(yf, yr)
     # skip is one-shot: the next pass is a whole epoch again.
     assert len(list(resumed_loader)) == len(full)

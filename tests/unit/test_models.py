@@ -23,15 +23,10 @@ from rkd.models import (
     create_model,
     list_models,
 )
+from rkd.testing import TINY_CONFIGS
 
 # The smallest configuration of each registered model, to keep the CPU tests fast.
-TINY: dict[str, dict[str, Any]] = {
-    "resnet18": {"width": 0.125},
-    "preact_resnet18": {"width": 0.125},
-    "mobilenet_v2": {"width": 0.25},
-    "wide_resnet": {"depth": 10, "widen_factor": 1},
-    "tiny_cnn": {"width": 0.5},
-}
+TINY = TINY_CONFIGS
 
 
 def n_params(module: nn.Module) -> int:

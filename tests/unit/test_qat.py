@@ -21,25 +21,15 @@ from rkd.data import load_dataset
 from rkd.deploy.bundle import read_manifest
 from rkd.deploy.onnx_export import export_onnx
 from rkd.deploy.runtimes import OnnxRuntime
-from rkd.models import create_model, save_checkpoint
+from rkd.models import save_checkpoint
 from rkd.quantize.ort_static import quantize_onnx
 from rkd.quantize.qat import build_qat_student, train_qat, write_back
 from rkd.quantize.surrogate import build_surrogate
+from rkd.testing import train_tiny_classifier
 
 
-def _train_tiny(steps: int = 60) -> nn.Module:
-    torch.manual_seed(0)
-    data = load_dataset("synthetic", "train", n=512)
-    model = create_model("tiny_cnn", width=0.5)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = data.to_float(), data.y
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+def _train_tiny(steps: int = 60):
+    return train_tiny_classifier(steps)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from rkd.data import load_dataset
 from rkd.deploy.onnx_export import export_onnx
 from rkd.deploy.runtimes import OnnxRuntime
 from rkd.errors import CheckpointError, UsageError
-from rkd.models import Classifier, Normalize, create_model, list_models
+from rkd.models import Normalize, create_model, list_models
 from rkd.quantize.calibration import ImageCalibrationReader, check_calibration_images
 from rkd.quantize.ort_static import debug_layers, quantize_onnx
 from rkd.quantize.pipeline import StraightThroughEngine
@@ -31,30 +31,13 @@ from rkd.quantize.surrogate import (
     load_surrogate,
     save_surrogate,
 )
+from rkd.testing import TINY_CONFIGS, train_tiny_classifier
 
-TINY: dict[str, dict[str, Any]] = {
-    "resnet18": {"width": 0.125},
-    "preact_resnet18": {"width": 0.125},
-    "mobilenet_v2": {"width": 0.25},
-    "wide_resnet": {"depth": 10, "widen_factor": 1},
-    "tiny_cnn": {"width": 0.5},
-}
+TINY = TINY_CONFIGS
 
 
-def _train_tiny(steps: int = 80) -> Classifier:
-    """tiny_cnn fitted for a few Adam steps on the synthetic problem (clear decisions, not near-ties)."""
-    torch.manual_seed(0)
-    data = load_dataset("synthetic", "train", n=512)
-    model = create_model("tiny_cnn", width=0.5)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = data.to_float(), data.y
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+def _train_tiny(steps: int = 80):
+    return train_tiny_classifier(steps)
 
 
 @pytest.fixture(scope="module")

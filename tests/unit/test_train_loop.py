@@ -89,7 +89,7 @@ def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path: Pa
     assert res.resumed_from_step == 6 and res.epochs == 2
     a, _ = load_checkpoint(ref.checkpoint)
     b, _ = load_checkpoint(res.checkpoint)
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(va.float(), vb.float(), atol=1e-5), k
 
 
