@@ -22,7 +22,7 @@ from rkd.errors import CheckpointError, UsageError
 from rkd.models import Normalize, create_model, list_models
 from rkd.quantize.calibration import ImageCalibrationReader, check_calibration_images
 from rkd.quantize.ort_static import debug_layers, quantize_onnx
-from rkd.quantize.pipeline import StraightThroughEngine
+from rkd.verify.engine_model import EngineModel
 from rkd.quantize.surrogate import (
     OnnxGraphModule,
     agreement,
@@ -262,7 +262,7 @@ def test_straight_through_engine_value_from_engine_gradient_from_surrogate(train
     surrogate = build_surrogate(trained["cpu"])
     calls = {"n": 0}
     surrogate.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    wrapped = StraightThroughEngine(engine, surrogate)
+    wrapped = EngineModel(engine, surrogate)
     assert next(wrapped.parameters()) is next(surrogate.parameters())
     x = trained["x"][:8].clone().requires_grad_(True)
     out = wrapped(x)

@@ -1,7 +1,7 @@
 """Checkpoint -> INT8 bundle: calibrate on real training images, quantize with ONNX Runtime (QDQ), build the
 fake-quant surrogate, and measure float vs INT8 clean and PGD accuracy on the same test images.
 
-The INT8 model is attacked through :class:`StraightThroughEngine`: forward value from ONNX Runtime, gradient
+The INT8 model is attacked through :class:`rkd.verify.engine_model.EngineModel`: forward value from ONNX Runtime, gradient
 from the surrogate (BPDA, ``s(x) + (engine(x) - s(x)).detach()``), so PGD runs against the artifact that
 ships, not against the float model. Everything measured goes into the bundle manifest's ``quantize`` section.
 """
@@ -27,6 +27,7 @@ from rkd.quantize import ort_static
 from rkd.quantize.ort_static import METHODS, SCHEMES
 from rkd.quantize.surrogate import KIND, agreement, build_surrogate, save_surrogate
 from rkd.stats import wilson_interval
+from rkd.verify.engine_model import EngineModel
 
 INT8_NAME = "model.int8.onnx"
 PTQ_NAME = "model.int8.ptq.onnx"  # with --qat: the post-training-quantized model QAT started from
@@ -38,28 +39,6 @@ REQUIRED_AGREEMENT = 0.99
 DEBUG_IMAGES = 64
 DEFAULT_EPS = 8 / 255
 DEFAULT_ALPHA = 2 / 255
-
-
-class StraightThroughEngine(nn.Module):
-    """Forward value from ``engine`` (an rkd ``Runtime``), input gradient from ``surrogate``.
-
-    ``s(x) + (engine(x) - s(x)).detach()`` when ``x`` needs a gradient; the engine alone otherwise (under
-    ``torch.no_grad``/``inference_mode`` a surrogate pass would be wasted). Owns the surrogate, so
-    ``next(model.parameters())`` gives its device.
-    """
-
-    def __init__(self, engine: Any, surrogate: nn.Module) -> None:
-        super().__init__()
-        self.surrogate = surrogate
-        self.engine = engine
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Engine logits, with the surrogate's gradient when ``x`` requires one."""
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return self.engine.predict(x)
-        s = self.surrogate(x)
-        e = self.engine.predict(x).to(device=s.device, dtype=s.dtype)
-        return s + (e - s).detach()
 
 
 def _acc(correct: torch.Tensor) -> dict[str, Any]:
@@ -212,7 +191,7 @@ def _evaluate(
         t0 = time.perf_counter()
         q_rob = torch.zeros_like(q_clean)
         idx = q_clean.nonzero().flatten()
-        wrapped = StraightThroughEngine(engine, surrogate).eval()
+        wrapped = EngineModel(engine, surrogate).eval()
         if len(idx):
             x_adv = _pgd_adv(wrapped, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, seed=seed,
                              batch_size=batch_size)

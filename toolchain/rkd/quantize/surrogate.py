@@ -598,12 +598,27 @@ def build_surrogate(int8_onnx: str | Path, *, trainable: bool = False) -> OnnxGr
         UsageError: a missing file, an op the interpreter lacks, or a file without any QuantizeLinear (a float
             model needs no surrogate). CheckpointError: an unreadable ONNX file.
     """
-    from rkd.deploy.bundle import file_sha256
-
     path = Path(int8_onnx)
     spec, tensors = graph_spec(path)
     if not any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
         raise UsageError(f"'{path}' has no QuantizeLinear nodes: not a QDQ model (run rkd quantize first)")
+    return _module(path, spec, tensors, trainable)
+
+
+def onnx_module(onnx_path: str | Path) -> OnnxGraphModule:
+    """Any rkd ONNX classifier (float or QDQ) as a differentiable torch module, in eval mode on CPU.
+
+    For a QDQ file this is :func:`build_surrogate`; for a float file it is the float model itself (same
+    graph, same weights), which makes the float ``model.onnx`` of a bundle its own gradient source.
+    """
+    path = Path(onnx_path)
+    spec, tensors = graph_spec(path)
+    return _module(path, spec, tensors, False)
+
+
+def _module(path: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], trainable: bool) -> OnnxGraphModule:
+    from rkd.deploy.bundle import file_sha256
+
     return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)},
                            trainable=trainable).eval()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +23,26 @@ from torch import nn
 from rkd.errors import UsageError
 from rkd.stats import wilson_interval
 
-_SPEC = re.compile(r"^(clean|fgsm|pgd(\d+)|cw(\d+)?|autoattack|aa-custom:([a-z+-]+))$")
+_SPEC = re.compile(r"^(clean|fgsm|pgd(\d+)(?:r(\d+))?|cw(\d+)?|autoattack|square|aa-custom:([a-z+-]+))$")
 AA_SUBATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of the suite, parsed from its name: ``clean``, ``fgsm``, ``pgd20``, ``cw`` (= ``cw30``),
-    ``autoattack`` (standard) or ``aa-custom:apgd-ce+square`` (a named subset of AutoAttack's attacks)."""
+    """One attack of the suite, parsed from its name: ``clean``, ``fgsm``, ``pgd20``, ``pgd20r5`` (5 random
+    restarts), ``cw`` (= ``cw30``), ``autoattack`` (standard), ``square`` (AutoAttack's Square, 5000 queries,
+    no gradients) or ``aa-custom:apgd-ce+square`` (a named subset of AutoAttack's attacks)."""
 
     name: str
     kind: str
     steps: int = 0
     subattacks: tuple[str, ...] = ()
+    restarts: int = 1
+
+    @property
+    def uses_gradients(self) -> bool:
+        """False for attacks that only query the model's outputs (Square)."""
+        return not (self.kind == "autoattack" and set(self.subattacks) <= {"square"})
 
 
 def parse_attacks(text: str | list[str]) -> list[AttackSpec]:
@@ -46,21 +53,26 @@ def parse_attacks(text: str | list[str]) -> list[AttackSpec]:
         m = _SPEC.match(name)
         if not m:
             raise UsageError(
-                f"unknown attack '{name}': use clean, fgsm, pgdK (e.g. pgd20), cw or cwK, autoattack, "
-                "or aa-custom:apgd-ce+square"
+                f"unknown attack '{name}': use clean, fgsm, pgdK or pgdKrR (e.g. pgd20, pgd50r5), cw or cwK, "
+                "autoattack, square, or aa-custom:apgd-ce+square"
             )
         if name == "clean":
             continue
         if name == "fgsm":
             spec = AttackSpec(name, "fgsm", 1)
         elif name.startswith("pgd"):
-            spec = AttackSpec(name, "pgd", int(m.group(2)))
+            restarts = int(m.group(3) or 1)
+            if restarts < 1:
+                raise UsageError(f"attack '{name}' needs at least one restart")
+            spec = AttackSpec(name, "pgd", int(m.group(2)), restarts=restarts)
         elif name.startswith("cw"):
-            spec = AttackSpec(name, "cw", int(m.group(3) or 30))
+            spec = AttackSpec(name, "cw", int(m.group(4) or 30))
         elif name == "autoattack":
             spec = AttackSpec(name, "autoattack", subattacks=("apgd-ce", "apgd-t", "fab-t", "square"))
+        elif name == "square":
+            spec = AttackSpec(name, "autoattack", subattacks=("square",))
         else:
-            subs = tuple(s for s in m.group(4).split("+") if s)
+            subs = tuple(s for s in m.group(5).split("+") if s)
             bad = [s for s in subs if s not in AA_SUBATTACKS]
             if bad or not subs:
                 raise UsageError(f"unknown AutoAttack attack {bad or subs}: choose from {', '.join(AA_SUBATTACKS)}")
@@ -80,6 +92,7 @@ class AttackOutcome:
     correct: torch.Tensor
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    x_adv: torch.Tensor | None = None  # (n, ...) with ``keep_adv``: x itself where nothing was attacked
 
     def summary(self) -> dict[str, Any]:
         """Accuracy, count, n and 95% Wilson interval as plain numbers."""
@@ -147,6 +160,27 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.d
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def predict_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Per-sample top-1 correctness (bool, CPU) of ``model`` on ``x`` (kept on CPU, moved per batch)."""
+    return _predict(model, x, batch_size, torch.device(device)) == y.cpu()
+
+
+def random_starts(x: torch.Tensor, eps: float, norm: str, seed: int) -> torch.Tensor | None:
+    """Seeded L-inf random starts for all n samples at once (uniform in the eps-ball, clipped to [0, 1]).
+
+    Drawn for the whole set, then indexed, so a sample's start does not depend on which other samples share
+    its batch or which were attacked before: a cascade over still-robust points, a resumed run and a
+    different batch size all give the same per-sample result. None for L2 (the attack draws its own).
+    """
+    if norm != "linf":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(x.shape, generator=gen, dtype=torch.float32).mul_(2 * eps).sub_(eps)
+    return (x.float() + noise).clamp_(0.0, 1.0)
+
+
 def evaluate_robustness(
     model: nn.Module,
     x: torch.Tensor,
@@ -160,6 +194,10 @@ def evaluate_robustness(
     seed: int = 0,
     device: str | torch.device = "cpu",
     autoattack_state: str | Path | None = None,
+    keep_adv: bool = False,
+    autoattack_on: str = "clean",
+    done: Mapping[str, AttackOutcome] | None = None,
+    on_outcome: Callable[[AttackOutcome], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RobustnessResult:
     """Run the suite on ``(x, y)`` (float NCHW in [0,1], int64 labels; kept on CPU, moved per batch).
@@ -168,54 +206,100 @@ def evaluate_robustness(
         model: a classifier taking [0,1] inputs; put in eval mode here and left so.
         attacks: specs from :func:`parse_attacks` or their comma-separated names.
         eps: attack radius (L-inf or L2) on [0,1] inputs; ``alpha`` the PGD/CW step.
-        seed: seeds every attack's random start (per attack, independent of order).
+        seed: seeds every attack's random start (per attack and restart, per sample, independent of order
+            and batching: :func:`random_starts`).
         autoattack_state: rkd's resumable AutoAttack state file (a killed run continues where it stopped).
+        keep_adv: keep every attack's adversarial examples (``AttackOutcome.x_adv``, on CPU).
+        autoattack_on: ``"clean"`` (AutoAttack on every clean-correct sample: its own protocol, so its
+            accuracy alone is comparable to RobustBench) or ``"robust"`` (only on samples still robust after
+            the cheaper attacks listed before it: the same worst case for less work, but then
+            ``autoattack``'s own row is the cumulative accuracy, and its details say so).
+        done: outcomes already measured (a resumed run): reused, not recomputed.
+        on_outcome: called with each newly measured outcome (to save it).
         log: receives one line per finished attack.
     """
-    from rkd.attacks import cw_inf, fgsm, pgd, run_autoattack
+    from rkd.attacks import run_autoattack
+    from rkd.attacks.pgd import pgd
 
     if not 0.0 < eps <= 1.0:
         raise UsageError(f"eps must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
+    if autoattack_on not in ("clean", "robust"):
+        raise UsageError(f"autoattack_on must be 'clean' or 'robust', got {autoattack_on!r}")
     specs = parse_attacks(attacks) if isinstance(attacks, str) else attacks
     dev = torch.device(device)
     model.eval()
     n = len(x)
     outcomes: dict[str, AttackOutcome] = {}
+    done = done or {}
     t0 = time.perf_counter()
-    clean = _predict(model, x, batch_size, dev) == y
-    outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0)
+    if "clean" in done:
+        outcomes["clean"] = done["clean"]
+    else:
+        clean = _predict(model, x, batch_size, dev) == y
+        outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0, x_adv=x if keep_adv else None)
+        if on_outcome is not None:
+            on_outcome(outcomes["clean"])
+    clean = outcomes["clean"].correct
     idx = clean.nonzero().flatten()  # attack only what the model gets right
+    robust_so_far = clean.clone()
     for spec in specs:
         if spec.kind == "clean":
+            continue
+        if spec.name in done:
+            outcomes[spec.name] = done[spec.name]
+            robust_so_far &= done[spec.name].correct
             continue
         t0 = time.perf_counter()
         correct = torch.zeros(n, dtype=torch.bool)
         details: dict[str, Any] = {}
+        x_adv_all = x.clone() if keep_adv else None
         if spec.kind == "autoattack":
             version = "standard" if spec.name == "autoattack" else "custom"
-            res = run_autoattack(
-                model, x[idx].contiguous(), y[idx], eps=eps, norm="Linf" if norm == "linf" else "L2",
-                version=version, attacks=None if version == "standard" else list(spec.subattacks),
-                batch_size=batch_size, seed=seed, device=dev, state_path=autoattack_state, log=log,
-            )
-            correct[idx] = res.robust.cpu()
-            details = _autoattack_details(res, idx, n)
+            target = robust_so_far.nonzero().flatten() if autoattack_on == "robust" else idx
+            if len(target):
+                res = run_autoattack(
+                    model, x[target].contiguous(), y[target], eps=eps, norm="Linf" if norm == "linf" else "L2",
+                    version=version, attacks=None if version == "standard" else list(spec.subattacks),
+                    batch_size=batch_size, seed=seed, device=dev, state_path=autoattack_state, log=log,
+                )
+                correct[target] = res.robust.cpu()
+                details = _autoattack_details(res, target, n)
+                if x_adv_all is not None:
+                    x_adv_all[target] = res.x_adv.detach().cpu().to(x_adv_all.dtype)
+            details["attacked"] = int(len(target))
+            if autoattack_on == "robust":
+                details["attacked_on"] = "samples still robust after the attacks before it (cumulative)"
         else:
-            gen = torch.Generator(device=dev)
-            gen.manual_seed(_attack_seed(seed, spec.name))
-            for start in range(0, len(idx), batch_size):
-                b = idx[start : start + batch_size]
-                xb, yb = x[b].to(dev), y[b].to(dev)
-                if spec.kind == "fgsm":
-                    x_adv = fgsm(model, xb, yb, eps=eps)
-                elif spec.kind == "pgd":
-                    x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, norm=norm,
-                                start="random", generator=gen).x_adv
-                else:
-                    x_adv = cw_inf(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, generator=gen)
-                with torch.inference_mode():
-                    correct[b] = (model(x_adv).argmax(1) == yb).cpu()
-        outcomes[spec.name] = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details)
+            for restart in range(spec.restarts):
+                todo = idx if restart == 0 else idx[correct[idx]]
+                name = spec.name if restart == 0 else f"{spec.name}/restart{restart}"
+                starts = random_starts(x, eps, norm, _attack_seed(seed, name)) if spec.kind != "fgsm" else None
+                gen = torch.Generator(device=dev)
+                gen.manual_seed(_attack_seed(seed, name))
+                for start in range(0, len(todo), batch_size):
+                    b = todo[start : start + batch_size]
+                    xb, yb = x[b].to(dev), y[b].to(dev)
+                    x_init = starts[b].to(dev) if starts is not None else None
+                    if spec.kind == "fgsm":
+                        x_adv = pgd(model, xb, yb, eps=eps, alpha=eps, steps=1, norm="linf", start="zero").x_adv
+                    else:
+                        x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, norm=norm,
+                                    start="random", generator=gen, x_init=x_init,
+                                    loss="cw" if spec.kind == "cw" else "ce").x_adv
+                    with torch.inference_mode():
+                        ok = (model(x_adv).argmax(1) == yb).cpu()
+                    correct[b] = ok
+                    if x_adv_all is not None:
+                        if restart == 0:
+                            x_adv_all[b] = x_adv.detach().cpu()
+                        else:  # keep the restart's example where it broke the sample
+                            x_adv_all[b[~ok]] = x_adv.detach().cpu()[~ok]
+            if spec.restarts > 1:
+                details["restarts"] = spec.restarts
+        robust_so_far &= correct
+        outcomes[spec.name] = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details, x_adv_all)
+        if on_outcome is not None:
+            on_outcome(outcomes[spec.name])
         if log is not None:
             log(f"{spec.name}: {int(correct.sum())}/{n} robust ({time.perf_counter() - t0:.1f} s)")
     return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n)

@@ -1,0 +1,140 @@
+"""Deployment gates: ``METRIC OP VALUE`` checks on a verification report (CI refuses to ship on a failure).
+
+Metrics (all accuracies in [0, 1]; a value may be written ``0.40`` or ``40%``):
+
+- ``clean_acc``, ``robust_acc`` (per-sample worst case over every attack), ``autoattack_acc``, and
+  ``<attack>_acc`` for any attack run (``pgd20_acc``, ``transfer_acc``, ``square_acc``), on the engine;
+- ``lower.<metric>``: the lower end of its 95% Wilson interval (gate on what the sample supports, not on the
+  point estimate);
+- ``drop.<metric>``: float reference minus engine, on the same samples;
+- ``agreement.clean``, ``agreement.adversarial``: engine/surrogate top-1 agreement;
+- ``warnings``: the number of verification warnings (``warnings==0`` fails on any).
+
+OP is one of ``>=``, ``<=``, ``>``, ``<``, ``==``. Exit codes (DESIGN.md): 0 every gate passed, 1 one failed.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rkd.errors import UsageError
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
+}
+_GATE = re.compile(r"^\s*([a-z0-9_.:+-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)(%?)\s*$")
+_PREFIXES = ("lower.", "drop.")
+_SPECIAL = ("agreement.clean", "agreement.adversarial", "warnings")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One check: ``metric op threshold`` (``text`` as the user wrote it, ``source`` where it came from)."""
+
+    metric: str
+    op: str
+    threshold: float
+    text: str
+    source: str = "command line"
+
+    def check(self, value: float | None) -> bool:
+        """True when ``value`` satisfies the gate; a missing or NaN value fails."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return _OPS[self.op](float(value), self.threshold)
+
+
+def parse_gate(text: str, source: str = "command line") -> Gate:
+    """Parse ``"robust_acc>=0.40"``, ``"drop.robust_acc<=3%"``, ``"warnings==0"``.
+
+    Raises:
+        UsageError: a malformed expression (names the accepted form).
+    """
+    m = _GATE.match(text or "")
+    if not m:
+        raise UsageError(
+            f"gate '{text}' is not METRIC OP VALUE: write e.g. 'robust_acc>=0.40', 'drop.robust_acc<=0.03', "
+            "'lower.autoattack_acc>=0.35', 'agreement.clean>=0.99' or 'warnings==0'"
+        )
+    metric, op, number, percent = m.groups()
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(f"gate '{text}': '{number}' is not a number") from None
+    if percent:
+        value /= 100.0
+    return Gate(metric=metric, op=op, threshold=value, text=text.strip().replace(" ", ""), source=source)
+
+
+def _base(metric: str) -> str:
+    for prefix in _PREFIXES:
+        if metric.startswith(prefix):
+            return metric[len(prefix):]
+    return metric
+
+
+def check_gate_metrics(gates: Sequence[Gate], attack_names: Sequence[str], *, has_reference: bool) -> None:
+    """Fail before any attack runs when a gate names a metric this run will not produce.
+
+    Raises:
+        UsageError: an unknown metric (with the available ones), or a drop gate without a float reference.
+    """
+    available = {"clean_acc", "robust_acc"} | {f"{a}_acc" for a in attack_names}
+    for gate in gates:
+        if gate.metric in _SPECIAL:
+            continue
+        base = _base(gate.metric)
+        if base not in available:
+            hint = ""
+            if base.endswith("_acc") and base[:-4] not in attack_names:
+                hint = f" (add '{base[:-4]}' to --attacks)"
+            raise UsageError(
+                f"gate '{gate.text}': unknown metric '{gate.metric}'{hint}; this run measures "
+                f"{', '.join(sorted(available))}, with lower./drop. prefixes, agreement.clean, "
+                "agreement.adversarial, warnings"
+            )
+        if gate.metric.startswith("drop.") and not has_reference:
+            raise UsageError(f"gate '{gate.text}' needs the float reference: verify a bundle file or pass --reference")
+
+
+def metric_value(report: Mapping[str, Any], metric: str) -> float | None:
+    """The value of ``metric`` in a verify report (None when it was not measured)."""
+    if metric == "warnings":
+        return float(len(report.get("warnings") or []))
+    if metric.startswith("agreement."):
+        entry = (report.get("agreement") or {}).get(metric.split(".", 1)[1])
+        return None if not entry else entry.get("top1_agreement")
+    if metric.startswith("drop."):
+        return (report.get("drop") or {}).get(metric[5:])
+    lower = metric.startswith("lower.")
+    name = metric[6:] if lower else metric
+    entry = _accuracy_entry(report, name)
+    if entry is None:
+        return None
+    return entry["ci95"][0] if lower else entry["acc"]
+
+
+def _accuracy_entry(report: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    if name == "robust_acc":
+        return report.get("worst_case")
+    if name.endswith("_acc"):
+        return (report.get("attacks") or {}).get(name[:-4])
+    return None
+
+
+def evaluate_gates(gates: Sequence[Gate], report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each gate's verdict: ``{"gate", "metric", "op", "threshold", "value", "passed", "source", "message"}``."""
+    results = []
+    for gate in gates:
+        value = metric_value(report, gate.metric)
+        passed = gate.check(value)
+        shown = "not measured" if value is None else f"{value:.4g}"
+        message = f"{gate.metric} = {shown}, required {gate.op} {gate.threshold:g}"
+        results.append({"gate": gate.text, "metric": gate.metric, "op": gate.op, "threshold": gate.threshold,
+                        "value": value, "passed": passed, "source": gate.source, "message": message})
+    return results

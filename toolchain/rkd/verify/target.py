@@ -1,0 +1,208 @@
+"""What ``rkd verify`` attacks: the shipped artifact, its gradient surrogate and the float reference.
+
+Chosen from the file (DESIGN.md, "Verification semantics"):
+
+====================  ===============  ==========================================  =============================
+artifact              runtime          gradient surrogate                          float reference
+====================  ===============  ==========================================  =============================
+``*.onnx`` (QDQ)      ONNX Runtime     the same file interpreted in torch          the bundle's ``model.onnx``
+                                       (fake-quant with the file's own scales)
+``*.onnx`` (float)    ONNX Runtime     the same file interpreted in torch (exact)  the file itself
+``*.engine/.plan``    TensorRT         the engine's source ONNX from the manifest  the bundle's ``model.onnx``
+``*.safetensors``     torch            the checkpoint itself (exact)               the checkpoint itself
+====================  ===============  ==========================================  =============================
+
+When the artifact sits in an rkd bundle (a ``manifest.json`` beside it) every file's sha256 is checked, the
+threat model and classes come from the manifest, and an engine whose source ONNX changed since it was built
+is refused. ``surrogate=``/``reference=`` override the choice (an rkd checkpoint or an ONNX file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rkd.deploy.runtimes import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, Runtime, open_runtime
+from rkd.errors import CheckpointError, UsageError
+
+MANIFEST = "manifest.json"
+FLOAT_ONNX = "model.onnx"
+
+
+@dataclass
+class VerifyTarget:
+    """An opened artifact: ``runtime`` (forward values), ``surrogate`` (gradients), ``reference`` (the float
+    student, or None), the bundle ``manifest`` (or None), and a description of each for the report."""
+
+    path: Path
+    kind: str  # onnx-int8 | onnx-float | tensorrt | checkpoint
+    runtime: Runtime
+    surrogate: nn.Module
+    reference: nn.Module | None
+    manifest: dict[str, Any] | None
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes the artifact predicts, when the manifest or the checkpoint says."""
+        if self.manifest is not None:
+            return (self.manifest.get("output") or {}).get("num_classes")
+        spec = getattr(self.surrogate, "spec", None)
+        return getattr(spec, "num_classes", None)
+
+    @property
+    def threat_model(self) -> dict[str, Any] | None:
+        """The threat model the bundle was built for (``{"norm", "eps"}``), when recorded."""
+        return (self.manifest or {}).get("threat_model") or None
+
+
+def _is_qdq(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise CheckpointError(f"cannot read ONNX file '{path}': {str(exc).splitlines()[0] if str(exc) else exc}")
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def load_differentiable(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """An rkd checkpoint (``.safetensors`` + sidecar) or an ONNX file (float or QDQ, interpreted in torch) as
+    a differentiable module in eval mode, with a description (file, sha256, kind)."""
+    from rkd.deploy.bundle import file_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"file not found: '{path}'")
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        from rkd.quantize.surrogate import onnx_module
+
+        module = onnx_module(path)
+        kind = "onnx-qdq-interpreter" if module.num_fake_quant else "onnx-interpreter"
+        return module.to(device).eval(), {"file": str(path), "sha256": file_sha256(path), "kind": kind}
+    if suffix in CHECKPOINT_SUFFIXES:
+        from rkd.models import load_checkpoint
+
+        model, sidecar = load_checkpoint(path, map_location=device)
+        return model.eval(), {"file": str(path), "sha256": sidecar.get("sha256"), "kind": "checkpoint"}
+    raise UsageError(f"'{path}' cannot give gradients: use an rkd checkpoint (.safetensors) or an ONNX file")
+
+
+def _bundle_manifest(path: Path) -> dict[str, Any] | None:
+    from rkd.deploy.bundle import read_manifest
+
+    if not (path.parent / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(path.parent, verify=True)
+    if path.name not in (manifest.get("files") or {}):
+        raise CheckpointError(
+            f"'{path.name}' is not listed in {path.parent / MANIFEST}: it was not written by rkd for this bundle; "
+            "re-export, or copy the file out of the bundle to verify it alone"
+        )
+    return manifest
+
+
+def _engine_source(path: Path, manifest: dict[str, Any] | None) -> Path:
+    """The ONNX file a TensorRT engine was built from, checked against the sha256 recorded at build time."""
+    if manifest is None:
+        raise UsageError(
+            f"'{path}' has no bundle manifest beside it, so its source ONNX is unknown: pass --surrogate "
+            "(the QDQ .onnx it was built from)"
+        )
+    record = (manifest.get("engines") or {}).get(path.name)
+    if not isinstance(record, dict) or not record.get("source_onnx"):
+        raise CheckpointError(f"the manifest has no build record for engine '{path.name}'; rebuild it with "
+                              "rkd export --target trt")
+    source = path.parent / record["source_onnx"]
+    current = ((manifest.get("files") or {}).get(record["source_onnx"]) or {}).get("sha256")
+    if current != record.get("source_onnx_sha256"):
+        raise CheckpointError(
+            f"engine '{path.name}' was built from an older '{record['source_onnx']}' (sha256 "
+            f"{str(record.get('source_onnx_sha256'))[:12]}..., now {str(current)[:12]}...): it is stale; rebuild "
+            "it with rkd export --target trt --force"
+        )
+    return source
+
+
+def open_target(
+    artifact: str | Path,
+    *,
+    surrogate: str | Path | None = None,
+    reference: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+) -> VerifyTarget:
+    """Open ``artifact`` (a file, or a bundle directory: its ``model.int8.onnx``, else ``model.onnx``) with its
+    surrogate and float reference as in the module table.
+
+    Raises:
+        UsageError: unknown suffix, missing file, an engine without a manifest or surrogate.
+        CheckpointError: a changed bundle file, a stale engine, unreadable files.
+        MissingDependencyError: the runtime's backend is not installed (exit 3).
+    """
+    path = Path(artifact)
+    if path.is_dir():
+        for name in ("model.int8.onnx", FLOAT_ONNX):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise UsageError(f"'{path}' holds neither model.int8.onnx nor model.onnx: pass the engine file itself")
+    if not path.is_file():
+        raise UsageError(f"engine file not found: '{path}'")
+    suffix = path.suffix.lower()
+    if suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES + CHECKPOINT_SUFFIXES:
+        raise UsageError(
+            f"cannot tell which runtime runs '{path}': expected .onnx (ONNX Runtime), .engine/.plan (TensorRT) "
+            "or .safetensors (an rkd checkpoint)"
+        )
+    manifest = _bundle_manifest(path) if suffix not in CHECKPOINT_SUFFIXES else None
+    warnings: list[str] = []
+    runtime = open_runtime(path, device=device, batch_size=batch_size)
+
+    if suffix in CHECKPOINT_SUFFIXES:
+        kind = "checkpoint"
+        grad_model = runtime.model  # type: ignore[attr-defined]
+        grad_info = {"file": str(path), "sha256": runtime.sha256, "kind": "checkpoint (exact gradients)"}
+    else:
+        if suffix in ENGINE_SUFFIXES:
+            kind = "tensorrt"
+            source = Path(surrogate) if surrogate is not None else _engine_source(path, manifest)
+        else:
+            kind = "onnx-int8" if _is_qdq(path) else "onnx-float"
+            source = Path(surrogate) if surrogate is not None else path
+        grad_model, grad_info = load_differentiable(source, device)
+    if surrogate is not None and suffix in CHECKPOINT_SUFFIXES:
+        grad_model, grad_info = load_differentiable(surrogate, device)
+
+    ref_model: nn.Module | None
+    ref_info: dict[str, Any]
+    if reference is not None:
+        ref_model, ref_info = load_differentiable(reference, device)
+    elif kind == "checkpoint":
+        ref_model = runtime.model  # type: ignore[attr-defined]
+        ref_info = {"file": str(path), "sha256": runtime.sha256, "note": "the verified model is the float model"}
+    elif kind == "onnx-float" and surrogate is None:
+        ref_model, ref_info = grad_model, {**grad_info, "note": "the verified model is the float model"}
+    elif manifest is not None and (path.parent / FLOAT_ONNX).is_file() and FLOAT_ONNX in manifest.get("files", {}):
+        ref_model, ref_info = load_differentiable(path.parent / FLOAT_ONNX, device)
+    else:
+        ref_model, ref_info = None, {}
+        warnings.append("no float reference (no bundle model.onnx, no --reference): drops and transfer attacks "
+                        "are not measured")
+    if kind == "onnx-float" and surrogate is None:
+        grad_info = {**grad_info, "kind": "onnx-interpreter (exact gradients)"}
+    info = {
+        "artifact": {"file": str(path), "kind": kind, **runtime.describe()},
+        "surrogate": grad_info,
+        "reference": ref_info or None,
+        "bundle": str(path.parent) if manifest is not None else None,
+    }
+    return VerifyTarget(path=path, kind=kind, runtime=runtime, surrogate=grad_model, reference=ref_model,
+                        manifest=manifest, info=info, warnings=warnings)

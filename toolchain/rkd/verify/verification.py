@@ -1,0 +1,364 @@
+"""``rkd verify``: adversarial robustness of the artifact that ships, measured on the artifact itself.
+
+Semantics (DESIGN.md, "Verification semantics"): a sample counts as robust on the engine only if the engine
+classifies it correctly on the clean input and on every adversarial input from
+
+- white-box attacks (FGSM, PGD-k with restarts, CW-inf, AutoAttack's APGD-CE/APGD-T/FAB-T) run through
+  :class:`~rkd.verify.engine_model.EngineModel` (forward value from the engine, gradient from the surrogate),
+- Square, which only queries the engine (no gradients at all), and
+- transfer: every adversarial example of the float reference's own attacks, fed to the engine.
+
+Beside the engine's numbers: the float reference's on the same samples and the drops, engine/surrogate top-1
+agreement on clean and adversarial inputs, and warnings in the spirit of AutoAttack's checks (Square or
+transfer breaking what the gradient attacks could not = gradient masking or a weak surrogate; zero
+gradients; low agreement). AutoAttack runs only on samples still robust after the cheaper attacks before it
+(same worst case, less work; its row is then cumulative and says so).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rkd.data import indices_sha256, load_dataset, select_indices
+from rkd.environment import device_description, package_versions
+from rkd.errors import CheckpointError, UsageError
+from rkd.stats import wilson_interval
+from rkd.verify.engine_model import EngineModel
+from rkd.verify.gates import Gate, check_gate_metrics, evaluate_gates
+from rkd.verify.state import VerifyState
+from rkd.verify.suite import AttackOutcome, AttackSpec, RobustnessResult, evaluate_robustness, parse_attacks
+from rkd.verify.target import VerifyTarget, open_target
+
+REPORT_SCHEMA_VERSION = 1
+DEFAULT_ATTACKS = "pgd20,autoattack"
+#: Below these engine/surrogate top-1 agreements the surrogate's gradients are suspect (a warning).
+MIN_CLEAN_AGREEMENT = 0.99
+MIN_ADVERSARIAL_AGREEMENT = 0.95
+TRANSFER = "transfer"
+
+
+@dataclass
+class VerifyRequest:
+    """What to verify and how; see ``rkd verify --help`` for each field."""
+
+    artifact: str | Path
+    dataset: str = "cifar10"
+    data_options: dict[str, Any] | None = None
+    data_root: str | None = None
+    split: str = "test"
+    n: int = 1000
+    sample: str = "first"
+    attacks: str = DEFAULT_ATTACKS
+    eps: float | None = None  # None: the bundle's threat model, else 8/255
+    eps_text: str | None = None
+    alpha: float = 2 / 255
+    norm: str = "linf"
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "cpu"
+    gates: list[Gate] = field(default_factory=list)
+    fail_on_warnings: bool = False
+    required_n: int | None = None  # a profile's gates were calibrated on at least this many samples
+    transfer: bool = True
+    surrogate: str | Path | None = None
+    reference: str | Path | None = None
+    state: str | Path | None = None
+    curve_eps: list[float] | None = None
+    curve_attack: str = "pgd20"
+    min_clean_agreement: float = MIN_CLEAN_AGREEMENT
+    min_adversarial_agreement: float = MIN_ADVERSARIAL_AGREEMENT
+    profile: dict[str, Any] | None = None
+
+
+def _acc(correct: torch.Tensor) -> dict[str, Any]:
+    k, n = int(correct.sum()), int(correct.numel())
+    lo, hi = wilson_interval(k, n)
+    return {"acc": k / n if n else 0.0, "correct": k, "n": n, "ci95": [lo, hi]}
+
+
+def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
+    return runtime.predict(x).argmax(1).cpu()
+
+
+def _transfer_outcome(
+    runtime: Any, reference: RobustnessResult, engine_clean: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> AttackOutcome:
+    """The engine on every adversarial example of the reference's attacks (where the reference made one)."""
+    t0 = time.perf_counter()
+    correct = engine_clean.clone()
+    per_source: dict[str, int] = {}
+    x_adv = x.clone()
+    for name, outcome in reference.outcomes.items():
+        if name == "clean" or outcome.x_adv is None:
+            continue
+        todo = (engine_clean & reference.outcomes["clean"].correct).nonzero().flatten()
+        if not len(todo):
+            continue
+        ok = _engine_predict(runtime, outcome.x_adv[todo]) == y[todo]
+        broken = todo[~ok & correct[todo]]
+        x_adv[broken] = outcome.x_adv[broken]
+        correct[todo] &= ok
+        per_source[name] = int((~ok).sum())
+    details = {"sources": sorted(per_source), "broken_by_source": per_source,
+               "note": "adversarial examples of the float reference's attacks, run on the engine"}
+    return AttackOutcome(TRANSFER, correct, time.perf_counter() - t0, details, x_adv)
+
+
+def _agreement(surrogate: nn.Module, runtime: Any, x: torch.Tensor, batch_size: int) -> dict[str, Any] | None:
+    """Top-1 agreement and logit difference of surrogate and engine on ``x``."""
+    if len(x) == 0:
+        return None
+    param = next(surrogate.parameters(), None)
+    dev = param.device if param is not None else torch.device("cpu")
+    with torch.inference_mode():
+        ours = torch.cat([surrogate(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+    ref = runtime.predict(x).float().cpu()
+    agree = ours.argmax(1) == ref.argmax(1)
+    diff = (ours - ref).abs()
+    return {"n": len(x), "top1_agreement": float(agree.float().mean()), "top1_disagreements": int((~agree).sum()),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+
+
+def _zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device) -> int:
+    """Samples whose cross-entropy input gradient through ``model`` is exactly zero (AutoAttack's check)."""
+    zeros = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(dev).requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(xb), y[i:i + batch_size].to(dev), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xb)
+        zeros += int((grad.flatten(1).abs().amax(1) == 0).sum())
+    return zeros
+
+
+def _warnings(
+    target: VerifyTarget, engine: RobustnessResult, specs: Sequence[AttackSpec], agreement: dict[str, Any],
+    zero_grads: int, attacked: int, request: VerifyRequest, eps: float,
+) -> list[str]:
+    out = list(target.warnings)
+    tm = target.threat_model
+    if tm and (tm.get("norm") != request.norm or abs(float(tm.get("eps", eps)) - eps) > 1e-9):
+        out.append(f"threat model differs from the bundle's ({tm.get('norm')} eps={float(tm.get('eps')):.5g}): "
+                   f"verifying {request.norm} eps={eps:.5g}")
+    gradient = torch.ones(engine.n, dtype=torch.bool)
+    for spec in specs:
+        if spec.kind != "clean" and spec.uses_gradients and spec.name in engine.outcomes:
+            gradient &= engine.outcomes[spec.name].correct
+    for spec in specs:
+        outcome = engine.outcomes.get(spec.name)
+        if outcome is None or spec.kind != "autoattack":
+            continue
+        by_square = int((outcome.details.get("broken_by") or {}).get("square", 0))
+        if not spec.uses_gradients:
+            by_square = int((gradient & ~outcome.correct).sum())
+        if by_square:
+            out.append(f"Square (no gradients) broke {by_square} sample(s) the gradient attacks did not: gradient "
+                       "masking or a weak surrogate; the gradient-attack numbers overstate robustness")
+        for msg in outcome.details.get("messages") or []:
+            out.append(f"AutoAttack: {msg}")
+    transfer = engine.outcomes.get(TRANSFER)
+    if transfer is not None:
+        extra = int((gradient & ~transfer.correct).sum())
+        if extra:
+            out.append(f"transfer from the float model broke {extra} sample(s) the white-box attacks on the engine did "
+                       "not: the surrogate's gradients are weaker than the float model's")
+    if zero_grads:
+        out.append(f"zero input gradient through the surrogate on {zero_grads} of {attacked} clean-correct samples: "
+                   "gradient attacks cannot move them (gradient masking); trust Square and transfer there")
+    clean_agree = (agreement.get("clean") or {}).get("top1_agreement")
+    if clean_agree is not None and clean_agree < request.min_clean_agreement:
+        out.append(f"engine/surrogate top-1 agreement on clean inputs is {clean_agree:.1%} "
+                   f"(< {request.min_clean_agreement:.0%}): the surrogate does not replicate the engine")
+    adv_agree = (agreement.get("adversarial") or {}).get("top1_agreement")
+    if adv_agree is not None and adv_agree < request.min_adversarial_agreement:
+        out.append(f"engine/surrogate top-1 agreement on adversarial inputs is {adv_agree:.1%} "
+                   f"(< {request.min_adversarial_agreement:.0%}): gradients may point the wrong way near the boundary")
+    return list(dict.fromkeys(out))
+
+
+def _curve(
+    target: VerifyTarget, engine_model: nn.Module, x: torch.Tensor, y: torch.Tensor, request: VerifyRequest,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Accuracy against eps for the float reference and the engine (one PGD attack per eps)."""
+    spec = parse_attacks(request.curve_attack)[1:]
+    rows: dict[str, list[float]] = {"engine": [], "float": []}
+    for value in request.curve_eps or []:
+        for label, model in (("engine", engine_model), ("float", target.reference)):
+            if model is None:
+                continue
+            if value == 0:
+                res = evaluate_robustness(model, x, y, attacks=[], eps=1.0, batch_size=request.batch_size,
+                                          seed=request.seed, device=request.device)
+            else:
+                res = evaluate_robustness(model, x, y, attacks=spec, eps=value, alpha=min(request.alpha, value / 2),
+                                          norm=request.norm, batch_size=request.batch_size, seed=request.seed,
+                                          device=request.device)
+            rows[label].append(res.accuracy("worst_case"))
+        if log is not None:
+            log(f"curve eps={value:.4g}: engine {rows['engine'][-1]:.1%}")
+    return {"attack": request.curve_attack, "eps": list(request.curve_eps or []),
+            **{k: v for k, v in rows.items() if v}}
+
+
+def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Verify ``request.artifact`` and return the report (RobustBench names at the top level, gate verdicts).
+
+    Raises:
+        UsageError: bad arguments, fewer samples than asked for or than the gates require, a mismatched state.
+        CheckpointError: unreadable or changed artifacts, a stale engine, a class-count mismatch.
+        MissingDependencyError: the artifact's runtime is not installed here.
+    """
+    t_start = time.perf_counter()
+    specs = parse_attacks(request.attacks)
+    if request.required_n is not None and request.n < request.required_n:
+        raise UsageError(f"the gates were set for n >= {request.required_n} samples but --n is {request.n}: a gate on "
+                         "fewer samples than it asks for is not a pass; raise --n")
+    if request.curve_eps:
+        parse_attacks(request.curve_attack)
+    target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
+                         device=request.device, batch_size=request.batch_size)
+    has_reference = target.reference is not None
+    names = [s.name for s in specs if s.kind != "clean"] + ([TRANSFER] if request.transfer and has_reference else [])
+    check_gate_metrics(request.gates, names, has_reference=has_reference)
+
+    data = load_dataset(request.dataset, request.split, root=request.data_root, **(request.data_options or {}))
+    if request.n > len(data):
+        raise UsageError(f"--n {request.n} asks for more samples than {request.dataset} {request.split} has "
+                         f"({len(data)}); lower --n")
+    if target.num_classes is not None and target.num_classes != len(data.classes):
+        raise CheckpointError(f"'{target.path.name}' predicts {target.num_classes} classes but {request.dataset} has "
+                              f"{len(data.classes)}: verify it on the data set it was trained for")
+    eps = request.eps
+    if eps is None:
+        eps = float((target.threat_model or {}).get("eps", 8 / 255))
+    idx = select_indices(len(data), request.n, seed=request.seed, mode=request.sample)
+    x, y = data.to_float(idx), data.y[idx]
+    dev = torch.device(request.device)
+
+    settings = {
+        "artifact_sha256": target.info["artifact"].get("sha256"), "surrogate": target.info["surrogate"].get("sha256"),
+        "reference": (target.info["reference"] or {}).get("sha256"), "indices_sha256": indices_sha256(idx),
+        "dataset": request.dataset, "split": request.split, "eps": eps, "alpha": request.alpha,
+        "norm": request.norm, "seed": request.seed, "attacks": [s.name for s in specs], "transfer": request.transfer,
+    }
+    state = VerifyState(request.state, settings)
+    timing: dict[str, float] = {}
+    suite_kw = dict(eps=eps, alpha=request.alpha, norm=request.norm, batch_size=request.batch_size,
+                    seed=request.seed, device=dev, keep_adv=True, autoattack_on="robust")
+
+    reference: RobustnessResult | None = None
+    same_model = target.kind == "checkpoint" and request.reference is None
+    if has_reference and not same_model:
+        t0 = time.perf_counter()
+        if log is not None:
+            log("float reference: attacking (white-box, its own gradients)")
+        reference = evaluate_robustness(
+            target.reference, x, y, attacks=specs, autoattack_state=state.autoattack_path("float"),
+            done=state.load("float", ["clean"] + [s.name for s in specs]),
+            on_outcome=lambda o: state.save("float", o), log=log, **suite_kw)
+        timing["float_s"] = time.perf_counter() - t0
+
+    engine_model = EngineModel(target.runtime, target.surrogate).eval()
+    t0 = time.perf_counter()
+    if log is not None:
+        log(f"engine ({target.kind}): attacking through the surrogate; Square and transfer on the engine itself")
+    engine = evaluate_robustness(
+        engine_model, x, y, attacks=specs, autoattack_state=state.autoattack_path("engine"),
+        done=state.load("engine", ["clean"] + [s.name for s in specs]),
+        on_outcome=lambda o: state.save("engine", o), log=log, **suite_kw)
+    timing["engine_s"] = time.perf_counter() - t0
+    if same_model:
+        reference = engine
+    if reference is not None and request.transfer and not same_model:
+        done = state.load("engine", [TRANSFER])
+        outcome = done.get(TRANSFER) or _transfer_outcome(target.runtime, reference, engine.outcomes["clean"].correct,
+                                                          x, y)
+        if TRANSFER not in done:
+            state.save("engine", outcome)
+        engine.outcomes[TRANSFER] = outcome
+        if log is not None:
+            log(f"transfer: {int(outcome.correct.sum())}/{engine.n} robust ({outcome.seconds:.1f} s)")
+
+    t0 = time.perf_counter()
+    clean_ok = engine.outcomes["clean"].correct
+    attacked = clean_ok.nonzero().flatten()
+    adv = [o.x_adv[attacked] for s in specs if s.kind != "clean" and s.uses_gradients
+           for o in [engine.outcomes[s.name]] if o.x_adv is not None]
+    agreement = {
+        "clean": _agreement(target.surrogate, target.runtime, x, request.batch_size),
+        "adversarial": _agreement(target.surrogate, target.runtime, torch.cat(adv), request.batch_size) if adv else None,
+    }
+    zero_grads = _zero_gradients(engine_model, x[attacked], y[attacked], request.batch_size, dev) if len(attacked) else 0
+    timing["checks_s"] = time.perf_counter() - t0
+    warnings = _warnings(target, engine, specs, agreement, zero_grads, len(attacked), request, eps)
+
+    curve = None
+    if request.curve_eps:
+        t0 = time.perf_counter()
+        curve = _curve(target, engine_model, x, y, request, log)
+        timing["curve_s"] = time.perf_counter() - t0
+
+    body = engine.to_dict()
+    report: dict[str, Any] = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "rkd-verify",
+        "eps": eps, "eps_text": request.eps_text or f"{eps * 255:g}/255", "norm": request.norm, "alpha": request.alpha,
+        "n": engine.n, "seed": request.seed,
+        "clean_acc": body["clean_acc"], "robust_acc": body["robust_acc"],
+        **({"autoattack_acc": body["autoattack_acc"]} if "autoattack_acc" in body else {}),
+        "attacks": body["attacks"], "worst_case": body["worst_case"],
+        "semantics": "robust = correct on the clean input and on every attack's output (white-box through the "
+                     "surrogate, Square on the engine, transfer from the float reference)",
+    }
+    if reference is not None:
+        ref = reference.to_dict()
+        report["float"] = {k: ref[k] for k in ("clean_acc", "robust_acc", "attacks", "worst_case")
+                           if k in ref} | ({"autoattack_acc": ref["autoattack_acc"]} if "autoattack_acc" in ref else {})
+        drop = {"clean_acc": ref["clean_acc"] - body["clean_acc"], "robust_acc": ref["robust_acc"] - body["robust_acc"]}
+        for name in ref["attacks"]:
+            if name in body["attacks"] and name != "clean":
+                drop[f"{name}_acc"] = ref["attacks"][name]["acc"] - body["attacks"][name]["acc"]
+        report["drop"] = drop
+        report["float_engine_top1_agreement"] = float(_float_agreement(target, x, request.batch_size, dev).float().mean())
+    report["agreement"] = agreement
+    report["warnings"] = warnings
+    gates = evaluate_gates(request.gates, report)
+    warn_fail = bool(request.fail_on_warnings and warnings)
+    report["gates"] = gates
+    report["fail_on_warnings"] = request.fail_on_warnings
+    report["passed"] = all(g["passed"] for g in gates) and not warn_fail
+    report["verdict"] = "pass" if report["passed"] else "fail"
+    report["per_sample"] = body["per_sample"]
+    report["data"] = {"dataset": request.dataset, "split": request.split, "n": len(idx), "sample": request.sample,
+                      "indices_sha256": indices_sha256(idx), "first_indices": idx[:10].tolist()}
+    report["artifact"] = target.info["artifact"]
+    report["surrogate"] = target.info["surrogate"]
+    report["reference"] = target.info["reference"]
+    report["bundle"] = target.info["bundle"]
+    if request.profile:
+        report["profile"] = request.profile
+    if curve is not None:
+        report["curve"] = curve
+    timing["total_s"] = time.perf_counter() - t_start
+    report["timing"] = {k: round(v, 3) for k, v in timing.items()} | {
+        "engine_calls": engine_model.calls, "engine_images": engine_model.images}
+    report["versions"] = package_versions()
+    report["device"] = device_description(request.device)
+    return report
+
+
+def _float_agreement(target: VerifyTarget, x: torch.Tensor, batch_size: int, dev: torch.device) -> torch.Tensor:
+    """Per-sample top-1 agreement of the engine and the float reference on clean inputs."""
+    if target.reference is None:
+        return torch.zeros(0, dtype=torch.bool)
+    with torch.inference_mode():
+        ref = torch.cat([target.reference(x[i:i + batch_size].to(dev)).argmax(1).cpu()
+                         for i in range(0, len(x), batch_size)])
+    return _engine_predict(target.runtime, x) == ref
