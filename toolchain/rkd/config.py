@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from rkd.errors import RecipeError, UsageError
 from rkd.registry import did_you_mean
@@ -244,8 +244,114 @@ class StudentConfig(StrictModel):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(weight_decay=2e-4))
 
 
+def _check_gates(gates: list[str]) -> list[str]:
+    from rkd.verify.gates import parse_gate
+
+    for text in gates:
+        try:
+            parse_gate(text)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+    return gates
+
+
+Gates = Annotated[list[str], AfterValidator(_check_gates)]
+
+
+class VerifyConfig(StrictModel):
+    """``rkd verify`` settings: samples, attacks, gates (DESIGN.md, "Verification semantics")."""
+
+    n: int = Field(1000, ge=1)  # test samples (the first n; gates need at least this many)
+    sample: Literal["first", "random"] = "first"
+    attacks: str = "pgd20,autoattack"
+    eps: Eps | None = None  # default: the recipe's / bundle's threat model
+    gates: Gates = Field(default_factory=list)  # e.g. "lower.robust_acc>=0.30", "drop.robust_acc<=0.03"
+    fail_on_warnings: bool = False
+    transfer: bool = True  # also attack with the float reference's adversarial examples
+
+    @model_validator(mode="after")
+    def _check_attacks(self) -> VerifyConfig:
+        from rkd.verify.suite import parse_attacks
+
+        try:
+            parse_attacks(self.attacks)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class ProfileQuantize(StrictModel):
+    """INT8 post-training quantization of a profile (ONNX Runtime static QDQ; see rkd quantize)."""
+
+    scheme: Literal["cpu", "trt"] = "cpu"  # cpu: uint8 asymmetric activations; trt: symmetric int8
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_n: int = Field(512, ge=1)
+    exclude: list[str] = Field(default_factory=list)  # ONNX node names kept in float
+
+
+class ProfileEngine(StrictModel):
+    """A TensorRT engine build (shapes of the one optimization profile, workspace)."""
+
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int = Field(32, ge=1)
+    max_batch: int = Field(256, ge=1)
+    workspace_gib: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> ProfileEngine:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("need min_batch <= opt_batch <= max_batch")
+        return self
+
+
+class ExportProfile(StrictModel):
+    """A deployment target (``export/*.yaml``): runtime, precision, quantization, engine shapes, gates."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    runtime: Literal["onnxruntime", "tensorrt"]
+    precision: Literal["int8", "fp16", "fp32"]
+    quantize: ProfileQuantize | None = None
+    engine: ProfileEngine | None = None
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExportProfile:
+        if self.precision == "int8" and self.quantize is None:
+            raise ValueError("precision int8 needs a quantize section")
+        if self.precision != "int8" and self.quantize is not None:
+            raise ValueError(f"precision {self.precision} takes no quantize section")
+        if self.runtime == "tensorrt" and self.engine is None:
+            raise ValueError("runtime tensorrt needs an engine section")
+        if self.runtime == "onnxruntime" and self.engine is not None:
+            raise ValueError("runtime onnxruntime takes no engine section")
+        if self.runtime == "onnxruntime" and self.precision == "fp16":
+            raise ValueError("fp16 is a TensorRT profile; use fp32 or int8 with onnxruntime")
+        if self.runtime == "tensorrt" and self.quantize is not None and self.quantize.scheme != "trt":
+            raise ValueError("TensorRT builds symmetric INT8 only: quantize.scheme must be trt")
+        return self
+
+    @property
+    def artifact(self) -> str:
+        """The bundle file this profile ships and verifies (an engine's name is known only after the build)."""
+        if self.runtime == "tensorrt":
+            return "engine"
+        return "model.int8.onnx" if self.precision == "int8" else "model.onnx"
+
+
+class DeployConfig(StrictModel):
+    """``rkd run``'s deployment stages: which export profile, and robust QAT before export when wanted."""
+
+    profile: str = "x86-cpu-int8"  # a name in export/ or a path to a profile YAML
+    qat: bool = False
+    qat_epochs: int = Field(1, ge=1)
+    qat_lr: float = Field(0.01, gt=0)
+    qat_train_n: int | None = Field(None, ge=1)
+
+
 class Recipe(StrictModel):
-    """A whole recipe file. Sections beyond ``teacher`` and ``student`` arrive with the stages that use them."""
+    """A whole recipe file: data, threat model, teacher, student, and the deploy/verify stages of rkd run."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -255,6 +361,8 @@ class Recipe(StrictModel):
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
     teacher: TeacherConfig | None = None
     student: StudentConfig | None = None
+    deploy: DeployConfig | None = None
+    verify: VerifyConfig | None = None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -296,9 +404,10 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _model_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, list[str]]:
-    """Walk ``loc`` from :class:`Recipe`; return the model class there and the display path (tags dropped)."""
-    current: list[Any] = [Recipe]
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk ``loc`` from ``root`` (default :class:`Recipe`); return the model class there and the display path
+    (tags dropped)."""
+    current: list[Any] = [root or Recipe]
     shown: list[str] = []
     for part in loc:
         models = [t for c in current for t in _unwrap(c) if isinstance(t, type) and issubclass(t, BaseModel)]
@@ -324,20 +433,21 @@ def _literal_values(model: type[BaseModel]) -> tuple[Any, ...]:
     return typing.get_args(model.model_fields["name"].annotation)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line for the first error: ``FILE: key.path: what is wrong (did you mean 'x'?)``."""
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """One line for the first error: ``FILE: key.path: what is wrong (did you mean 'x'?)``; ``root`` is the
+    schema the error's path starts from (default :class:`Recipe`)."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
     err = errors[0]
     loc = tuple(err.get("loc", ()))
     more = len(errors) - 1
     suffix = f" (+{more} more error{'s' if more > 1 else ''})" if more else ""
     if err["type"] == "extra_forbidden":
-        owner, shown = _model_at(loc[:-1])
+        owner, shown = _model_at(loc[:-1], root)
         key = str(loc[-1])
         path = ".".join(shown + [key]) if shown else key
         hint = did_you_mean(key, list(owner.model_fields)) if owner else ""
         return f"{source}: {path}: unknown key{hint}{suffix}"
-    _, shown = _model_at(loc)
+    _, shown = _model_at(loc, root)
     path = ".".join(shown) or "(top level)"
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     if err["type"] == "union_tag_not_found":
@@ -386,6 +496,51 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise RecipeError(f"{p}: a recipe is a YAML mapping of sections")
         raw = apply_overrides(raw, overrides)
     return validate_recipe(raw, str(p))
+
+
+PROFILE_DIRS = ("export",)
+
+
+def _read_yaml(p: Path, what: str) -> Any:
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{p}: {what} is a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def find_profile(name_or_path: str | Path, base: str | Path | None = None) -> Path:
+    """The profile file: a path as given, else ``export/<name>.yaml`` under ``base`` (default: the current
+    directory)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if p.is_file():
+            return p
+        raise RecipeError(f"{p}: export profile not found")
+    folder = Path(base or ".") / PROFILE_DIRS[0]
+    cand = folder / f"{p.name}.yaml"
+    if cand.is_file():
+        return cand
+    names = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+    hint = did_you_mean(str(name_or_path), names)
+    listing = f"; profiles in {folder}: {', '.join(names)}" if names else f"; no {folder}/ folder here"
+    raise RecipeError(f"export profile '{name_or_path}' not found{hint}{listing} (or give a path to a .yaml)")
+
+
+def load_profile(name_or_path: str | Path, base: str | Path | None = None) -> ExportProfile:
+    """Read and validate an export profile (``export/*.yaml``); one-line RecipeError on any problem."""
+    p = find_profile(name_or_path, base)
+    raw = _read_yaml(p, "an export profile")
+    if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
+        raise RecipeError(f"{p}: schema_version {raw['schema_version']!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        return ExportProfile.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, str(p), ExportProfile)) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

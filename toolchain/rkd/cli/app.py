@@ -43,6 +43,7 @@ def _root(
 
 def _register() -> None:
     from rkd.cli import distill, env, evaluate, teacher
+    from rkd.cli import verify as verify_cli
     from rkd.cli import export as export_cli
     from rkd.cli import quantize as quantize_cli
 
@@ -51,6 +52,7 @@ def _register() -> None:
     app.command("eval", help=evaluate.__doc__, no_args_is_help=True)(evaluate.eval_command)
     app.command("quantize", help=quantize_cli.__doc__, no_args_is_help=True)(quantize_cli.quantize)
     app.command("export", help=export_cli.__doc__, no_args_is_help=True)(export_cli.export)
+    app.command("verify", help=verify_cli.__doc__, no_args_is_help=True)(verify_cli.verify)
     app.command("env", help=env.__doc__)(env.env)
 
 

@@ -362,3 +362,15 @@ def _float_agreement(target: VerifyTarget, x: torch.Tensor, batch_size: int, dev
         ref = torch.cat([target.reference(x[i:i + batch_size].to(dev)).argmax(1).cpu()
                          for i in range(0, len(x), batch_size)])
     return _engine_predict(target.runtime, x) == ref
+
+
+def request_from_config(artifact: str | Path, cfg: Any, *, source: str, required_n: int | None = None,
+                        **kw: Any) -> VerifyRequest:
+    """A :class:`VerifyRequest` from a recipe's or profile's ``verify`` section (:class:`rkd.config.VerifyConfig`);
+    its gates are labelled with ``source``; ``kw`` sets the remaining fields (data, device, state, ...)."""
+    from rkd.verify.gates import parse_gate
+
+    return VerifyRequest(
+        artifact=artifact, n=cfg.n, sample=cfg.sample, attacks=cfg.attacks, eps=cfg.eps,
+        gates=[parse_gate(g, source=source) for g in cfg.gates], fail_on_warnings=cfg.fail_on_warnings,
+        transfer=cfg.transfer, required_n=required_n, **kw)

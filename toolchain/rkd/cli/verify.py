@@ -1,0 +1,137 @@
+"""Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from rkd.cli._common import console, handle_errors, out
+
+
+class Sample(str, Enum):
+    """Which samples: the first n, or a seeded random subset."""
+
+    first = "first"
+    random = "random"
+
+
+def render_report(rep: dict, paths: dict) -> None:
+    """The Rich summary of a verify report: per-attack engine vs float, worst case, agreement, gates."""
+    art = rep["artifact"]
+    table = Table(title=f"{Path(art['file']).name} ({art['kind']}): {rep['data']['dataset']}, n={rep['n']}, "
+                        f"{rep['norm']} eps={rep['eps_text']}, seed={rep['seed']}")
+    for col in ("attack", "engine", "95% CI", "float", "drop", "time"):
+        table.add_column(col, justify="left" if col == "attack" else "right")
+    ref = (rep.get("float") or {}).get("attacks") or {}
+    for name, res in rep["attacks"].items():
+        f = ref.get(name)
+        table.add_row(name, f"{res['acc']:.1%}", f"{res['ci95'][0]:.1%}-{res['ci95'][1]:.1%}",
+                      f"{f['acc']:.1%}" if f else "-", f"{(f['acc'] - res['acc']) * 100:+.1f}" if f else "-",
+                      f"{res['seconds']:.1f} s")
+    wc, fwc = rep["worst_case"], (rep.get("float") or {}).get("worst_case")
+    table.add_row("[bold]worst case[/]", f"[bold]{wc['acc']:.1%}", f"{wc['ci95'][0]:.1%}-{wc['ci95'][1]:.1%}",
+                  f"{fwc['acc']:.1%}" if fwc else "-", f"{(fwc['acc'] - wc['acc']) * 100:+.1f}" if fwc else "-",
+                  f"{rep['timing']['total_s']:.1f} s")
+    out.print(table)
+    agree = ", ".join(f"{k} {v['top1_agreement']:.1%} (n={v['n']})" for k, v in rep["agreement"].items() if v)
+    out.print(f"engine/surrogate agreement: {agree or '-'}", highlight=False)
+    for w in rep["warnings"]:
+        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for g in rep["gates"]:
+        mark = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
+        out.print(f"{mark} {g['gate']}  ({g['message']}; {g['source']})", highlight=False)
+    verdict = "[bold green]PASS[/]" if rep["passed"] else "[bold red]FAIL[/]"
+    out.print(f"{verdict}  report: {paths['json']}  junit: {paths['junit']}", highlight=False)
+
+
+def verify(
+    engine: Annotated[Path, typer.Option("--engine", help="The artifact: .onnx (ONNX Runtime), .engine/.plan "
+                                         "(TensorRT), .safetensors (torch), or a bundle folder.",
+                                         show_default=False)],
+    data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+    split: Annotated[str, typer.Option(help="Data split.")] = "test",
+    n: Annotated[Optional[int], typer.Option(help="Samples [default: the profile's, else 1000].")] = None,
+    sample: Annotated[Sample, typer.Option(help="The first n samples, or a seeded random subset.")] = Sample.first,
+    attacks: Annotated[Optional[str], typer.Option(help="Comma-separated: fgsm, pgdK, pgdKrR, cw[K], autoattack, "
+                                                   "square, aa-custom:A+B [default: profile's, else "
+                                                   "pgd20,autoattack].")] = None,
+    eps: Annotated[Optional[str], typer.Option(help="Radius on [0,1] inputs, e.g. 8/255 [default: profile's, "
+                                               "else the bundle's threat model].")] = None,
+    alpha: Annotated[str, typer.Option(help="PGD/CW step size.")] = "2/255",
+    seed: Annotated[int, typer.Option(help="Seeds random starts, AutoAttack and the random sample.")] = 0,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", help="A gate, e.g. 'robust_acc>=0.40', "
+                                                      "'drop.robust_acc<=0.03' (repeatable).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Export profile (name in export/ or a YAML path): its n, "
+                                                   "attacks, eps and gates.")] = None,
+    fail_on_warnings: Annotated[Optional[bool], typer.Option("--fail-on-warnings/--no-fail-on-warnings",
+                                                             help="Whether a warning fails the run.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Report folder [default: "
+                                                   "verify-<artifact stem>].")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML path [default: in --report].")] = None,
+    curve: Annotated[bool, typer.Option("--curve", help="Also plot accuracy against eps (PNG).")] = False,
+    curve_eps: Annotated[str, typer.Option("--curve-eps", help="The eps values of --curve.")] =
+        "0,2/255,4/255,8/255,12/255,16/255",
+    state: Annotated[Optional[Path], typer.Option("--state", help="State folder: a killed run continues "
+                                                  "where it stopped.")] = None,
+    surrogate: Annotated[Optional[Path], typer.Option(help="Gradient source instead of the bundle's (rkd "
+                                                      "checkpoint or ONNX file).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Float reference instead of the bundle's model.onnx.")]
+        = None,
+    transfer: Annotated[bool, typer.Option("--transfer/--no-transfer", help="Attack with the float reference's "
+                                           "adversarial examples too.")] = True,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per engine call.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (torch side and ONNX Runtime).")] = "cpu",
+) -> None:
+    """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
+
+    Exit codes: 0 every gate passed, 1 a gate failed, 2 usage error, 3 backend or hardware missing, 4 internal
+    error.
+    """
+    with handle_errors():
+        from rkd.config import VerifyConfig, load_profile, parse_eps, resolve_device
+        from rkd.data import parse_data_arg
+        from rkd.errors import UsageError
+        from rkd.verify.gates import parse_gate
+        from rkd.verify.report import write_reports
+        from rkd.verify.verification import request_from_config, verify_artifact
+
+        prof = load_profile(profile) if profile else None
+        cfg = prof.verify.model_copy() if prof else VerifyConfig()
+        try:
+            if n is not None:
+                cfg.n = n
+            if attacks is not None:
+                cfg.attacks = attacks
+            if eps is not None:
+                cfg.eps = parse_eps(eps)
+            alpha_v = parse_eps(alpha)
+            curve_values = [0.0 if v.strip() in ("0", "0/255") else parse_eps(v) for v in curve_eps.split(",")]
+        except ValueError as exc:
+            raise UsageError(f"--n/--attacks/--eps/--alpha/--curve-eps: {str(exc).splitlines()[-1]}") from None
+        if fail_on_warnings is not None:
+            cfg.fail_on_warnings = fail_on_warnings
+        cfg.sample = sample.value
+        extra = [parse_gate(g) for g in gate or []]
+        dataset, options = parse_data_arg(data)
+        request = request_from_config(
+            engine, cfg, source=f"profile {prof.name}" if prof else "command line",
+            required_n=prof.verify.n if prof and prof.verify.gates else None,
+            dataset=dataset, data_options=options, data_root=data_root, split=split, eps_text=eps, alpha=alpha_v,
+            seed=seed, batch_size=batch_size, device=resolve_device(device), state=state,
+            curve_eps=curve_values if curve else None, surrogate=surrogate, reference=reference,
+            profile={"name": prof.name, "runtime": prof.runtime, "precision": prof.precision} if prof else None,
+        )
+        if not transfer:
+            request.transfer = False
+        request.gates += extra
+        rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
+        folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
+        paths = write_reports(rep, folder, junit=junit)
+        render_report(rep, paths)
+        if not rep["passed"]:
+            raise typer.Exit(1)

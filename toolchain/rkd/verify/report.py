@@ -1,0 +1,156 @@
+"""Verification reports: JSON (RobustBench names), JUnit XML (one test case per gate), Markdown, PNG curve.
+
+JUnit: one ``<testsuite name="rkd-verify">`` with a ``<testcase>`` per gate (``<failure>`` when it fails) and,
+with ``fail_on_warnings``, one for the warnings: what GitHub Actions, GitLab and Jenkins read. The Markdown
+summary is what ``$GITHUB_STEP_SUMMARY`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from rkd.atomic import atomic_write, atomic_write_text
+
+JSON_NAME = "verify.json"
+MARKDOWN_NAME = "verify.md"
+JUNIT_NAME = "verify.junit.xml"
+CURVE_NAME = "verify.curve.png"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+
+def junit_xml(report: Mapping[str, Any]) -> str:
+    """JUnit XML with one test case per gate (and one for warnings when they fail the run)."""
+    cases: list[tuple[str, str | None, str]] = []
+    for gate in report.get("gates") or []:
+        cases.append((f"gate {gate['gate']}", None if gate["passed"] else gate["message"], gate["message"]))
+    warnings = report.get("warnings") or []
+    if report.get("fail_on_warnings"):
+        text = "; ".join(warnings)
+        cases.append(("no verification warnings", text or None, text or "none"))
+    failures = sum(1 for _, fail, _ in cases if fail)
+    suite = ET.Element("testsuite", name="rkd-verify", tests=str(len(cases)), failures=str(failures), errors="0",
+                       time=f"{(report.get('timing') or {}).get('total_s', 0):.3f}")
+    props = ET.SubElement(suite, "properties")
+    artifact = report.get("artifact") or {}
+    for key, value in (("artifact", artifact.get("file")), ("sha256", artifact.get("sha256")),
+                       ("eps", report.get("eps")), ("n", report.get("n")), ("seed", report.get("seed")),
+                       ("clean_acc", report.get("clean_acc")), ("robust_acc", report.get("robust_acc"))):
+        ET.SubElement(props, "property", name=key, value=str(value))
+    classname = f"rkd.verify.{Path(str(artifact.get('file', 'artifact'))).name}"
+    for name, failure, message in cases:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=name)
+        if failure:
+            ET.SubElement(case, "failure", message=failure, type="GateFailed").text = failure
+        else:
+            ET.SubElement(case, "system-out").text = message
+    if warnings:
+        ET.SubElement(suite, "system-err").text = "\n".join(warnings)
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """A Markdown summary: verdict, gates, per-attack table (engine vs float), agreement, warnings."""
+    artifact = report.get("artifact") or {}
+    verdict = "PASS" if report.get("passed") else "FAIL"
+    lines = [
+        f"## rkd verify: {verdict}",
+        "",
+        f"`{artifact.get('file')}` ({artifact.get('kind')}, {artifact.get('runtime')}), "
+        f"{(report.get('data') or {}).get('dataset')} {(report.get('data') or {}).get('split')}, n={report.get('n')}, "
+        f"{report.get('norm')} eps={report.get('eps_text')}, seed={report.get('seed')}, "
+        f"samples sha256 `{str((report.get('data') or {}).get('indices_sha256', ''))[:16]}`",
+        "",
+    ]
+    gates = report.get("gates") or []
+    if gates:
+        lines += ["| gate | value | result |", "|---|---|---|"]
+        for g in gates:
+            value = "not measured" if g["value"] is None else f"{g['value']:.4g}"
+            lines.append(f"| `{g['gate']}` | {value} | {'pass' if g['passed'] else '**FAIL**'} |")
+        lines.append("")
+    float_attacks = (report.get("float") or {}).get("attacks") or {}
+    lines += ["| attack | engine | 95% CI | float | drop |", "|---|---|---|---|---|"]
+    for name, entry in (report.get("attacks") or {}).items():
+        ref = float_attacks.get(name)
+        drop = None if ref is None else ref["acc"] - entry["acc"]
+        lines.append(f"| {name} | {_pct(entry['acc'])} | {_ci(entry)} | {_pct(ref['acc'] if ref else None)} | "
+                     f"{'-' if drop is None else f'{100 * drop:+.1f}'} |")
+    wc, fwc = report.get("worst_case"), (report.get("float") or {}).get("worst_case")
+    drop = None if not fwc else fwc["acc"] - wc["acc"]
+    lines.append(f"| **worst case** | **{_pct(wc['acc'])}** | {_ci(wc)} | {_pct(fwc['acc'] if fwc else None)} | "
+                 f"{'-' if drop is None else f'{100 * drop:+.1f}'} |")
+    agreement = report.get("agreement") or {}
+    parts = [f"{k} {_pct(v['top1_agreement'])} (n={v['n']})" for k, v in agreement.items() if v]
+    lines += ["", f"Engine/surrogate top-1 agreement: {', '.join(parts) or '-'}."]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
+    timing = report.get("timing") or {}
+    lines += ["", f"Total {timing.get('total_s', 0):.1f} s; engine images {timing.get('engine_images', 0)}; "
+                  f"rkd {(report.get('versions') or {}).get('rkd')}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(curve: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """PNG of accuracy against eps (x in units of 1/255) for the engine and the float reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    xs = [e * 255 for e in curve["eps"]]
+    for label, style in (("float", "o--"), ("engine", "s-")):
+        if label in curve:
+            ax.plot(xs, [100 * v for v in curve[label]], style, label=label)
+    ax.set_xlabel("eps (x/255)")
+    ax.set_ylabel(f"accuracy under {curve.get('attack')} (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def write_reports(
+    report: dict[str, Any], out_dir: str | Path, *, junit: str | Path | None = None
+) -> dict[str, Path]:
+    """Write verify.json, verify.md, the JUnit file (``out_dir/verify.junit.xml`` unless ``junit`` names one)
+    and, when the report has a curve, verify.curve.png; append the Markdown to ``$GITHUB_STEP_SUMMARY``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / JSON_NAME, "markdown": out / MARKDOWN_NAME, "junit": Path(junit) if junit else out / JUNIT_NAME}
+    if report.get("curve"):
+        paths["curve"] = plot_curve(report["curve"], out / CURVE_NAME,
+                                    title=Path(str((report.get("artifact") or {}).get("file", ""))).name)
+        report["curve"]["png"] = str(paths["curve"])
+    md = markdown(report)
+    atomic_write_text(paths["markdown"], md)
+    paths["junit"].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths["junit"], junit_xml(report))
+    atomic_write_text(paths["json"], json.dumps(report, indent=1) + "\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(md + "\n")
+    return paths
