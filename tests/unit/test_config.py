@@ -101,3 +101,30 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 def test_every_recipe_in_the_repo_validates(path: Path) -> None:
     rec = load_recipe(path)
     assert rec.name == path.stem
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "export").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_export_profile_in_the_repo_validates(path: Path) -> None:
+    from rkd.config import load_profile
+
+    profile = load_profile(path)
+    assert profile.name == path.stem
+    assert profile.verify.gates, "a deployment profile without gates gates nothing"
+    assert (profile.quantize is not None) == (profile.precision == "int8")
+
+
+def test_profile_errors_are_one_line_with_the_closest_key(tmp_path: Path) -> None:
+    from rkd.config import load_profile
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: p\nruntime: onnxruntime\nprecision: int8\nquantize: {scheme: cpu, methd: minmax}\n")
+    with pytest.raises(RecipeError, match=r"p.yaml: quantize.methd: unknown key \(did you mean 'method'\?\)"):
+        load_profile(bad)
+    bad.write_text("name: p\nruntime: tensorrt\nprecision: int8\nquantize: {scheme: cpu}\nengine: {}\n")
+    with pytest.raises(RecipeError, match="symmetric INT8 only"):
+        load_profile(bad)
+    bad.write_text("name: p\nruntime: onnxruntime\nprecision: fp32\nverify: {gates: ['robust_acc=>0.4']}\n")
+    with pytest.raises(RecipeError, match="not METRIC OP VALUE"):
+        load_profile(bad)
+    with pytest.raises(RecipeError, match="did you mean 'gpu-int8'"):
+        load_profile("gpu-int9", base=REPO)

@@ -257,6 +257,15 @@ def _unary(fn: Callable[[Any], Any]) -> Op:
     return lambda inp, a: fn(inp[0])
 
 
+def _straight_through(fn: Callable[[Any], Any]) -> Op:
+    """A piecewise-constant op (Round, Floor, Ceil) with the identity as its backward pass: BPDA (Athalye et al.
+    2018), so a model that quantizes its own input cannot hide behind zero gradients."""
+    def op(inp: list[Any], a: dict[str, Any]) -> Any:
+        x = inp[0]
+        return x + (fn(x) - x).detach() if x.is_floating_point() else fn(x)
+    return op
+
+
 OPS: dict[str, Op] = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -290,6 +299,9 @@ OPS: dict[str, Op] = {
     "Cast": _cast,
     "Pad": _pad,
     "Identity": _unary(lambda x: x),
+    "Round": _straight_through(torch.round),
+    "Floor": _straight_through(torch.floor),
+    "Ceil": _straight_through(torch.ceil),
     "Dropout": _unary(lambda x: x),
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,

@@ -137,9 +137,10 @@ def open_target(
     reference: str | Path | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
+    runtime_options: dict[str, Any] | None = None,
 ) -> VerifyTarget:
     """Open ``artifact`` (a file, or a bundle directory: its ``model.int8.onnx``, else ``model.onnx``) with its
-    surrogate and float reference as in the module table.
+    surrogate and float reference as in the module table. ``runtime_options`` go to the runtime's constructor.
 
     Raises:
         UsageError: unknown suffix, missing file, an engine without a manifest or surrogate.
@@ -164,16 +165,18 @@ def open_target(
         )
     manifest = _bundle_manifest(path) if suffix not in CHECKPOINT_SUFFIXES else None
     warnings: list[str] = []
-    runtime = open_runtime(path, device=device, batch_size=batch_size)
+    engine_source = None
+    if suffix in ENGINE_SUFFIXES:  # refuse a stale engine before touching TensorRT
+        engine_source = Path(surrogate) if surrogate is not None else _engine_source(path, manifest)
+    runtime = open_runtime(path, device=device, batch_size=batch_size, **(runtime_options or {}))
 
     if suffix in CHECKPOINT_SUFFIXES:
         kind = "checkpoint"
         grad_model = runtime.model  # type: ignore[attr-defined]
         grad_info = {"file": str(path), "sha256": runtime.sha256, "kind": "checkpoint (exact gradients)"}
     else:
-        if suffix in ENGINE_SUFFIXES:
-            kind = "tensorrt"
-            source = Path(surrogate) if surrogate is not None else _engine_source(path, manifest)
+        if engine_source is not None:
+            kind, source = "tensorrt", engine_source
         else:
             kind = "onnx-int8" if _is_qdq(path) else "onnx-float"
             source = Path(surrogate) if surrogate is not None else path

@@ -29,7 +29,6 @@ from torch import nn
 from rkd.data import indices_sha256, load_dataset, select_indices
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
-from rkd.stats import wilson_interval
 from rkd.verify.engine_model import EngineModel
 from rkd.verify.gates import Gate, check_gate_metrics, evaluate_gates
 from rkd.verify.state import VerifyState
@@ -75,12 +74,7 @@ class VerifyRequest:
     min_clean_agreement: float = MIN_CLEAN_AGREEMENT
     min_adversarial_agreement: float = MIN_ADVERSARIAL_AGREEMENT
     profile: dict[str, Any] | None = None
-
-
-def _acc(correct: torch.Tensor) -> dict[str, Any]:
-    k, n = int(correct.sum()), int(correct.numel())
-    lo, hi = wilson_interval(k, n)
-    return {"acc": k / n if n else 0.0, "correct": k, "n": n, "ci95": [lo, hi]}
+    runtime_options: dict[str, Any] | None = None  # passed to the runtime (e.g. ONNX Runtime providers)
 
 
 def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +217,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     if request.curve_eps:
         parse_attacks(request.curve_attack)
     target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
-                         device=request.device, batch_size=request.batch_size)
+                         device=request.device, batch_size=request.batch_size,
+                         runtime_options=request.runtime_options)
     has_reference = target.reference is not None
     names = [s.name for s in specs if s.kind != "clean"] + ([TRANSFER] if request.transfer and has_reference else [])
     check_gate_metrics(request.gates, names, has_reference=has_reference)
