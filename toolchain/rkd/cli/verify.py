@@ -93,6 +93,8 @@ def verify(
     error.
     """
     with handle_errors():
+        from pydantic import ValidationError
+
         from rkd.config import VerifyConfig, load_profile, parse_eps, resolve_device
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
@@ -111,8 +113,12 @@ def verify(
                 cfg.eps = parse_eps(eps)
             alpha_v = parse_eps(alpha)
             curve_values = [0.0 if v.strip() in ("0", "0/255") else parse_eps(v) for v in curve_eps.split(",")]
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = f"--{err['loc'][0]}: " if err.get("loc") else ""
+            raise UsageError(where + err["msg"].removeprefix("Value error, ")) from None
         except ValueError as exc:
-            raise UsageError(f"--n/--attacks/--eps/--alpha/--curve-eps: {str(exc).splitlines()[-1]}") from None
+            raise UsageError(f"--eps/--alpha/--curve-eps: {exc}") from None
         if fail_on_warnings is not None:
             cfg.fail_on_warnings = fail_on_warnings
         cfg.sample = sample.value
