@@ -344,6 +344,7 @@ class DeployConfig(StrictModel):
     """``rkd run``'s deployment stages: which export profile, and robust QAT before export when wanted."""
 
     profile: str = "x86-cpu-int8"  # a name in export/ or a path to a profile YAML
+    calibration_n: int | None = Field(None, ge=1)  # overrides the profile's quantize.calibration_n
     qat: bool = False
     qat_epochs: int = Field(1, ge=1)
     qat_lr: float = Field(0.01, gt=0)

@@ -43,10 +43,12 @@ def _root(
 
 def _register() -> None:
     from rkd.cli import distill, env, evaluate, teacher
+    from rkd.cli import run as run_cli
     from rkd.cli import verify as verify_cli
     from rkd.cli import export as export_cli
     from rkd.cli import quantize as quantize_cli
 
+    app.command("run", help=run_cli.__doc__, no_args_is_help=True)(run_cli.run)
     app.command("teacher", help=teacher.__doc__, no_args_is_help=True)(teacher.teacher)
     app.command("distill", help=distill.__doc__, no_args_is_help=True)(distill.distill)
     app.command("eval", help=evaluate.__doc__, no_args_is_help=True)(evaluate.eval_command)

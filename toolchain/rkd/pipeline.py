@@ -1,0 +1,339 @@
+"""``rkd run``: every stage a recipe names, in one run directory, each skipped when its inputs are unchanged.
+
+Stages, in order (a stage runs only when the recipe has its section):
+
+==========  =================================================  ====================================
+stage       does                                               writes (under ``runs/<name>/``)
+==========  =================================================  ====================================
+teacher     trains ``teacher`` (or checks ``teacher.checkpoint``) ``teacher/model.safetensors``
+distill     distils ``student`` from the teacher                ``student/model.safetensors``
+export      float ONNX + manifest (``rkd export``)              ``bundle/model.onnx``
+quantize    INT8 QDQ + surrogate (``rkd quantize``, opt. QAT)   ``bundle/model.int8.onnx``
+engine      TensorRT engine (tensorrt profiles only)            ``bundle/model.<gpu>.<prec>.engine``
+verify      ``rkd verify`` with the profile's or recipe's gates ``verify/verify.{json,md,junit.xml}``
+==========  =================================================  ====================================
+
+Skipping: each stage's key is a hash of the recipe sections it reads and the sha256 of the artifacts it
+consumes; ``run.json`` records, per stage, the key, the artifact and its sha256. A stage whose key and artifact
+are unchanged is skipped; a changed key reruns it and everything downstream (their keys change with its
+artifact). Resuming: a training stage interrupted with the same key continues from its last checkpoint
+(``fit(resume=True)``); verification continues from its state folder. One ``rkd run`` per run directory at a
+time (a lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rkd.atomic import atomic_write_text, file_sha256
+from rkd.config import ExportProfile, Recipe, dump_recipe, load_profile, resolve_device
+from rkd.errors import RecipeError, UsageError
+
+STAGES = ("teacher", "distill", "export", "quantize", "engine", "verify")
+RUN_RECORD = "run.json"
+RUN_FORMAT = "rkd-run/1"
+
+
+@dataclass
+class StageResult:
+    """One stage's outcome: ``status`` is ran, resumed or skipped."""
+
+    name: str
+    status: str
+    seconds: float
+    artifact: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The whole run: its directory, every stage, and the verification report (or None)."""
+
+    run_dir: Path
+    stages: list[StageResult]
+    report: dict[str, Any] | None
+
+    @property
+    def exit_code(self) -> int:
+        """The verify exit code: 1 when a gate failed, else 0."""
+        return 1 if self.report is not None and not self.report.get("passed") else 0
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _dump(section: Any) -> Any:
+    return section.model_dump(mode="json") if hasattr(section, "model_dump") else section
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".run.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another rkd run is using '{run_dir}'; wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _Record:
+    """``run.json``: per stage ``{"key", "artifact", "sha256", "done", "metrics", "seconds"}``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / RUN_RECORD
+        self.data: dict[str, Any] = {"format": RUN_FORMAT, "stages": {}}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                data = {}
+            if data.get("format") == RUN_FORMAT:
+                self.data = data
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name) or {}
+
+    def set(self, name: str, entry: dict[str, Any]) -> None:
+        self.data["stages"][name] = entry
+        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+
+    def up_to_date(self, name: str, key: str) -> bool:
+        entry = self.stage(name)
+        artifact = entry.get("artifact")
+        if not entry.get("done") or entry.get("key") != key or not artifact or not Path(artifact).is_file():
+            return False
+        return file_sha256(artifact) == entry.get("sha256")
+
+
+def _history_metrics(result: Any) -> dict[str, Any]:
+    last = (result.history or [{}])[-1]
+    return {f"holdout_{k}": v for k, v in last.items() if k.endswith("_acc")}
+
+
+class Pipeline:
+    """Runs a recipe's stages (see the module docstring). ``progress`` makes a fresh progress display for each
+    training stage; ``log`` receives one line per event."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        run_dir: str | Path | None = None,
+        data_root: str | None = None,
+        device: str | None = None,
+        resume: bool = False,
+        profile_base: str | Path | None = None,
+        progress: Callable[[], Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+        self.data_root = data_root
+        self.device = resolve_device(device or recipe.device)
+        self.resume = resume
+        self.progress = progress
+        self.log = log or (lambda _m: None)
+        self.profile: ExportProfile | None = (
+            load_profile(recipe.deploy.profile, base=profile_base) if recipe.deploy is not None else None)
+        if recipe.verify is not None and recipe.deploy is None:
+            raise RecipeError(f"{recipe.name}: a verify section needs a deploy section (what to verify)")
+        self.record = _Record(self.run_dir)
+        self.stages: list[StageResult] = []
+
+    # -- one stage ---------------------------------------------------------------------------------------------
+    def _stage(self, name: str, key: str, run: Callable[[bool], tuple[Path, dict[str, Any]]],
+               clean: list[Path] | None = None) -> Path:
+        """Skip ``name`` when ``key`` and its artifact are unchanged, else run it (resuming when allowed)."""
+        if self.record.up_to_date(name, key):
+            entry = self.record.stage(name)
+            self.stages.append(StageResult(name, "skipped", 0.0, entry["artifact"], entry.get("metrics") or {}))
+            self.log(f"{name}: up to date, skipped")
+            return Path(entry["artifact"])
+        entry = self.record.stage(name)
+        resuming = self.resume and entry.get("key") == key and not entry.get("done")
+        if not resuming:
+            for path in clean or []:  # inputs changed: start this stage afresh
+                if path.is_dir():
+                    shutil.rmtree(path)
+        self.record.set(name, {"key": key, "done": False})
+        self.log(f"{name}: {'resuming' if resuming else 'running'}")
+        t0 = time.perf_counter()
+        artifact, metrics = run(resuming)
+        seconds = time.perf_counter() - t0
+        self.record.set(name, {"key": key, "done": True, "artifact": str(artifact), "sha256": file_sha256(artifact),
+                               "metrics": metrics, "seconds": round(seconds, 2)})
+        self.stages.append(StageResult(name, "resumed" if resuming else "ran", seconds, str(artifact), metrics))
+        return artifact
+
+    # -- the stages --------------------------------------------------------------------------------------------
+    def _teacher(self) -> Path | None:
+        rec = self.recipe
+        if rec.teacher is None:
+            return None
+        if rec.teacher.checkpoint:
+            path = Path(rec.teacher.checkpoint)
+            if not path.is_file():
+                raise RecipeError(f"{rec.name}: teacher.checkpoint '{path}' not found")
+            self.stages.append(StageResult("teacher", "given", 0.0, str(path), {}))
+            return path
+        from rkd.train.teacher import train_teacher
+
+        out = self.run_dir / "teacher"
+        key = _key("teacher", _dump(rec.teacher), _dump(rec.data), _dump(rec.threat), rec.seed)
+
+        def run(resume: bool) -> tuple[Path, dict[str, Any]]:
+            result = train_teacher(rec, run_dir=out, resume=resume, device=self.device, data_root=self.data_root,
+                                   progress=self.progress() if self.progress else None)
+            return result.checkpoint, _history_metrics(result)
+
+        return self._stage("teacher", key, run, clean=[out])
+
+    def _distill(self, teacher: Path | None) -> Path | None:
+        rec = self.recipe
+        if rec.student is None:
+            return None
+        from rkd.train.student import distill_student
+
+        out = self.run_dir / "student"
+        key = _key("distill", _dump(rec.student), _dump(rec.data), _dump(rec.threat), rec.seed,
+                   file_sha256(teacher) if teacher is not None else None)
+
+        def run(resume: bool) -> tuple[Path, dict[str, Any]]:
+            result = distill_student(rec, run_dir=out, teacher=teacher, resume=resume, device=self.device,
+                                     data_root=self.data_root, progress=self.progress() if self.progress else None)
+            return result.checkpoint, _history_metrics(result)
+
+        return self._stage("distill", key, run, clean=[out])
+
+    def _data_arg(self) -> tuple[str, dict[str, Any]]:
+        opts = self.recipe.data.options()
+        return self.recipe.data.dataset, opts
+
+    def _export(self, student: Path) -> Path:
+        from rkd.deploy.export import export_bundle
+
+        bundle = self.run_dir / "bundle"
+        key = _key("export", file_sha256(student), self._data_arg())
+
+        def run(resume: bool) -> tuple[Path, dict[str, Any]]:
+            manifest = export_bundle(student, bundle, force=True, parity_data=self._data_arg(),
+                                     data_root=self.data_root or self.recipe.data.root)
+            parity = (manifest.get("export") or {}).get("parity") or {}
+            return bundle / "model.onnx", {"max_abs_diff": parity.get("max_abs_diff"),
+                                           "top1_agreement": parity.get("top1_agreement")}
+
+        return self._stage("export", key, run)
+
+    def _quantize(self, student: Path, float_onnx: Path, teacher: Path | None) -> Path:
+        from rkd.quantize.pipeline import quantize_checkpoint
+
+        assert self.profile is not None and self.profile.quantize is not None and self.recipe.deploy is not None
+        q, deploy = self.profile.quantize, self.recipe.deploy
+        key = _key("quantize", _dump(q), _dump(deploy), file_sha256(float_onnx), self._data_arg(), self.recipe.seed,
+                   file_sha256(teacher) if deploy.qat and teacher is not None else None)
+
+        def run(resume: bool) -> tuple[Path, dict[str, Any]]:
+            method = self.recipe.student.method.name if self.recipe.student else "adv_path"
+            section = quantize_checkpoint(
+                student, float_onnx.parent, profile=q.scheme, calib_data=self._data_arg(), calib_n=deploy.calibration_n or q.calibration_n,
+                data_root=self.data_root or self.recipe.data.root, method=q.method, eval_n=0, force=True,
+                seed=self.recipe.seed, nodes_to_exclude=q.exclude or None, qat=deploy.qat, qat_method=method,
+                qat_epochs=deploy.qat_epochs, qat_lr=deploy.qat_lr, qat_teacher=teacher if deploy.qat else None,
+                qat_train_n=deploy.qat_train_n, device=self.device)
+            agree = ((section.get("surrogate") or {}).get("agreement") or {}).get("top1_agreement")
+            return float_onnx.parent / "model.int8.onnx", {"surrogate_agreement": agree}
+
+        return self._stage("quantize", key, run)
+
+    def _engine(self, onnx_path: Path) -> Path:
+        from rkd.deploy.tensorrt_build import build_bundle_engine
+
+        assert self.profile is not None and self.profile.engine is not None
+        eng, precision = self.profile.engine, self.profile.precision
+        key = _key("engine", _dump(eng), precision, file_sha256(onnx_path))
+
+        def run(resume: bool) -> tuple[Path, dict[str, Any]]:
+            info = build_bundle_engine(onnx_path.parent, precision=precision, min_batch=eng.min_batch,
+                                       opt_batch=eng.opt_batch, max_batch=eng.max_batch,
+                                       workspace_bytes=int(eng.workspace_gib * (1 << 30)))
+            return onnx_path.parent / info["file"], {"gpu": info.get("gpu"), "tensorrt": info.get("tensorrt")}
+
+        return self._stage("engine", key, run)
+
+    def _verify(self, artifact: Path) -> dict[str, Any]:
+        from rkd.verify.report import write_reports
+        from rkd.verify.verification import request_from_config, verify_artifact
+
+        assert self.profile is not None
+        rec = self.recipe
+        cfg = rec.verify or self.profile.verify
+        if cfg.eps is None:
+            cfg = cfg.model_copy(update={"eps": rec.threat.eps})
+        source = f"recipe {rec.name}" if rec.verify is not None else f"profile {self.profile.name}"
+        out = self.run_dir / "verify"
+        key = _key("verify", _dump(cfg), file_sha256(artifact), self._data_arg(), _dump(rec.threat), rec.seed)
+        report: dict[str, Any] = {}
+
+        def run(resume: bool) -> tuple[Path, dict[str, Any]]:
+            dataset, options = self._data_arg()
+            if dataset == "synthetic":
+                options = {**options, "n": max(cfg.n, 128)}
+            request = request_from_config(
+                artifact, cfg, source=source, required_n=cfg.n if cfg.gates else None, dataset=dataset,
+                data_options=options, data_root=self.data_root or rec.data.root,
+                alpha=rec.threat.alpha, norm=rec.threat.norm,
+                seed=rec.seed, device=self.device, state=out / "state",
+                profile={"name": self.profile.name, "runtime": self.profile.runtime,
+                         "precision": self.profile.precision},
+            )
+            report.update(verify_artifact(request, log=self.log))
+            paths = write_reports(report, out)
+            return paths["json"], _verify_metrics(report)
+
+        path = self._stage("verify", key, run, clean=[out])
+        if not report:
+            report.update(json.loads(path.read_text(encoding="utf-8")))
+        return report
+
+    # -- everything --------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run every stage the recipe names; the verify report (if any) decides the exit code."""
+        with _locked(self.run_dir):
+            atomic_write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
+            teacher = self._teacher()
+            student = self._distill(teacher)
+            report = None
+            if self.profile is not None:
+                if student is None:
+                    raise RecipeError(f"{self.recipe.name}: a deploy section needs a student section (what to deploy)")
+                float_onnx = self._export(student)
+                shipped = float_onnx
+                if self.profile.precision == "int8":
+                    shipped = self._quantize(student, float_onnx, teacher)
+                if self.profile.runtime == "tensorrt":
+                    shipped = self._engine(shipped)
+                report = self._verify(shipped)
+            return RunResult(self.run_dir, self.stages, report)
+
+
+def _verify_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    out = {"clean_acc": report.get("clean_acc"), "robust_acc": report.get("robust_acc"),
+           "verdict": report.get("verdict"),
+           "gates": {g["gate"]: g["passed"] for g in report.get("gates") or []}}
+    if "drop" in report:
+        out["drop_robust_acc"] = report["drop"].get("robust_acc")
+    return out
