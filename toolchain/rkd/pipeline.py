@@ -94,6 +94,7 @@ class _Record:
     """``run.json``: per stage ``{"key", "artifact", "sha256", "done", "metrics", "seconds"}``."""
 
     def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
         self.path = run_dir / RUN_RECORD
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "stages": {}}
         if self.path.is_file():
@@ -105,9 +106,16 @@ class _Record:
                 self.data = data
 
     def stage(self, name: str) -> dict[str, Any]:
-        return self.data["stages"].get(name) or {}
+        entry = dict(self.data["stages"].get(name) or {})
+        if entry.get("artifact"):  # stored relative to the run directory, so a moved run still skips
+            entry["artifact"] = str(self.run_dir / entry["artifact"])
+        return entry
 
     def set(self, name: str, entry: dict[str, Any]) -> None:
+        entry = dict(entry)
+        if entry.get("artifact"):
+            path = Path(entry["artifact"])
+            entry["artifact"] = str(path.relative_to(self.run_dir) if path.is_relative_to(self.run_dir) else path)
         self.data["stages"][name] = entry
         atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
 
