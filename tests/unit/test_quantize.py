@@ -22,7 +22,6 @@ from rkd.errors import CheckpointError, UsageError
 from rkd.models import Normalize, create_model, list_models
 from rkd.quantize.calibration import ImageCalibrationReader, check_calibration_images
 from rkd.quantize.ort_static import debug_layers, quantize_onnx
-from rkd.verify.engine_model import EngineModel
 from rkd.quantize.surrogate import (
     OnnxGraphModule,
     agreement,
@@ -32,6 +31,7 @@ from rkd.quantize.surrogate import (
     save_surrogate,
 )
 from rkd.testing import TINY_CONFIGS, train_tiny_classifier
+from rkd.verify.engine_model import EngineModel
 
 TINY = TINY_CONFIGS
 

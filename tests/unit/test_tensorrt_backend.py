@@ -507,3 +507,49 @@ def test_runtime_on_cuda_memory_and_stream(qdq_onnx: Path, tmp_path: Path) -> No
     assert handles == {torch.cuda.current_stream().cuda_stream}
     y = runtime.predict(x.cuda())
     assert y.is_cuda
+
+
+# -- rkd verify on an engine ---------------------------------------------------------------------------------
+
+
+def _fake_engine_function_as_onnx(path: Path) -> Path:
+    """An ONNX file computing exactly what the fake engine computes (a perfect surrogate)."""
+    weight = torch.zeros(3 * SIDE * SIDE, CLASSES)
+    weight[torch.arange(CLASSES), torch.arange(CLASSES)] = 2.0
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        "fake-function",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=[numpy_helper.from_array(weight.numpy(), "W"),
+                     numpy_helper.from_array(-torch.ones(CLASSES).numpy(), "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_verify_attacks_a_tensorrt_engine_of_a_bundle(gpu: dict, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from rkd.verify.verification import VerifyRequest, verify_artifact
+
+    bundle = _bundle(tmp_path)
+    fake = make_fake_tensorrt()
+    info = build_bundle_engine(bundle, precision="int8", trt=fake, image_size=SIDE)
+    request = VerifyRequest(
+        artifact=bundle / info["file"], dataset="synthetic", data_options={"image_size": SIDE, "n": 64}, n=64,
+        attacks="fgsm,pgd5", eps=16 / 255, alpha=4 / 255, device="cpu", runtime_options={"trt": fake},
+        surrogate=_fake_engine_function_as_onnx(tmp_path / "exact.onnx"))
+    rep = verify_artifact(request)
+    assert rep["artifact"]["kind"] == "tensorrt" and rep["artifact"]["runtime"] == "tensorrt"
+    assert rep["agreement"]["clean"]["top1_agreement"] == 1.0 and rep["agreement"]["adversarial"]["top1_agreement"] == 1.0
+    assert rep["reference"]["file"].endswith("model.onnx") and "drop" in rep
+    assert not any("agreement" in w for w in rep["warnings"])
+    assert rep["worst_case"]["correct"] <= rep["attacks"]["pgd5"]["correct"] <= rep["attacks"]["clean"]["correct"]
+    # The default gradient source is the engine's source ONNX from the manifest; it computes something else than
+    # this fake engine, and the report says its gradients are not to be trusted.
+    rep = verify_artifact(replace(request, surrogate=None))
+    assert rep["surrogate"]["file"].endswith("model.int8.onnx")
+    assert any("agreement on clean inputs" in w for w in rep["warnings"])

@@ -43,10 +43,10 @@ def _root(
 
 def _register() -> None:
     from rkd.cli import distill, env, evaluate, teacher
-    from rkd.cli import run as run_cli
-    from rkd.cli import verify as verify_cli
     from rkd.cli import export as export_cli
     from rkd.cli import quantize as quantize_cli
+    from rkd.cli import run as run_cli
+    from rkd.cli import verify as verify_cli
 
     app.command("run", help=run_cli.__doc__, no_args_is_help=True)(run_cli.run)
     app.command("teacher", help=teacher.__doc__, no_args_is_help=True)(teacher.teacher)

@@ -48,6 +48,15 @@ def render_report(rep: dict, paths: dict) -> None:
     out.print(f"{verdict}  report: {paths['json']}  junit: {paths['junit']}", highlight=False)
 
 
+def _device(spec: str, engine: Path) -> str:
+    from rkd.config import resolve_device
+    from rkd.deploy.runtimes import ENGINE_SUFFIXES
+
+    if spec == "auto":
+        return resolve_device("cuda" if engine.suffix.lower() in ENGINE_SUFFIXES else "cpu")
+    return resolve_device(spec)
+
+
 def verify(
     engine: Annotated[Path, typer.Option("--engine", help="The artifact: .onnx (ONNX Runtime), .engine/.plan "
                                          "(TensorRT), .safetensors (torch), or a bundle folder.",
@@ -85,7 +94,8 @@ def verify(
     transfer: Annotated[bool, typer.Option("--transfer/--no-transfer", help="Attack with the float reference's "
                                            "adversarial examples too.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per engine call.")] = 256,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (torch side and ONNX Runtime).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for the surrogate and ONNX Runtime's provider; "
+                                        "auto = cuda for TensorRT engines, cpu otherwise.")] = "auto",
 ) -> None:
     """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
 
@@ -95,7 +105,7 @@ def verify(
     with handle_errors():
         from pydantic import ValidationError
 
-        from rkd.config import VerifyConfig, load_profile, parse_eps, resolve_device
+        from rkd.config import VerifyConfig, load_profile, parse_eps
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
         from rkd.verify.gates import parse_gate
@@ -128,7 +138,7 @@ def verify(
             engine, cfg, source=f"profile {prof.name}" if prof else "command line",
             required_n=prof.verify.n if prof and prof.verify.gates else None,
             dataset=dataset, data_options=options, data_root=data_root, split=split, eps_text=eps, alpha=alpha_v,
-            seed=seed, batch_size=batch_size, device=resolve_device(device), state=state,
+            seed=seed, batch_size=batch_size, device=_device(device, engine), state=state,
             curve_eps=curve_values if curve else None, surrogate=surrogate, reference=reference,
             profile={"name": prof.name, "runtime": prof.runtime, "precision": prof.precision} if prof else None,
         )

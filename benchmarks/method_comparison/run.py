@@ -1,0 +1,980 @@
+"""Method comparison of robust distillation on CIFAR-10 at CPU scale, in resumable parts.
+
+Every part calls the real ``rkd`` CLI in a subprocess: ``rkd distill`` (base.yaml plus ``--set`` overrides) and
+``rkd eval`` for a (student, method, seed) row or an adv_path ablation; ``rkd quantize`` (PTQ, or robust QAT)
+and ``rkd verify`` for a deployment row; ``rkd teacher`` when the teacher checkpoint is missing. A part writes
+``benchmarks/results/method_comparison/<part>.json`` only once it is complete (atomically), so a killed run
+resumes by skipping finished parts; a half-done part resumes its training (``--resume``), its AutoAttack run
+(``--aa-state``) or its verification (``--state``), and skips the commands it already finished. What runs is
+set in comparison.yaml (students, methods, seeds, ablations, evaluation, deployment) and base.yaml (the
+training recipe); README.md gives the sizing and the measured costs.
+
+Run from the repository root, one thread per process (two processes on a 2-core machine)::
+
+    source .venv/bin/activate
+    export OMP_NUM_THREADS=1
+    python benchmarks/method_comparison/run.py plan                 # every part, its cost, which are done
+    python benchmarks/method_comparison/run.py run --jobs 2         # everything not done, two parts at a time
+    python benchmarks/method_comparison/run.py run --part r18-ard-s0 --max-minutes 60
+    python benchmarks/method_comparison/run.py table                # results/method_comparison/table.{md,json}
+    python benchmarks/method_comparison/run.py probe                # re-measure the costs behind the estimates
+
+``--smoke`` (before the command) runs the same pipeline on synthetic data with tiny settings into separate
+folders (``runs/method_comparison-smoke``, ``benchmarks/results/method_comparison-smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fcntl
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CONFIG = HERE / "comparison.yaml"
+SCHEMA_VERSION = 1
+ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf", "autoattack": "AutoAttack",
+                 "transfer": "transfer"}
+PRINT_LOCK = threading.Lock()
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: nested mappings merge, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a recipe mapping the way ``rkd --set`` does (values parsed as YAML)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, _, text = item.partition("=")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+@dataclass
+class Settings:
+    """comparison.yaml (with its ``smoke`` section merged in under ``--smoke``) and the effective recipe."""
+
+    raw: dict[str, Any]
+    smoke: bool
+
+    @classmethod
+    def load(cls, path: Path, *, smoke: bool, data_root: str | None = None) -> Settings:
+        """Read the settings file; ``smoke`` merges its ``smoke:`` section; ``data_root`` replaces the file's."""
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        smoke_section = raw.pop("smoke", {}) or {}
+        if smoke:
+            raw = deep_merge(raw, smoke_section)
+        if data_root is not None:
+            raw["data_root"] = data_root
+        return cls(raw=raw, smoke=smoke)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the parts' run folders go (relative to the repository root)."""
+        return Path(self.raw["runs_dir"])
+
+    @property
+    def results_dir(self) -> Path:
+        """Where the parts' result JSONs and the table go."""
+        return Path(self.raw["results_dir"])
+
+    @property
+    def recipe_overrides(self) -> list[str]:
+        """Overrides applied to base.yaml for every part (the smoke settings)."""
+        return list(self.raw.get("recipe_overrides") or [])
+
+    def recipe(self) -> dict[str, Any]:
+        """base.yaml with the global overrides applied (what every part starts from)."""
+        raw = yaml.safe_load((REPO / self.raw["recipe"]).read_text(encoding="utf-8"))
+        return apply_overrides(raw, self.recipe_overrides)
+
+    @property
+    def steps(self) -> int:
+        """m: the attack steps of every method (base.yaml's student.method.steps)."""
+        return int(self.recipe()["student"]["method"]["steps"])
+
+    def fill(self, items: Sequence[str]) -> list[str]:
+        """Overrides with ``{steps}`` replaced by m."""
+        return [str(item).format(steps=self.steps) for item in items]
+
+    def data_args(self) -> list[str]:
+        """``--data-root X`` when the settings name one."""
+        return ["--data-root", str(self.raw["data_root"])] if self.raw.get("data_root") else []
+
+
+# ----------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Step:
+    """One rkd command of a part; ``ok`` lists the exit codes that count as success."""
+
+    name: str
+    args: list[str]
+    ok: tuple[int, ...] = (0,)
+
+    @property
+    def text(self) -> str:
+        """The command as a user would type it."""
+        return shlex.join(["rkd", *self.args])
+
+
+@dataclass
+class Part:
+    """A unit of work with one result file: the teacher, a training + evaluation run, or a deployment row."""
+
+    id: str
+    group: str  # teacher | main | ablation | deploy
+    student: str | None = None
+    method: str | None = None
+    variant: str | None = None
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    autoattack: bool = False
+    deploy: str | None = None  # ptq | qat
+    deps: list[str] = field(default_factory=list)
+
+
+def train_part_id(student: str, method: str, seed: int, variant: str | None = None) -> str:
+    """``r18-ard-s0``; ablations ``r18-adv_path-no_targeted-s0``."""
+    return f"{student}-{method}-{variant}-s{seed}" if variant else f"{student}-{method}-s{seed}"
+
+
+def build_plan(cfg: Settings) -> list[Part]:
+    """Every part in run order: teacher (if missing), seed-0 rows, deployment, other seeds, ablations."""
+    parts: list[Part] = []
+    teacher_missing = not (REPO / cfg["teacher"]["checkpoint"]).exists()
+    teacher_deps = ["teacher"] if teacher_missing else []
+    if teacher_missing:
+        parts.append(Part(id="teacher", group="teacher"))
+    eval_cfg = cfg["eval"]
+    method_over = cfg.raw.get("method_overrides") or {}
+
+    def main_part(student: str, method: str, seed: int) -> Part:
+        spec = cfg["students"][student]
+        over = [f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
+                f"student.method.name={method}", f"seed={seed}", *cfg.fill(method_over.get(method, []))]
+        return Part(id=train_part_id(student, method, seed), group="main", student=student, method=method,
+                    seed=seed, overrides=over, autoattack=seed in eval_cfg["autoattack_seeds"],
+                    deps=list(teacher_deps) if method != "pgd_at" else [])
+
+    seeds = list(cfg["seeds"])
+    for seed in seeds[:1]:
+        parts += [main_part(s, m, seed) for s in cfg["students"] for m in cfg["methods"]]
+    dep = cfg["deploy"]
+    for student in cfg["students"]:
+        source = train_part_id(student, dep["method"], dep["seed"])
+        for mode in ("ptq", "qat"):
+            parts.append(Part(id=f"deploy-{student}-{mode}", group="deploy", student=student, method=dep["method"],
+                              seed=dep["seed"], deploy=mode, deps=[source, *teacher_deps]))
+    for seed in seeds[1:]:
+        parts += [main_part(s, m, seed) for s in cfg["students"] for m in cfg["methods"]]
+    abl = cfg["ablations"]
+    student = abl["student"]
+    spec = cfg["students"][student]
+    for seed in abl["seeds"]:
+        for variant, items in abl["variants"].items():
+            over = [f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
+                    "student.method.name=adv_path", f"seed={seed}", *cfg.fill(items)]
+            parts.append(Part(id=train_part_id(student, "adv_path", seed, variant), group="ablation",
+                              student=student, method="adv_path", variant=variant, seed=seed, overrides=over,
+                              autoattack=bool(abl.get("autoattack")) and seed in eval_cfg["autoattack_seeds"],
+                              deps=list(teacher_deps)))
+    return parts
+
+
+def part_dir(cfg: Settings, part_id: str) -> Path:
+    """The part's run folder (relative to the repository root)."""
+    return cfg.runs_dir / part_id
+
+
+def result_path(cfg: Settings, part_id: str) -> Path:
+    """The part's result JSON (relative to the repository root)."""
+    return cfg.results_dir / f"{part_id}.json"
+
+
+def is_done(cfg: Settings, part_id: str) -> bool:
+    """Whether the part's result JSON exists."""
+    return (REPO / result_path(cfg, part_id)).exists()
+
+
+def eval_attacks(cfg: Settings, autoattack: bool) -> str:
+    """The attack list of a part's ``rkd eval``."""
+    attacks = cfg["eval"]["attacks"]
+    return f"{attacks},{cfg['eval']['autoattack']}" if autoattack else attacks
+
+
+def steps_of(cfg: Settings, part: Part) -> list[Step]:
+    """The rkd commands of ``part``, in order."""
+    run = part_dir(cfg, part.id)
+    teacher = cfg["teacher"]["checkpoint"]
+    data = cfg["data"]
+    if part.group == "teacher":
+        t = cfg["teacher"]
+        sets = [a for o in t.get("overrides") or [] for a in ("--set", o)]
+        return [Step("teacher", ["teacher", t["recipe"], "--out", t["out"], "--resume", *cfg.data_args(), *sets])]
+    if part.group in ("main", "ablation"):
+        sets = [a for o in cfg.recipe_overrides + part.overrides for a in ("--set", o)]
+        ckpt = run / "student" / "model.safetensors"
+        ev = cfg["eval"]
+        return [
+            Step("distill", ["distill", cfg["recipe"], "--teacher", teacher, "--out", str(run / "student"),
+                             "--resume", *cfg.data_args(), *sets]),
+            Step("eval", ["eval", str(ckpt), "--data", data, *cfg.data_args(), "--n", str(ev["n"]),
+                          "--seed", str(ev["seed"]), "--attacks", eval_attacks(cfg, part.autoattack),
+                          "--report", str(run / "eval.json"), "--aa-state", str(run / "eval.aa-state")]),
+        ]
+    dep = cfg["deploy"]
+    assert part.student is not None and part.seed is not None
+    source = part_dir(cfg, train_part_id(part.student, dep["method"], part.seed)) / "student" / "model.safetensors"
+    bundle = run / "bundle"
+    quantize = ["quantize", str(source), "--calib-data", data, *cfg.data_args(), "--calib-n", str(dep["calib_n"]),
+                "--eval-n", str(dep["eval_n"]), "--out", str(bundle), "--force"]
+    if part.deploy == "qat":
+        q = dep["qat"]
+        qat_steps = q.get("steps") or cfg.steps
+        quantize += ["--qat", "--epochs", str(q["epochs"]), "--qat-method", q["method"], "--teacher", teacher,
+                     "--train-n", str(q["train_n"]), "--qat-steps", str(qat_steps)]
+    v = dep["verify"]
+    verify = ["verify", "--engine", str(bundle / "model.int8.onnx"), "--data", data, *cfg.data_args(),
+              "--n", str(v["n"]), "--attacks", v["attacks"], "--report", str(run / "verify"),
+              "--state", str(run / "verify-state")]
+    return [Step("quantize", quantize), Step("verify", verify, ok=(0, 1))]  # 1: a gate failed (none are set)
+
+
+# ----------------------------------------------------------------------------------------------- estimates
+
+
+class Estimator:
+    """Minutes per part, from the probe's measurements (``probe.json``) and from finished parts of the same kind
+    (their measured time replaces the probe's estimate once one exists)."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self.cfg = cfg
+        path = REPO / cfg.results_dir / "probe.json"
+        self.probe: dict[str, Any] | None = json.loads(path.read_text()) if path.exists() else None
+        self.measured: dict[tuple[Any, ...], list[float]] = {}
+        for part in build_plan(cfg):
+            res = REPO / result_path(cfg, part.id)
+            if res.exists():
+                seconds = json.loads(res.read_text()).get("timing", {}).get("total_s")
+                if seconds:
+                    self.measured.setdefault(self.kind(part), []).append(seconds)
+
+    @staticmethod
+    def kind(part: Part) -> tuple[Any, ...]:
+        """Parts expected to cost the same."""
+        return part.group, part.student, part.method, part.variant, part.autoattack, part.deploy
+
+    def minutes(self, part: Part) -> tuple[float | None, str]:
+        """(estimated minutes, where the number comes from)."""
+        same = self.measured.get(self.kind(part))
+        if same:
+            return statistics.median(same) / 60, f"measured ({len(same)} part{'s' if len(same) > 1 else ''})"
+        if part.group == "teacher":
+            return None, "not probed (about 45 min on one core, recipes/teacher-cifar10-cpu.yaml)"
+        if self.probe is None:
+            return None, "no probe.json: run `run.py probe`"
+        try:
+            seconds = self._train_eval(part) if part.group in ("main", "ablation") else self._deploy(part)
+        except KeyError as exc:
+            return None, f"not in probe.json ({exc})"
+        return seconds / 60, "probe"
+
+    def _ratio(self, student: str, method: str) -> float:
+        """Cost of ``student`` over the probe's reference student for ``method`` steps (1 for the reference)."""
+        p = self.probe or {}
+        ref = p["eval"][student]["scaled_from"] if "scaled_from" in p["eval"][student] else student
+        return p["distill"][student][method]["step_s"] / p["distill"][ref][method]["step_s"]
+
+    def eval_seconds(self, student: str, attacks: str, n: int) -> float:
+        """``rkd eval`` at ``n`` images: per-attack probe seconds scaled linearly in n, plus start-up."""
+        p = self.probe or {}
+        ev = p["eval"][student]
+        ref = p["eval"].get(ev.get("scaled_from", student))
+        ratio = self._ratio(student, "pgd_at") if "scaled_from" in ev else 1.0
+        return ref["overhead_s"] + sum(ref["attacks"][a]["seconds"] for a in attacks.split(",")) * n / ref["n"] * ratio
+
+    def holdout_seconds(self, student: str, train: dict[str, Any]) -> float:
+        """The PGD-k check on held-out images at the end of training, scaled from the probe's PGD-20."""
+        p = self.probe or {}
+        ev = p["eval"][student]
+        ref = p["eval"].get(ev.get("scaled_from", student))
+        ratio = self._ratio(student, "pgd_at") if "scaled_from" in ev else 1.0
+        pgd20 = ref["attacks"]["pgd20"]["seconds"] if "pgd20" in ref["attacks"] else 0.0
+        return pgd20 * int(train["eval_n"]) / ref["n"] * int(train["eval_pgd_steps"]) / 20 * ratio
+
+    def _train_eval(self, part: Part) -> float:
+        p = self.probe or {}
+        recipe = apply_overrides(self.cfg.recipe(), part.overrides)
+        data = recipe["data"]
+        n_train = data.get("train_subset") or int(data.get("synthetic_n") or 0) - int(data.get("holdout") or 0)
+        steps_per_epoch = int(n_train) // int(data["batch_size"])
+        train_cfg = recipe["student"]["train"]
+        assert part.student is not None and part.method is not None
+        d = p["ablations"][part.student][part.variant] if part.variant else p["distill"][part.student][part.method]
+        train = d["overhead_s"] + d["step_s"] * steps_per_epoch * int(train_cfg["epochs"])
+        train += self.holdout_seconds(part.student, train_cfg)
+        ev = self.cfg["eval"]
+        return train + self.eval_seconds(part.student, eval_attacks(self.cfg, part.autoattack), int(ev["n"]))
+
+    def _deploy(self, part: Part) -> float:
+        p = self.probe or {}
+        assert part.student is not None
+        dep = self.cfg["deploy"]
+        ref_student = p["eval"][part.student].get("scaled_from", part.student)
+        d = p["deploy"][ref_student]
+        ratio = self._ratio(part.student, "pgd_at")
+        quant = (d["quantize_s"] - d["quantize_eval_s"] + d["quantize_eval_s"] * dep["eval_n"] / d["n"]) * ratio
+        verify = d["verify_overhead_s"] + (d["verify_s"] - d["verify_overhead_s"]) * dep["verify"]["n"] / d["verify_n"]
+        total = quant + verify * ratio
+        if part.deploy == "qat":
+            q = dep["qat"]
+            steps = int(q["train_n"]) // d["qat_batch"] * int(q["epochs"])
+            total += d["qat_step_s"] * steps * self._ratio(part.student, "adv_path")
+        return total
+
+
+def makespan(parts: Sequence[Part], minutes: dict[str, float], jobs: int) -> float:
+    """Wall minutes of running ``parts`` in plan order on ``jobs`` workers (greedy list scheduling that waits
+    for each part's dependencies)."""
+    free = [0.0] * jobs
+    end: dict[str, float] = {}
+    for part in parts:
+        ready = max([end.get(d, 0.0) for d in part.deps], default=0.0)
+        i = min(range(jobs), key=lambda k: free[k])
+        start = max(free[i], ready)
+        free[i] = end[part.id] = start + minutes.get(part.id, 0.0)
+    return max(free, default=0.0)
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def say(message: str) -> None:
+    """Print one line (thread-safe), with the time."""
+    with PRINT_LOCK:
+        print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the rkd subprocesses: OMP_NUM_THREADS passed through (1 when unset)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("COLUMNS", "120")
+    return env
+
+
+def machine() -> dict[str, Any]:
+    """The machine and thread settings the harness ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "omp_num_threads": child_env()["OMP_NUM_THREADS"],
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+@contextmanager
+def part_lock(folder: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on ``folder/.part.lock``: yields False when another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".part.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+
+
+def run_step(step: Step, folder: Path) -> float:
+    """Run one rkd command (output appended to ``folder/log.txt``); return its seconds or raise on failure.
+
+    A step recorded as done with the same command (``folder/.steps/<name>.json``) is skipped (0 seconds)."""
+    marker = REPO / folder / ".steps" / f"{step.name}.json"
+    if marker.exists() and json.loads(marker.read_text()).get("command") == step.text:
+        return float(json.loads(marker.read_text())["seconds"])
+    log = REPO / folder / "log.txt"
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"\n### {datetime.now(timezone.utc).isoformat(timespec='seconds')} {step.text}\n")
+        fh.flush()
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, "-m", "rkd", *step.args], cwd=REPO, env=child_env(),
+                             stdout=fh, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - t0
+        fh.write(f"### exit {rc} after {seconds:.1f} s\n")
+    if rc not in step.ok:
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-12:])
+        raise RuntimeError(f"`{step.text}` exited {rc} after {seconds:.0f} s; see {folder / 'log.txt'}:\n{tail}")
+    atomic_write(marker, json.dumps({"command": step.text, "seconds": seconds, "exit": rc,
+                                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    return seconds
+
+
+def summarize_attacks(report: dict[str, Any]) -> dict[str, Any]:
+    """Per attack: accuracy, count, n, 95% Wilson interval, seconds (and AutoAttack's breakdown)."""
+    out: dict[str, Any] = {}
+    for name, res in report["attacks"].items():
+        out[name] = {k: res[k] for k in ("acc", "correct", "n", "ci95", "seconds") if k in res}
+        if "details" in res:
+            out[name]["details"] = {k: v for k, v in res["details"].items() if k != "per_sample"}
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (empty when missing)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[str, float]) -> dict[str, Any]:
+    """The part's result record, read from the reports its commands wrote."""
+    run = REPO / part_dir(cfg, part.id)
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-part", "part": part.id,
+        "group": part.group, "student": part.student,
+        "model": cfg["students"].get(part.student) if part.student else None,
+        "method": part.method, "variant": part.variant, "seed": part.seed, "overrides": part.overrides,
+        "smoke": cfg.smoke, "commands": [s.text for s in steps], "run_dir": str(part_dir(cfg, part.id)),
+        "timing": {f"{k}_s": round(v, 1) for k, v in seconds.items()} | {"total_s": round(sum(seconds.values()), 1)},
+        "machine": machine(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if part.group == "teacher":
+        rec["checkpoint"] = cfg["teacher"]["checkpoint"]
+        return rec
+    if part.group in ("main", "ablation"):
+        report = json.loads((run / "eval.json").read_text())
+        recipe = apply_overrides(cfg.recipe(), part.overrides)
+        metrics = read_jsonl(run / "student" / "metrics.jsonl")
+        holdout = [m for m in metrics if m.get("event") == "eval"]
+        rec |= {
+            "recipe": {"data": recipe["data"], "method": recipe["student"]["method"],
+                       "train": recipe["student"]["train"], "teacher": cfg["teacher"]["checkpoint"]},
+            "train": {"segments": sum(1 for m in metrics if m.get("event") in ("start", "resume")),
+                      "holdout": holdout[-1] if holdout else None},
+            "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],
+                     "attacks": summarize_attacks(report), "worst_case": report["worst_case"],
+                     "checkpoint_sha256": report["model"]["sha256"], "report": str(part_dir(cfg, part.id) / "eval.json")},
+            "versions": report.get("versions"), "device": report.get("device"),
+        }
+        return rec
+    manifest = json.loads((run / "bundle" / "manifest.json").read_text())
+    quant = manifest.get("quantize", {})
+    verify = json.loads((run / "verify" / "verify.json").read_text())
+    rec |= {
+        "deploy": part.deploy,
+        "quantize": {k: quant.get(k) for k in ("profile", "settings", "calibration", "evaluation")}
+        | ({"qat": {k: v for k, v in quant["qat"].items() if k != "per_sample"}} if quant.get("qat") else {}),
+        "verify": {k: verify.get(k) for k in ("n", "eps_text", "seed", "clean_acc", "robust_acc", "autoattack_acc",
+                                              "worst_case", "float", "drop", "agreement", "warnings", "semantics",
+                                              "data", "artifact", "timing")}
+        | {"attacks": summarize_attacks(verify), "report": str(part_dir(cfg, part.id) / "verify" / "verify.json")},
+        "versions": verify.get("versions"), "device": verify.get("device"),
+    }
+    return rec
+
+
+def run_part(cfg: Settings, part: Part) -> str:
+    """Run a part's remaining commands and write its result JSON; returns done | busy (raises on failure)."""
+    folder = part_dir(cfg, part.id)
+    with part_lock(REPO / folder) as locked:
+        if not locked:
+            return "busy"
+        if is_done(cfg, part.id):
+            return "done"
+        steps = steps_of(cfg, part)
+        seconds: dict[str, float] = {}
+        for step in steps:
+            say(f"{part.id}: {step.text}")
+            seconds[step.name] = run_step(step, folder)
+        record = collect_result(cfg, part, steps, seconds)
+        atomic_write(REPO / result_path(cfg, part.id), json.dumps(record, indent=1) + "\n")
+        return "done"
+
+
+def run_all(cfg: Settings, parts: list[Part], *, jobs: int, max_minutes: float | None) -> int:
+    """Run ``parts`` (plan order, ``jobs`` at a time, dependencies first); exit status 0 when all finished."""
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+    selected = {p.id for p in parts}
+    pending = [p for p in parts if not is_done(cfg, p.id)]
+    failed: dict[str, str] = {}
+    running: dict[Future[str], Part] = {}
+    say(f"{len(pending)} part(s) to run, {len(parts) - len(pending)} already done; {jobs} at a time")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            if deadline is not None and time.monotonic() > deadline and pending:
+                say(f"--max-minutes reached: not starting {len(pending)} part(s): {', '.join(p.id for p in pending)}")
+                failed.update({p.id: "not started (time limit)" for p in pending})
+                pending = []
+            for part in list(pending):
+                if len(running) >= jobs:
+                    break
+                blocked = [d for d in part.deps if not is_done(cfg, d)]
+                if any(d in failed for d in blocked) or any(d not in selected for d in blocked):
+                    failed[part.id] = f"needs {', '.join(blocked)} (not done)"
+                    say(f"{part.id}: skipped, {failed[part.id]}")
+                    pending.remove(part)
+                    continue
+                if blocked:
+                    continue  # its dependencies are queued or running
+                pending.remove(part)
+                running[pool.submit(run_part, cfg, part)] = part
+            if not running:
+                if pending:  # only parts waiting on something that cannot finish
+                    failed.update({p.id: "dependency not done" for p in pending})
+                    pending = []
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                part = running.pop(fut)
+                try:
+                    status = fut.result()
+                except Exception as exc:  # noqa: BLE001 - one failed part must not stop the others
+                    failed[part.id] = str(exc).splitlines()[0]
+                    say(f"{part.id}: FAILED: {exc}")
+                    continue
+                if status == "busy":
+                    failed[part.id] = "locked by another run.py process"
+                    say(f"{part.id}: skipped, another run.py process is running it")
+                else:
+                    say(f"{part.id}: done -> {result_path(cfg, part.id)}")
+    if failed:
+        say(f"{len(failed)} part(s) not finished: " + "; ".join(f"{k} ({v})" for k, v in failed.items()))
+        return 1
+    say("all selected parts are done")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def probe_distill(cfg: Settings, student: str, name: str, overrides: list[str], folder: Path,
+                  steps: int) -> dict[str, Any]:
+    """Run ``steps`` real training steps of one configuration; the step time excludes the first step."""
+    recipe = cfg.recipe()
+    batch = int(recipe["data"]["batch_size"])
+    spec = cfg["students"][student]
+    run = folder / f"{student}-{name}"
+    sets = [*cfg.recipe_overrides, f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
+            f"data.train_subset={steps * batch}", "student.train.epochs=1", "student.train.eval_n=0",
+            "student.train.log_every=1", "student.train.checkpoint_every_steps=null", *overrides]
+    if cfg.smoke:
+        sets = [s for s in sets if not s.startswith("data.train_subset=")]
+    step = Step(f"probe-{student}-{name}", ["distill", cfg["recipe"], "--teacher", cfg["teacher"]["checkpoint"],
+                                          "--out", str(run), *cfg.data_args(), *[a for o in sets for a in ("--set", o)]])
+    seconds = run_step(step, folder)
+    recs = [m for m in read_jsonl(REPO / run / "metrics.jsonl") if "img_per_s" in m]
+    elapsed = [(m["step"], m["step"] * batch / m["img_per_s"]) for m in recs]
+    (s0, t0), (s1, t1) = elapsed[0], elapsed[-1]
+    step_s = (t1 - t0) / (s1 - s0) if s1 > s0 else t1 / s1
+    return {"step_s": round(step_s, 3), "first_step_s": round(t0, 3), "steps": s1, "batch": batch,
+            "wall_s": round(seconds, 1), "overhead_s": round(seconds - step_s * s1, 1), "command": step.text}
+
+
+def probe_eval(cfg: Settings, student: str, ckpt: str, folder: Path) -> dict[str, Any]:
+    """``rkd eval`` with every attack of the comparison on the probe's n images; seconds per attack."""
+    pc = cfg["probe"]
+    report = folder / f"eval-{student}.json"
+    step = Step(f"probe-eval-{student}", ["eval", ckpt, "--data", cfg["data"], *cfg.data_args(), "--n",
+                                          str(pc["eval_n"]), "--seed", str(cfg["eval"]["seed"]),
+                                          "--attacks", eval_attacks(cfg, True), "--report", str(report)])
+    seconds = run_step(step, folder)
+    rep = json.loads((REPO / report).read_text())
+    att = {k: {"seconds": v["seconds"], "acc": v["acc"], "correct": v["correct"]} for k, v in rep["attacks"].items()}
+    say(f"probe eval {student} n={rep['n']}: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in att.items()))
+    return {"checkpoint": ckpt, "n": rep["n"], "attacks": att, "wall_s": round(seconds, 1),
+            "overhead_s": round(seconds - sum(a["seconds"] for a in att.values()), 1), "command": step.text}
+
+
+def probe(cfg: Settings) -> int:
+    """Measure what the estimates need: a few training steps per (student, method) and per ablation, one small
+    evaluation per student (on a trained reference checkpoint when there is one), PTQ, QAT and verify."""
+    pc = cfg["probe"]
+    folder = cfg.runs_dir / "probe"
+    if not (REPO / cfg["teacher"]["checkpoint"]).exists():
+        raise SystemExit(f"probe: the teacher {cfg['teacher']['checkpoint']} is missing: `run.py run --part teacher`")
+    if (REPO / folder).exists():
+        import shutil
+
+        shutil.rmtree(REPO / folder)
+    (REPO / folder).mkdir(parents=True)
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-probe",
+                           "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                           "smoke": cfg.smoke, "steps_m": cfg.steps, "distill": {}, "ablations": {}, "eval": {},
+                           "deploy": {}}
+    method_over = cfg.raw.get("method_overrides") or {}
+    for student in cfg["students"]:
+        out["distill"][student] = {}
+        for method in cfg["methods"]:
+            over = [f"student.method.name={method}", *cfg.fill(method_over.get(method, []))]
+            out["distill"][student][method] = r = probe_distill(cfg, student, method, over, folder, pc["steps"])
+            say(f"probe {student} {method}: {r['step_s']:.2f} s/step (first {r['first_step_s']:.1f} s, "
+                f"overhead {r['overhead_s']:.0f} s)")
+    abl = cfg["ablations"]
+    out["ablations"][abl["student"]] = {}
+    for variant, items in abl["variants"].items():
+        over = ["student.method.name=adv_path", *cfg.fill(items)]
+        r = probe_distill(cfg, abl["student"], f"abl-{variant}", over, folder, pc["steps"])
+        out["ablations"][abl["student"]][variant] = r
+        say(f"probe {abl['student']} adv_path {variant}: {r['step_s']:.2f} s/step")
+    reference = {k: v for k, v in (pc.get("reference") or {}).items() if (REPO / v).exists()}
+    if not reference:  # no trained checkpoint: the probe's own few-step pgd_at student (an optimistic AA cost)
+        first = next(iter(cfg["students"]))
+        reference = {first: str(folder / f"{first}-pgd_at" / "model.safetensors")}
+        say(f"probe: no trained reference checkpoint; evaluating the probe's {first} pgd_at run instead")
+    for student, ckpt in reference.items():
+        out["eval"][student] = probe_eval(cfg, student, ckpt, folder)
+    measured = next(iter(reference))
+    for student in cfg["students"]:
+        out["eval"].setdefault(student, {"scaled_from": measured, "scale": "pgd_at step time ratio"})
+    data = cfg["data"]
+    # deployment: PTQ (export, calibration, float vs INT8 check), QAT steps, verify; on the measured reference
+    ckpt = reference[measured]
+    bundle = folder / "bundle"
+    dep = cfg["deploy"]
+    recipe = cfg.recipe()
+    batch = int(recipe["data"]["batch_size"])
+    quant = Step("probe-ptq", ["quantize", ckpt, "--calib-data", data, *cfg.data_args(), "--calib-n", str(dep["calib_n"]),
+                               "--eval-n", str(pc["eval_n"]), "--out", str(bundle), "--force"])
+    quant_s = run_step(quant, folder)
+    manifest = json.loads((REPO / bundle / "manifest.json").read_text())["quantize"]
+    quant_eval_s = sum((manifest.get("evaluation") or {}).get("seconds", {}).values())
+    verify = Step("probe-verify", ["verify", "--engine", str(bundle / "model.int8.onnx"), "--data", data,
+                                   *cfg.data_args(), "--n", str(pc["verify_n"]), "--attacks", dep["verify"]["attacks"],
+                                   "--report", str(folder / "verify")], ok=(0, 1))
+    verify_s = run_step(verify, folder)
+    vrep = json.loads((REPO / folder / "verify" / "verify.json").read_text())
+    attack_s = sum(float(v) for k, v in vrep["timing"].items() if k in ("float_s", "engine_s", "checks_s"))
+    qat_bundle = folder / "bundle-qat"
+    qat = Step("probe-qat", ["quantize", ckpt, "--calib-data", data, *cfg.data_args(), "--calib-n",
+                             str(dep["calib_n"]), "--eval-n", "0", "--out", str(qat_bundle), "--force", "--qat",
+                             "--epochs", "1", "--qat-method", dep["qat"]["method"], "--teacher",
+                             cfg["teacher"]["checkpoint"], "--train-n", str(pc["steps"] * batch),
+                             "--qat-steps", str(dep["qat"].get("steps") or cfg.steps)])
+    qat_s = run_step(qat, folder)
+    qsec = json.loads((REPO / qat_bundle / "manifest.json").read_text())["quantize"]["qat"]
+    out["deploy"][measured] = {
+        "checkpoint": ckpt, "n": pc["eval_n"], "quantize_s": round(quant_s, 1), "quantize_eval_s": quant_eval_s,
+        "verify_n": vrep["n"], "verify_s": round(verify_s, 1), "verify_overhead_s": round(verify_s - attack_s, 1),
+        "verify_timing": vrep["timing"], "qat_wall_s": round(qat_s, 1), "qat_batch": qsec["batch_size"],
+        "qat_steps": qsec["steps_per_epoch"], "qat_step_s": round(qsec["seconds"] / qsec["steps_per_epoch"], 3),
+        "commands": [quant.text, verify.text, qat.text],
+    }
+    say(f"probe deploy {measured}: PTQ {quant_s:.0f} s, verify n={vrep['n']} {verify_s:.0f} s, "
+        f"QAT {out['deploy'][measured]['qat_step_s']:.2f} s/step")
+    out["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write(REPO / cfg.results_dir / "probe.json", json.dumps(out, indent=1) + "\n")
+    say(f"wrote {cfg.results_dir / 'probe.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- table
+
+
+def pct(values: Sequence[float]) -> str:
+    """``mean ± std`` in percent over seeds (sample std); one value alone is marked with a dagger."""
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}†"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def cell(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and count of accuracies (table.json)."""
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None, "k": len(values)}
+
+
+def attack_columns(cfg: Settings) -> list[str]:
+    """The evaluation's attack names, in column order."""
+    names = [a for a in cfg["eval"]["attacks"].split(",") if a]
+    return [*names, cfg["eval"]["autoattack"]]
+
+
+def label(name: str) -> str:
+    """A column label for an attack name."""
+    if name.startswith("cw"):
+        return "CW-inf" if name == "cw" else f"CW-inf ({name})"
+    return ATTACK_LABELS.get(name, name)
+
+
+def row_stats(results: dict[int, dict[str, Any]], columns: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Per column, the (seed, accuracy) pairs of the finished seeds that evaluated it."""
+    out: dict[str, list[tuple[int, float]]] = {c: [] for c in columns}
+    for seed, res in sorted(results.items()):
+        for c in columns:
+            if c in res["eval"]["attacks"]:
+                out[c].append((seed, res["eval"]["attacks"][c]["acc"]))
+    return out
+
+
+def seeds_text(have: Sequence[int], want: Sequence[int]) -> str:
+    """``0,1,2``, or ``0,1 (missing 2) ⚠`` for a row with missing seeds."""
+    missing = [s for s in want if s not in have]
+    text = ",".join(map(str, have)) or "none"
+    return f"{text} (missing {','.join(map(str, missing))}) ⚠" if missing else text
+
+
+def table(cfg: Settings) -> int:
+    """Aggregate the finished parts into table.md and table.json."""
+    plan = build_plan(cfg)
+    results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
+    columns = attack_columns(cfg)
+    seeds = list(cfg["seeds"])
+    recipe = cfg.recipe()
+    tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
+                          "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
+                          "columns": columns, "main": {}, "ablations": {}, "deploy": {}, "parts": {}}
+    lines = [f"# Method comparison{' (SMOKE TEST, synthetic data)' if cfg.smoke else ''}", "",
+             f"Generated {tj['generated']} by `benchmarks/method_comparison/run.py table` from "
+             f"{len(results)} of {len(plan)} part result(s) in `{cfg.results_dir}/`.", ""]
+    train = recipe["student"]["train"]
+    data = recipe["data"]
+    ev = cfg["eval"]
+    first = next((r for r in results.values() if r.get("eval")), None)
+    n_text = f"the first {first['eval']['n']} {cfg['data']} test images" if first else f"n = {ev['n']}"
+    lines += [
+        "## Setup", "",
+        f"- Data: {cfg['data']}, train subset {data.get('train_subset')} images (seeded by the run seed), "
+        f"batch {data['batch_size']}; teacher `{cfg['teacher']['checkpoint']}`.",
+        f"- Training (every row): {train['epochs']} epochs, SGD lr {train['lr']} momentum 0.9, weight decay "
+        f"{train['weight_decay']}, lr x0.1 at epochs {train.get('milestones')}; m = {cfg.steps} attack steps "
+        f"(adv_path: m per branch), eps 8/255, step 2/255; recipe `{cfg['recipe']}` + `--set` overrides.",
+        f"- Evaluation: {n_text}, L-inf eps 8/255, attack seed {ev['seed']}; columns {', '.join(columns)}; "
+        f"{label(ev['autoattack'])} on seeds {ev['autoattack_seeds']} only, the other columns on seeds {seeds}.",
+        "- Cells: mean ± sample standard deviation over seeds, in %; † = a single seed (no std). "
+        "Per-seed values with 95% Wilson intervals are in the per-part section below and in table.json.", "",
+    ]
+    for student, spec in cfg["students"].items():
+        lines += [f"## {student}: {spec['name']} width {spec['width']}", "",
+                  "| method | seeds | " + " | ".join(label(c) for c in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        tj["main"][student] = {}
+        for method in cfg["methods"]:
+            res = {s: results[train_part_id(student, method, s)] for s in seeds
+                   if train_part_id(student, method, s) in results}
+            stats = row_stats(res, columns)
+            tj["main"][student][method] = {"seeds": sorted(res), "missing_seeds": [s for s in seeds if s not in res],
+                                           **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])}
+                                              for c in columns}}
+            lines.append(f"| {method} | {seeds_text(sorted(res), seeds)} | "
+                         + " | ".join(pct([v for _, v in stats[c]]) for c in columns) + " |")
+        lines.append("")
+    abl = cfg["ablations"]
+    a_seeds = list(abl["seeds"])
+    a_cols = columns if abl.get("autoattack") else columns[:-1]
+    a_student = abl["student"]
+    lines += [f"## Ablations of adv_path ({a_student}, seeds {a_seeds}"
+              f"{'' if len(a_seeds) >= len(seeds) else ': fewer seeds than the main table'})", "",
+              "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
+              "|---|---|---|" + "---|" * len(a_cols)]
+    rows = [("default", [], {s: results[train_part_id(a_student, "adv_path", s)] for s in a_seeds
+                             if train_part_id(a_student, "adv_path", s) in results})]
+    for variant, items in abl["variants"].items():
+        rows.append((variant, cfg.fill(items), {s: results[train_part_id(a_student, "adv_path", s, variant)]
+                                                for s in a_seeds
+                                                if train_part_id(a_student, "adv_path", s, variant) in results}))
+    for variant, items, res in rows:
+        stats = row_stats(res, a_cols)
+        tj["ablations"][variant] = {"overrides": items, "seeds": sorted(res),
+                                    **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])}
+                                       for c in a_cols}}
+        over = ", ".join(f"`{i.removeprefix('student.method.')}`" for i in items) or "(base.yaml)"
+        lines.append(f"| {variant} | {over} | {seeds_text(sorted(res), a_seeds)} | "
+                     + " | ".join(pct([v for _, v in stats[c]]) for c in a_cols) + " |")
+    dep = cfg["deploy"]
+    lines += ["", f"## Deployment: INT8 (ONNX Runtime, `rkd verify`) of each student's seed-{dep['seed']} "
+              f"{dep['method']} model", "",
+              f"`rkd verify --attacks {dep['verify']['attacks']}` on n = {dep['verify']['n']}: white-box attacks through "
+              "the fake-quant surrogate's gradients, Square on the engine itself, transfer from the float model; "
+              "worst case = robust to all of them. `float` is verify's float reference (model.onnx, its own "
+              "gradients). Single seed: no std.", "",
+              "| student | model | clean | " + " | ".join(label(a) for a in dep["verify"]["attacks"].split(","))
+              + " | transfer | worst case (95% CI) | warnings |", "|---|---|---|" + "---|" * (len(dep["verify"]["attacks"].split(",")) + 3)]
+    v_attacks = dep["verify"]["attacks"].split(",")
+    for student in cfg["students"]:
+        float_done = False
+        for mode in ("ptq", "qat"):
+            res = results.get(f"deploy-{student}-{mode}")
+            if res is None:
+                lines.append(f"| {student} | INT8 {mode.upper()} | not run ⚠ |" + " |" * (len(v_attacks) + 3))
+                continue
+            v = res["verify"]
+            if not float_done and v.get("float"):
+                f = v["float"]
+                lines.append(f"| {student} | float | {100 * f['clean_acc']:.1f} | "
+                             + " | ".join(f"{100 * f['attacks'][a]['acc']:.1f}" if a in f["attacks"] else "–"
+                                          for a in v_attacks)
+                             + f" | – | {100 * f['worst_case']['acc']:.1f} | – |")
+                float_done = True
+            wc = v["worst_case"]
+            att = v["attacks"]
+            transfer = f"{100 * att['transfer']['acc']:.1f}" if "transfer" in att else "–"
+            lines.append(f"| {student} | INT8 {mode.upper()} | {100 * v['clean_acc']:.1f} | "
+                         + " | ".join(f"{100 * att[a]['acc']:.1f}" if a in att else "–" for a in v_attacks)
+                         + f" | {transfer} | {100 * wc['acc']:.1f} ({100 * wc['ci95'][0]:.1f}-"
+                         f"{100 * wc['ci95'][1]:.1f}) | {len(v.get('warnings') or [])} |")
+            tj["deploy"][f"{student}-{mode}"] = {"verify": v, "quantize": res["quantize"]}
+    lines += ["", "Warnings of the deployment rows (from `rkd verify`):", ""]
+    for key, block in tj["deploy"].items():
+        for w in block["verify"].get("warnings") or []:
+            lines.append(f"- {key}: {w}")
+    # per part: seeds, intervals, times, commands
+    total_s = sum(r.get("timing", {}).get("total_s", 0.0) for r in results.values())
+    machines = {json.dumps(r["machine"], sort_keys=True) for r in results.values()}
+    versions = {json.dumps(r.get("versions"), sort_keys=True) for r in results.values() if r.get("versions")}
+    missing = [p.id for p in plan if p.id not in results]
+    lines += ["", "## Runs", "",
+              f"- Compute: {total_s / 3600:.2f} core-hours over {len(results)} part(s) (sum of command wall times).",
+              f"- Machine: {'; '.join(machines) or '–'}", f"- Versions: {'; '.join(versions) or '–'}",
+              f"- Missing parts ({len(missing)}): {', '.join(missing) or 'none'}", "",
+              "<details><summary>Every part: accuracies (95% Wilson interval), time and commands</summary>", ""]
+    for pid, res in results.items():
+        tj["parts"][pid] = {k: res.get(k) for k in ("group", "student", "method", "variant", "seed", "deploy",
+                                                    "commands", "timing")}
+        if res.get("eval"):
+            accs = ", ".join(f"{k} {100 * a['acc']:.1f} ({100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})"
+                             for k, a in res["eval"]["attacks"].items())
+            tj["parts"][pid]["eval"] = {k: {kk: a[kk] for kk in ("acc", "correct", "n", "ci95")}
+                                        for k, a in res["eval"]["attacks"].items()}
+            lines.append(f"- **{pid}** (n={res['eval']['n']}, {res['timing']['total_s'] / 60:.1f} min): {accs}")
+        else:
+            lines.append(f"- **{pid}** ({res['timing']['total_s'] / 60:.1f} min)")
+        lines += [f"  - `{c}`" for c in res["commands"]]
+    lines += ["", "</details>", ""]
+    out_dir = REPO / cfg.results_dir
+    atomic_write(out_dir / "table.md", "\n".join(lines))
+    atomic_write(out_dir / "table.json", json.dumps(tj, indent=1) + "\n")
+    say(f"wrote {cfg.results_dir / 'table.md'} and table.json ({len(results)}/{len(plan)} parts)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- plan / main
+
+
+def show_plan(cfg: Settings, jobs: int) -> int:
+    """Print every part with its estimated minutes and whether it is done; totals and the wall estimate."""
+    plan = build_plan(cfg)
+    est = Estimator(cfg)
+    minutes: dict[str, float] = {}
+    unknown = []
+    print(f"{'part':34} {'group':9} {'est. min':>8}  {'status':8} source")
+    for part in plan:
+        m, source = est.minutes(part)
+        done = is_done(cfg, part.id)
+        if m is None:
+            unknown.append(part.id)
+        elif not done:
+            minutes[part.id] = m
+        text = f"{m:8.1f}" if m is not None else f"{'?':>8}"
+        extra = f" (after {', '.join(part.deps)})" if part.deps and not done else ""
+        print(f"{part.id:34} {part.group:9} {text}  {'done' if done else 'todo':8} {source}{extra}")
+    todo = [p for p in plan if not is_done(cfg, p.id)]
+    teacher = REPO / cfg["teacher"]["checkpoint"]
+    print(f"\nteacher: {cfg['teacher']['checkpoint']} "
+          f"{'present' if teacher.exists() else 'MISSING: the teacher part trains it first'}")
+    print(f"{len(plan)} parts, {len(plan) - len(todo)} done, {len(todo)} to run: "
+          f"{sum(minutes.values()):.0f} core-minutes estimated"
+          + (f" (+ {len(unknown)} without an estimate)" if unknown else ""))
+    for j in sorted({1, jobs}):
+        print(f"  wall time with --jobs {j}: about {makespan(todo, minutes, j):.0f} min")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="synthetic data, tiny settings, separate folders")
+    ap.add_argument("--config", type=Path, default=CONFIG, help="settings file [comparison.yaml]")
+    ap.add_argument("--data-root", help="replace the settings' data_root")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p_plan = sub.add_parser("plan", help="list every part, its estimated cost, and which are done")
+    p_plan.add_argument("--jobs", type=int, default=2, help="also estimate the wall time for this many jobs")
+    p_run = sub.add_parser("run", help="run the parts that are not done, in plan order")
+    p_run.add_argument("--part", nargs="+", metavar="ID", help="only these parts (ids from `plan`)")
+    p_run.add_argument("--jobs", type=int, default=1, help="parts at a time (one per core: 2 on a 2-core machine)")
+    p_run.add_argument("--max-minutes", type=float, help="start no part after this many minutes")
+    sub.add_parser("table", help="aggregate the result JSONs into table.md and table.json")
+    sub.add_parser("probe", help="measure step, evaluation and deployment costs (writes probe.json)")
+    args = ap.parse_args(argv)
+    cfg = Settings.load(args.config, smoke=args.smoke, data_root=args.data_root)
+    os.chdir(REPO)
+    if args.command == "plan":
+        return show_plan(cfg, args.jobs)
+    if args.command == "run":
+        plan = build_plan(cfg)
+        if args.part:
+            known = {p.id for p in plan}
+            unknown = [p for p in args.part if p not in known]
+            if unknown:
+                ap.error(f"unknown part(s): {', '.join(unknown)} (see `run.py plan`)")
+            plan = [p for p in plan if p.id in set(args.part)]
+        return run_all(cfg, plan, jobs=max(1, args.jobs), max_minutes=args.max_minutes)
+    if args.command == "table":
+        return table(cfg)
+    return probe(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

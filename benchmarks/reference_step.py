@@ -1,0 +1,873 @@
+"""Speed of rkd's ARD and RSLAD training steps against plain-PyTorch reference steps written the way the
+published research code writes them.
+
+What it measures, in one run, for every student and method (ARD, RSLAD), with one teacher, batch B and m attack
+steps:
+
+- ``reference``: the training step as the authors' published scripts run it. ARD:
+  goldblum/AdversariallyRobustDistillation ``main.py`` (``AttackPGD`` and ``train``). RSLAD: zibojia/RSLAD
+  ``rslad_loss.py`` (``rslad_inner_loss``) and the loop of ``resnet18_rslad_cifar10.py`` /
+  ``mobilenet_v2_rslad_cifar10.py``. That is: fp32 eager, NCHW, a Python loop over the m attack steps with
+  ``torch.autograd.grad`` on the input, the student's parameters NOT frozen during the attack, the scripts'
+  ``model.eval()`` / ``model.train()`` toggles, separate teacher calls, ``nn.KLDivLoss`` terms, every term of
+  the loss in the autograd graph (also ARD's clean cross-entropy at weight 1 - alpha = 0), ``optim.SGD``. The
+  math is rkd's: same loss, temperature, weights, m, step size, eps and start distribution. Two deviations from
+  the published code, both to keep the math equal and both without cost: the start is projected onto the
+  eps-ball and [0, 1] as rkd does (the published code projects only after the first step), and RSLAD's KL uses
+  the teacher's exact log-probabilities where ``kl_loss`` takes ``log(p + 1e-5)`` (a constant shift of the
+  loss value, no change to its gradient).
+- ``rkd``: rkd's method built from its recipe section (``DistillMethodConfig`` with ``steps = m``), one step as
+  ``rkd.train.loop`` runs it (``method(x, y).loss``, zero_grad, backward, SGD step), student in train mode,
+  models and inputs channels_last (the loop's default; ``--no-channels-last`` turns it off).
+- ``rkd+compile``: the same with ``train.compile_attack`` on (``method.attack_model =
+  compile_attack_model(student)``, as ``rkd.train.loop`` does). It is compiled before the timing starts; the
+  compile time is reported.
+- ablations (``--ablations``, timed over ``--ablation-rounds`` rounds): the reference with one of rkd's
+  changes: ``+frozen`` (parameters frozen during the attack), ``+channels_last`` (models and inputs
+  channels_last), ``+no_grad_zero_weight`` (ARD: the forward of a term of weight 0 under ``no_grad``, so no
+  backward runs through it), ``+all`` (all of them).
+
+Before timing, per student and method, the losses are checked to agree: (a) rkd and the reference, both NCHW,
+the attack start drawn from identically seeded generators (same start noise): loss, x_adv and the student's
+gradients compared; (b) rkd as timed (channels_last) with the reference's x_adv injected in place of its
+attack; (c) rkd+compile against rkd eager, same generator seed, loss compared (this call also compiles).
+
+How: every variant runs once as a warm-up, then ``--rounds`` rounds (ablations: the first
+``--ablation-rounds`` of them); inside a round each variant runs once, in an order reversed every other round,
+so background load on a shared machine hits all variants alike. Ratios reference / variant are computed per
+round, then their median and min/max. Data are uniform random images with random labels and the models are
+untrained: a step's cost depends on neither.
+
+Run (the machine's threads are shared, so pin them)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reference_step.py \
+        --out benchmarks/results/reference_step-cpu.json
+
+It writes the JSON (machine, torch version, threads, date, command, raw timings, checks) and a Markdown
+summary beside it (same name, ``.md``). ``TORCHINDUCTOR_CACHE_DIR`` defaults to ``/tmp/inductor-cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from distill_step import (
+    WEIGHT_DECAY,
+    Bench,
+    ModelChoice,
+    build_method,
+    command_line,
+    machine_info,
+    make_bench,
+    per_round,
+    summary,
+    timed,
+    train_step,
+)
+from torch import nn, optim
+
+from rkd.attacks import compile_attack_model
+from rkd.distill import DistillMethod
+from rkd.distill.ard import Ard
+from rkd.distill.rslad import Rslad
+
+Step = Callable[[], None]
+METHOD_NAMES = ("ard", "rslad")
+ABLATIONS = ("frozen", "channels_last", "no_grad_zero_weight", "all")
+TARGET_SPEEDUP = 2.0  # the product owners' target: rkd at least 2x faster than the reference on this CPU
+ARD_SOURCE = "goldblum/AdversariallyRobustDistillation main.py (AttackPGD.forward, train)"
+RSLAD_SOURCE = (
+    "zibojia/RSLAD rslad_loss.py (rslad_inner_loss) and resnet18_rslad_cifar10.py / mobilenet_v2_rslad_cifar10.py "
+    "(the training loop)"
+)
+
+# nn.KLDivLoss() (reduction "mean", as ARD's code uses it) warns on every call that "batchmean" is the KL
+warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total loss")
+
+
+# ---- the reference steps -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen_if(model: nn.Module, on: bool) -> Iterator[None]:
+    """Switch ``requires_grad`` off on ``model``'s parameters for the block when ``on`` (an ablation: the
+    published code never does)."""
+    params = [p for p in model.parameters() if p.requires_grad] if on else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def no_grad_if(on: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.no_grad() if on else contextlib.nullcontext()
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a channels_last 4-d tensor, else contiguous_format."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@dataclass
+class Knobs:
+    """rkd's changes, each switchable on the reference (all off = the published code)."""
+
+    frozen: bool = False  # parameters frozen during the attack
+    no_grad_zero_weight: bool = False  # a term of weight 0 computed under no_grad (ARD's CE at alpha = 1)
+
+    def label(self, channels_last: bool) -> str:
+        on = [
+            n
+            for n, v in (
+                ("frozen", self.frozen),
+                ("channels_last", channels_last),
+                ("no_grad_zero_weight", self.no_grad_zero_weight),
+            )
+            if v
+        ]
+        return "reference" + "".join(f"+{n}" for n in on)
+
+
+class ArdReference:
+    """ARD's training step written as goldblum/AdversariallyRobustDistillation ``main.py`` writes it.
+
+    ``attack`` is ``AttackPGD.forward`` (uniform start in the eps-ball, m steps of ``torch.autograd.grad`` on
+    ``F.cross_entropy(..., reduction="sum")`` (the code's ``size_average=False``), the student in train mode
+    with its parameters not frozen, then one more forward at x_adv whose output enters the loss); ``step`` is
+    the body of ``train``: zero_grad, the attack, the teacher on the clean input (its parameters frozen, no
+    ``no_grad``), the student on the clean input, ``alpha T^2 KLDivLoss()(log_softmax(S(x_adv)/T),
+    softmax(T(x)/T)) + (1 - alpha) CrossEntropyLoss()(S(x), y)``, backward, SGD step.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        temp: float,
+        alpha: float,
+        epsilon: float,
+        step_size: float,
+        num_steps: int,
+        knobs: Knobs | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.basic_net, self.teacher_net = student, teacher
+        for p in teacher.parameters():
+            p.requires_grad = False
+        teacher.eval()
+        self.temp, self.alpha = temp, alpha
+        self.epsilon, self.step_size, self.num_steps = epsilon, step_size, num_steps
+        self.knobs = knobs or Knobs()
+        self.generator = generator
+        self.kl_loss, self.xent_loss = nn.KLDivLoss(), nn.CrossEntropyLoss()
+        self.optimizer = optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=WEIGHT_DECAY)
+        student.train()  # net.train() at the start of every epoch; the step never toggles it
+
+    def attack(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``AttackPGD.forward``: (student logits at x_adv, x_adv)."""
+        eps = self.epsilon
+        x = inputs.detach()
+        x = x + torch.zeros_like(x).uniform_(-eps, eps, generator=self.generator)
+        x = torch.clamp(
+            torch.min(torch.max(x, inputs - eps), inputs + eps), 0.0, 1.0
+        )  # rkd's start projection
+        with frozen_if(self.basic_net, self.knobs.frozen):
+            for _ in range(self.num_steps):
+                x.requires_grad_()
+                with torch.enable_grad():
+                    loss = F.cross_entropy(self.basic_net(x), targets, reduction="sum")
+                grad = torch.autograd.grad(loss, [x])[0]
+                x = x.detach() + self.step_size * torch.sign(grad.detach())
+                x = torch.min(torch.max(x, inputs - eps), inputs + eps)
+                x = torch.clamp(x, 0.0, 1.0)
+        with no_grad_if(self.knobs.no_grad_zero_weight and self.alpha == 0):
+            return self.basic_net(x), x
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss, x_adv)."""
+        outputs, pert_inputs = self.attack(inputs, targets)
+        teacher_outputs = self.teacher_net(inputs)
+        with no_grad_if(self.knobs.no_grad_zero_weight and self.alpha == 1):
+            basic_outputs = self.basic_net(inputs)
+        t, a = self.temp, self.alpha
+        kd = self.kl_loss(F.log_softmax(outputs / t, dim=1), F.softmax(teacher_outputs / t, dim=1))
+        loss = a * t * t * kd + (1.0 - a) * self.xent_loss(basic_outputs, targets)
+        return loss, pert_inputs
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss, _ = self.loss(inputs, targets)
+        loss.backward()
+        self.optimizer.step()
+
+
+class RsladReference:
+    """RSLAD's training step written as zibojia/RSLAD writes it.
+
+    ``inner`` is ``rslad_loss.rslad_inner_loss`` (``model.eval()``, start x + 0.001 N(0, I), m steps of
+    ``torch.autograd.grad`` on ``sum(KLDivLoss(reduction="none")(log_softmax(S(x')), softmax(T(x))))``,
+    parameters not frozen, ``model.train()``, ``optimizer.zero_grad()``, the student's logits at x_adv);
+    ``step`` is the loop body of ``resnet18_rslad_cifar10.py``: ``student.train()``, zero_grad, the teacher under
+    ``no_grad``, the inner loss, ``student.train()``, the student on the clean input,
+    ``(1 - lambda) mean(kl(S(x_adv))) + lambda mean(kl(S(x)))`` (elementwise means over B x C, times C / 10:
+    1 on CIFAR-10, the scripts' factor 10 on CIFAR-100), backward, SGD step. The scripts wrap the student in
+    ``DataParallel``, which on a CPU calls the module directly; it is left out.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        lambda_nat: float,
+        epsilon: float,
+        step_size: float,
+        perturb_steps: int,
+        knobs: Knobs | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.student, self.teacher = student, teacher
+        teacher.eval()
+        self.lambda_nat = lambda_nat
+        self.epsilon, self.step_size, self.perturb_steps = epsilon, step_size, perturb_steps
+        self.knobs = knobs or Knobs()
+        self.generator = generator
+        self.optimizer = optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=WEIGHT_DECAY)
+
+    def inner(
+        self, teacher_logits: torch.Tensor, x_natural: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rslad_inner_loss``: (student logits at x_adv in train mode, x_adv)."""
+        model, eps = self.student, self.epsilon
+        criterion_kl = nn.KLDivLoss(reduction="none")
+        model.eval()
+        noise = torch.randn(x_natural.shape, generator=self.generator).to(x_natural.device)
+        x_adv = (
+            x_natural.detach() + 0.001 * noise.contiguous(memory_format=memory_format_of(x_natural)).detach()
+        )
+        x_adv = torch.clamp(torch.min(torch.max(x_adv, x_natural - eps), x_natural + eps), 0.0, 1.0)  # as rkd
+        with frozen_if(model, self.knobs.frozen):
+            for _ in range(self.perturb_steps):
+                x_adv.requires_grad_()
+                with torch.enable_grad():
+                    loss_kl = criterion_kl(
+                        F.log_softmax(model(x_adv), dim=1), F.softmax(teacher_logits, dim=1)
+                    )
+                    loss_kl = torch.sum(loss_kl)
+                grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+                x_adv = x_adv.detach() + self.step_size * torch.sign(grad.detach())
+                x_adv = torch.min(torch.max(x_adv, x_natural - eps), x_natural + eps)
+                x_adv = torch.clamp(x_adv, 0.0, 1.0)
+        model.train()
+        x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()  # Variable(..., requires_grad=False)
+        self.optimizer.zero_grad()
+        return model(x_adv), x_adv
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss, x_adv)."""
+        self.student.train()
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        adv_logits, x_adv = self.inner(teacher_logits, x)
+        self.student.train()
+        nat_logits = self.student(x)
+        b = F.softmax(teacher_logits.detach(), dim=1)
+        log_b = F.log_softmax(teacher_logits.detach(), dim=1)  # the scripts: torch.log(b + 1e-5)
+
+        def kl_loss(a: torch.Tensor) -> torch.Tensor:
+            return -a * b + log_b * b
+
+        scale = teacher_logits.shape[1] / 10  # mean over B x C, times 10 on CIFAR-100: sum_c KL / 10
+        kl1 = torch.mean(kl_loss(F.log_softmax(adv_logits, dim=1))) * scale
+        kl2 = torch.mean(kl_loss(F.log_softmax(nat_logits, dim=1))) * scale
+        return (1.0 - self.lambda_nat) * kl1 + self.lambda_nat * kl2, x_adv
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss, _ = self.loss(x, y)
+        loss.backward()
+        self.optimizer.step()
+
+
+Reference = ArdReference | RsladReference
+
+
+def make_reference(
+    method: DistillMethod,
+    student: nn.Module,
+    teacher: nn.Module,
+    knobs: Knobs,
+    generator: torch.Generator | None,
+) -> Reference:
+    """The reference of rkd's ``method`` (its hyper-parameters) on ``student`` and ``teacher``."""
+    if isinstance(method, Ard):
+        if method.norm != "linf":
+            raise ValueError("the ARD reference covers the L-inf attack only")
+        return ArdReference(
+            student,
+            teacher,
+            temp=method.temperature,
+            alpha=method.kd_weight,
+            epsilon=method.eps,
+            step_size=method.alpha,
+            num_steps=method.steps,
+            knobs=knobs,
+            generator=generator,
+        )
+    if isinstance(method, Rslad):
+        if method.norm != "linf":
+            raise ValueError("the RSLAD reference covers the L-inf attack only")
+        return RsladReference(
+            student,
+            teacher,
+            lambda_nat=method.lambda_nat,
+            epsilon=method.eps,
+            step_size=method.alpha,
+            perturb_steps=method.steps,
+            knobs=knobs,
+            generator=generator,
+        )
+    raise ValueError(f"no reference for method {method.name!r}")
+
+
+def has_zero_weight(method: DistillMethod) -> bool:
+    """Whether a loss term has weight 0 (rkd then skips its backward; the published code does not)."""
+    return isinstance(method, Ard) and method.kd_weight in (0.0, 1.0)
+
+
+# ---- the loss-agreement checks -----------------------------------------------------------------------------
+
+
+def _grads(module: nn.Module) -> list[torch.Tensor]:
+    return [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone() for p in module.parameters()
+    ]
+
+
+def _grad_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
+    """(max |a - b|, max |a|) over all parameters."""
+    diff = max(float((u - v).abs().max()) for u, v in zip(a, b, strict=True))
+    return diff, max(float(u.abs().max()) for u in a)
+
+
+def record_craft(method: DistillMethod) -> list[torch.Tensor]:
+    """Make ``method.craft`` also append its x_adv to the returned list (for comparisons)."""
+    seen: list[torch.Tensor] = []
+    craft = method.craft
+
+    def recorded(*args: Any, **kwargs: Any) -> torch.Tensor:
+        x_adv: torch.Tensor = craft(*args, **kwargs)
+        seen.append(x_adv.detach())
+        return x_adv
+
+    method.craft = recorded  # type: ignore[method-assign]
+    return seen
+
+
+def loss_checks(bench_nchw: Bench, bench_timed: Bench, name: str, seed: int) -> dict[str, Any]:
+    """Checks (a) same start noise, both NCHW, and (b) rkd as timed with the reference's x_adv injected."""
+    x, y = bench_nchw.x, bench_nchw.y
+    rkd, _ = build_method(bench_nchw, name)
+    rkd.generator = torch.Generator().manual_seed(seed)
+    crafted = record_craft(rkd)
+    rkd.student.zero_grad(set_to_none=True)
+    loss_rkd = rkd(x, y).loss
+    loss_rkd.backward()
+    g_rkd = _grads(rkd.student)
+
+    ref_student = copy.deepcopy(bench_nchw.student)
+    ref = make_reference(rkd, ref_student, bench_nchw.teacher, Knobs(), torch.Generator().manual_seed(seed))
+    loss_ref, x_adv_ref = ref.loss(x, y)
+    loss_ref.backward()
+    g_ref = _grads(ref_student)
+    g_diff, g_max = _grad_diff(g_ref, g_rkd)
+    adv_diff = (crafted[-1] - x_adv_ref).abs()
+    same_noise = {
+        "what": "rkd and the reference, both NCHW fp32, attack start from identically seeded generators",
+        "loss_rkd": loss_rkd.item(),
+        "loss_reference": loss_ref.item(),
+        "abs_diff": abs(loss_rkd.item() - loss_ref.item()),
+        "x_adv_max_abs_diff": float(adv_diff.max()),
+        "x_adv_fraction_differing": float((adv_diff > 1e-6).float().mean()),
+        "grad_max_abs_diff": g_diff,
+        "grad_max_abs": g_max,
+    }
+
+    # (b) rkd as timed (channels_last) on the reference's x_adv: its attack replaced by that x_adv
+    timed_method, _ = build_method(bench_timed, name)
+    x_adv_in = x_adv_ref.detach().contiguous(memory_format=memory_format_of(bench_timed.x))
+    timed_method.craft = lambda *_a, **_k: x_adv_in  # type: ignore[method-assign]
+    timed_method.student.zero_grad(set_to_none=True)
+    loss_inj = timed_method(bench_timed.x, bench_timed.y).loss
+    loss_inj.backward()
+    gi_diff, _ = _grad_diff(g_ref, _grads(timed_method.student))
+    injected = {
+        "what": f"rkd as timed ({'channels_last' if bench_timed.channels_last else 'NCHW'}) with the "
+        "reference's x_adv injected in place of its attack, against the reference's loss",
+        "loss_rkd": loss_inj.item(),
+        "loss_reference": loss_ref.item(),
+        "abs_diff": abs(loss_inj.item() - loss_ref.item()),
+        "grad_max_abs_diff": gi_diff,
+        "grad_max_abs": g_max,
+    }
+    return {"same_start_noise": same_noise, "injected_x_adv": injected}
+
+
+def compile_check(rkd: DistillMethod, rkd_compiled: DistillMethod, bench: Bench, seed: int) -> dict[str, Any]:
+    """(c) rkd+compile against rkd eager, same generator seed (forward only; this call compiles)."""
+    out: dict[str, Any] = {}
+    for key, method in (("eager", rkd), ("compiled", rkd_compiled)):
+        method.generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        loss = method(bench.x, bench.y).loss.detach().item()
+        out[f"loss_{key}"] = loss
+        out[f"seconds_{key}_first_call"] = time.perf_counter() - start
+        method.generator = None
+    out["abs_diff"] = abs(out["loss_eager"] - out["loss_compiled"])
+    out["what"] = "rkd+compile against rkd eager, as timed, same attack-start generator seed (loss only)"
+    return out
+
+
+# ---- timing ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """A timed step and the number of recorded rounds it takes part in (the first ``rounds``)."""
+
+    step: Step
+    rounds: int
+    kind: str  # "main" or "ablation"
+    what: str
+
+
+@dataclass
+class Times:
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+
+def run_rounds(
+    bench: Bench, variants: dict[str, Variant], rounds: int, warmup: int, log: Callable[[str], None]
+) -> Times:
+    """Every variant once per round (while it has rounds left), order reversed every other round; the
+    warm-up rounds are not recorded."""
+    names = list(variants)
+    t = Times(wall={n: [] for n in names}, cpu={n: [] for n in names})
+    for r in range(warmup + rounds):
+        rec = r - warmup
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            if rec >= variants[name].rounds:
+                continue
+            wall, cpu, _, _ = timed(bench, variants[name].step)
+            if rec >= 0:
+                t.wall[name].append(wall)
+                t.cpu[name].append(cpu)
+        tag = "warm-up" if rec < 0 else f"round {rec + 1}/{rounds}"
+        shown = ", ".join(f"{n} {t.wall[n][-1]:.2f}s" for n in names if rec >= 0 and rec < variants[n].rounds)
+        log(f"{tag}: {shown}")
+    return t
+
+
+def ratios(times: dict[str, list[float]], num: str, den: str) -> dict[str, Any] | None:
+    """Per-round ``times[num][i] / times[den][i]`` over the rounds both took part in."""
+    n = min(len(times[num]), len(times[den]))
+    if n == 0:
+        return None
+    return per_round(lambda i: times[num][i] / times[den][i], n)
+
+
+# ---- one student ------------------------------------------------------------------------------------------
+
+
+def bench_student(
+    args: argparse.Namespace, student: ModelChoice, teacher: ModelChoice, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Checks and timings of every method for one student."""
+    device = torch.device("cpu")
+    common = dict(
+        batch=args.batch, steps=args.steps, num_classes=args.num_classes, device=device, seed=args.seed
+    )
+    nchw = make_bench(student, teacher, channels_last=False, **common)
+    cl = make_bench(student, teacher, channels_last=True, **common)
+    timed_bench = cl if args.channels_last else nchw
+    for a, b in zip(nchw.student.state_dict().values(), cl.student.state_dict().values(), strict=True):
+        if not torch.equal(a, b):
+            raise RuntimeError("the NCHW and channels_last students differ")
+
+    checks: dict[str, Any] = {}
+    variants: dict[str, Variant] = {}
+    for name in args.methods:
+        log(f"{student.label()} {name}: loss checks")
+        checks[name] = loss_checks(nchw, timed_bench, name, args.seed + 7)
+        rkd, rkd_opt = build_method(timed_bench, name)
+
+        def ref_variant(
+            bench: Bench, knobs: Knobs, method: DistillMethod = rkd
+        ) -> tuple[str, Reference, Bench]:
+            """The reference (rkd's hyper-parameters) on a private copy of ``bench``'s student."""
+            ref = make_reference(method, copy.deepcopy(bench.student), bench.teacher, knobs, None)
+            return knobs.label(bench.channels_last), ref, bench
+
+        runs = [ref_variant(nchw, Knobs())]
+        if args.ablation_rounds > 0:
+            zero = has_zero_weight(rkd)
+            if "frozen" in args.ablations:
+                runs.append(ref_variant(nchw, Knobs(frozen=True)))
+            if "channels_last" in args.ablations:
+                runs.append(ref_variant(cl, Knobs()))
+            if "no_grad_zero_weight" in args.ablations and zero:
+                runs.append(ref_variant(nchw, Knobs(no_grad_zero_weight=True)))
+            if "all" in args.ablations:
+                runs.append(ref_variant(cl, Knobs(frozen=True, no_grad_zero_weight=zero)))
+        for label, ref, bench in runs:
+            main = label == "reference"
+            variants[f"{name}/{label}"] = Variant(
+                step=lambda ref=ref, bench=bench: ref.step(bench.x, bench.y),
+                rounds=args.rounds if main else min(args.rounds, args.ablation_rounds),
+                kind="main" if main else "ablation",
+                what="the published code's step"
+                if main
+                else f"the reference with {label[len('reference+') :]}",
+            )
+        variants[f"{name}/rkd"] = Variant(
+            step=lambda m=rkd, o=rkd_opt: train_step(timed_bench, m, o),
+            rounds=args.rounds,
+            kind="main",
+            what=f"rkd's {name} ({'channels_last' if args.channels_last else 'NCHW'}, eager)",
+        )
+        if args.compile:
+            compiled, compiled_opt = build_method(timed_bench, name)
+            compiled.attack_model = compile_attack_model(compiled.student)
+            log(f"{student.label()} {name}: compiling the attack forward (check c)")
+            eager_twin, _ = build_method(timed_bench, name)
+            checks[name]["compiled_vs_eager"] = compile_check(
+                eager_twin, compiled, timed_bench, args.seed + 9
+            )
+            log(
+                f"  first compiled call {checks[name]['compiled_vs_eager']['seconds_compiled_first_call']:.1f}s"
+            )
+            variants[f"{name}/rkd+compile"] = Variant(
+                step=lambda m=compiled, o=compiled_opt: train_step(timed_bench, m, o),
+                rounds=args.rounds,
+                kind="main",
+                what=f"rkd's {name} with train.compile_attack",
+            )
+        c = checks[name]["same_start_noise"]
+        log(f"  loss rkd {c['loss_rkd']:.8f} reference {c['loss_reference']:.8f} |diff| {c['abs_diff']:.2e}")
+
+    log(f"{student.label()}: timing {len(variants)} variants: {', '.join(variants)}")
+    times = run_rounds(timed_bench, variants, args.rounds, args.warmup, log)
+    results: dict[str, Any] = {}
+    for name in args.methods:
+        ref_key = f"{name}/reference"
+        per_variant: dict[str, Any] = {}
+        for key, v in variants.items():
+            if not key.startswith(f"{name}/"):
+                continue
+            per_variant[key.split("/", 1)[1]] = {
+                "what": v.what,
+                "kind": v.kind,
+                "rounds": len(times.wall[key]),
+                "wall_seconds": times.wall[key],
+                "cpu_seconds": times.cpu[key],
+                "seconds": summary(times.wall[key]),
+                "cpu": summary(times.cpu[key]),
+                "images_per_second": args.batch / statistics.median(times.wall[key]),
+                "speedup_over_reference": ratios(times.wall, ref_key, key),
+                "speedup_over_reference_cpu_time": ratios(times.cpu, ref_key, key),
+            }
+        rkd_key = f"{name}/rkd"
+        extra = (
+            {"rkd_over_rkd_compile": ratios(times.wall, rkd_key, f"{name}/rkd+compile")}
+            if args.compile
+            else {}
+        )
+        results[name] = {"checks": checks[name], "variants": per_variant, **extra}
+    return {"student": student.label(), "methods": results}
+
+
+# ---- the report --------------------------------------------------------------------------------------------
+
+
+def _cell(s: dict[str, float] | None, digits: int) -> str:
+    if s is None:
+        return ""
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+
+CHANGE_TEXT = {
+    "frozen": "parameters frozen during the attack (rkd's `pgd` switches `requires_grad` off): the attack's "
+    "forwards record no weight-gradient bookkeeping, and its backward computes input gradients only",
+    "channels_last": "models and inputs channels_last (NHWC), the rkd loop's CPU default: oneDNN's "
+    "convolutions (depthwise ones above all) and batch norm run faster in NHWC on this CPU",
+    "no_grad_zero_weight": "a loss term of weight 0 computed under `no_grad` (ARD at alpha = 1: the clean "
+    "forward runs for its batch-norm statistics, but no backward through the student runs for it)",
+    "compile": "`train.compile_attack`: the attack's forward (and, through AOTAutograd, its input-gradient "
+    "backward) compiled by torch.compile/Inductor (fused elementwise and batch-norm kernels)",
+}
+
+
+def explain(method: dict[str, Any]) -> list[str]:
+    """What makes the difference, from the measured single-change speed-ups."""
+    v = method["variants"]
+    lines = []
+    single = {k.split("+", 1)[1]: v[k] for k in v if k.startswith("reference+") and k.count("+") == 1}
+    product = 1.0
+    for change, r in single.items():
+        s = r["speedup_over_reference"]
+        product *= s["median"]
+        lines.append(f"  - {change}: {_cell(s, 2)}x over the reference alone: {CHANGE_TEXT[change]}.")
+    combined = [k for k in v if k.count("+") > 1 and k.startswith("reference")]
+    rkd = v["rkd"]["speedup_over_reference"]
+    if single:
+        lines.append(
+            f"  - product of the single-change speed-ups: {product:.2f}x; rkd measured: {rkd['median']:.2f}x."
+        )
+    for k in combined:
+        s = v[k]["speedup_over_reference"]
+        lines.append(
+            f"  - all of them together (`{k}`): {_cell(s, 2)}x; rkd over that: "
+            f"{rkd['median'] / s['median']:.2f} (rkd's other code: in-place projection, one fused start, an input check)."
+        )
+    if "rkd+compile" in v:
+        r = method.get("rkd_over_rkd_compile")
+        lines.append(f"  - compile: rkd+compile is {_cell(r, 2)}x rkd eager: {CHANGE_TEXT['compile']}.")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    b = cfg["batch"]
+    lines = [
+        "# rkd's training step vs the published research code's step (ARD, RSLAD)",
+        "",
+        f"{report['date']}; {report['machine']['cpu_model'] or report['machine']['processor']}, "
+        f"{report['threads']} thread(s); torch {report['torch']}; CPU.",
+        f"Teacher {cfg['teacher']}, batch {b}, m = {cfg['steps']} attack steps; {cfg['rounds']} rounds after "
+        f"{cfg['warmup']} warm-up (ablations: the first {cfg['ablation_rounds']}); median [min, max].",
+        "All variants of a student run interleaved in the same rounds of one run (order reversed every other "
+        "round); every ratio is computed per round, then its median [min, max] is given.",
+    ]
+    if cfg.get("note"):
+        lines += ["", f"Note: {cfg['note']}"]
+    lines += [
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Reference: ARD as {ARD_SOURCE}; RSLAD as {RSLAD_SOURCE}: fp32 eager, NCHW, parameters not frozen "
+        "during the attack, `torch.autograd.grad` per attack step, every loss term in the graph. rkd: the "
+        f"registered method from its recipe section, {'channels_last' if cfg['channels_last'] else 'NCHW'}, "
+        "as `rkd.train.loop` runs a step. Target: rkd at least "
+        f"{report['target_speedup']:g}x faster than the reference.",
+        "",
+        "## Step time",
+        "",
+        "| student | method | variant | wall s/step | img/s | speed-up over the reference (wall) | "
+        "speed-up (CPU time) | rounds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for st in report["students"]:
+        for name, m in st["methods"].items():
+            for label, r in m["variants"].items():
+                tag = f"**{label}**" if r["kind"] == "main" else label
+                lines.append(
+                    f"| {st['student']} | {name} | {tag} | {_cell(r['seconds'], 2)} | "
+                    f"{r['images_per_second']:.1f} | {_cell(r['speedup_over_reference'], 2)} | "
+                    f"{_cell(r['speedup_over_reference_cpu_time'], 2)} | {r['rounds']} |"
+                )
+    lines += [
+        "",
+        "## Loss agreement (checked before timing)",
+        "",
+        "(a) rkd and the reference, both NCHW fp32, attack start from identically seeded generators; "
+        "(b) rkd as timed with the reference's x_adv injected; (c) rkd+compile vs rkd eager, same seed.",
+        "",
+        "| student | method | (a) loss rkd | (a) loss reference | (a) abs diff | (a) x_adv max diff "
+        "(share differing) | (a) grad max diff / max grad | (b) abs diff | (b) grad max diff | (c) abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for st in report["students"]:
+        for name, m in st["methods"].items():
+            a, inj = m["checks"]["same_start_noise"], m["checks"]["injected_x_adv"]
+            comp = m["checks"].get("compiled_vs_eager")
+            comp_cell = "" if comp is None else f"{comp['abs_diff']:.2e}"
+            lines.append(
+                f"| {st['student']} | {name} | {a['loss_rkd']:.8f} | {a['loss_reference']:.8f} | "
+                f"{a['abs_diff']:.2e} | {a['x_adv_max_abs_diff']:.2e} ({a['x_adv_fraction_differing']:.1e}) | "
+                f"{a['grad_max_abs_diff']:.1e} / {a['grad_max_abs']:.1e} | {inj['abs_diff']:.2e} | "
+                f"{inj['grad_max_abs_diff']:.1e} | {comp_cell} |"
+            )
+    lines += ["", "## What makes the difference", ""]
+    for st in report["students"]:
+        for name, m in st["methods"].items():
+            rkd = m["variants"]["rkd"]["speedup_over_reference"]
+            verdict = "meets" if rkd["median"] >= report["target_speedup"] else "is below"
+            lines.append(
+                f"- {st['student']}, {name}: rkd {_cell(rkd, 2)}x over the reference ({verdict} the "
+                f"{report['target_speedup']:g}x target)."
+            )
+            lines += explain(m)
+    comp_times = [
+        (st["student"], n, m["checks"]["compiled_vs_eager"]["seconds_compiled_first_call"])
+        for st in report["students"]
+        for n, m in st["methods"].items()
+        if "compiled_vs_eager" in m["checks"]
+    ]
+    if comp_times:
+        lines += [
+            "",
+            "First call of rkd+compile (compiles; not in the timings): "
+            + "; ".join(f"{s} {n} {t:.0f} s" for s, n, t in comp_times)
+            + f" (TORCHINDUCTOR_CACHE_DIR={report['env'].get('TORCHINDUCTOR_CACHE_DIR')}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+
+def parse_students(text: str) -> list[ModelChoice]:
+    """``"mobilenet_v2:0.5,resnet18:0.125"`` -> model choices (name:width)."""
+    out = []
+    for item in text.split(","):
+        name, _, width = item.strip().partition(":")
+        out.append(ModelChoice(name, float(width) if width else 1.0))
+    return out
+
+
+def parse_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/reference_step-cpu.json"),
+        help="JSON report; the Markdown summary goes beside it (.md)",
+    )
+    p.add_argument(
+        "--students",
+        type=parse_students,
+        default=parse_students("mobilenet_v2:0.5,resnet18:0.125"),
+        help="comma-separated name:width",
+    )
+    p.add_argument("--teacher", default="resnet18")
+    p.add_argument("--teacher-width", type=float, default=0.25)
+    p.add_argument("--methods", type=parse_list(METHOD_NAMES), default=list(METHOD_NAMES))
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", "-m", type=int, default=10, help="attack steps m")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--ablations",
+        type=parse_list(ABLATIONS),
+        default=list(ABLATIONS),
+        help="single changes to the reference to time (comma-separated)",
+    )
+    p.add_argument(
+        "--ablation-rounds", type=int, default=2, help="recorded rounds of the ablations (0: none)"
+    )
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out rkd+compile")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="time rkd in NCHW instead of its channels_last default",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (set OMP_NUM_THREADS too)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default="", help="a line about the machine's state, written into the report")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/inductor-cache")
+    torch.set_num_threads(args.threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    teacher = ModelChoice(args.teacher, args.teacher_width)
+    students = [bench_student(args, s, teacher, log) for s in args.students]
+    report = {
+        "benchmark": "reference_step",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "env": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR")
+        },
+        "command": command_line(),
+        "target_speedup": TARGET_SPEEDUP,
+        "sources": {"ard": ARD_SOURCE, "rslad": RSLAD_SOURCE},
+        "config": {
+            "students": [s.label() for s in args.students],
+            "teacher": teacher.label(),
+            "methods": args.methods,
+            "batch": args.batch,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "ablations": args.ablations,
+            "ablation_rounds": min(args.rounds, args.ablation_rounds),
+            "compile": args.compile,
+            "channels_last": args.channels_last,
+            "num_classes": args.num_classes,
+            "seed": args.seed,
+            "optimizer": f"SGD lr 0.1 momentum 0.9 weight decay {WEIGHT_DECAY} (both)",
+            "order": "every variant once per round, order reversed every other round; one group per student",
+            "note": args.note,
+        },
+        "students": students,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    md = markdown(report)
+    args.out.with_suffix(".md").write_text(md)
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
