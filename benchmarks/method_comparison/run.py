@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,7 @@ SCHEMA_VERSION = 1
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf", "autoattack": "AutoAttack",
                  "transfer": "transfer"}
 PRINT_LOCK = threading.Lock()
+LIVE: set[subprocess.Popen[bytes]] = set()  # the rkd commands running now (stopped on SIGTERM)
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -417,6 +419,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def stop_children(signum: int, frame: Any) -> None:
+    """On SIGTERM: interrupt the running rkd commands (they keep their last checkpoint), then stop."""
+    with PRINT_LOCK:
+        for proc in LIVE:
+            proc.send_signal(signal.SIGINT)
+    raise KeyboardInterrupt
+
+
 def machine() -> dict[str, Any]:
     """The machine and thread settings the harness ran on."""
     cpu = platform.processor() or platform.machine()
@@ -456,8 +466,15 @@ def run_step(step: Step, folder: Path) -> float:
         fh.write(f"\n### {datetime.now(timezone.utc).isoformat(timespec='seconds')} {step.text}\n")
         fh.flush()
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", "rkd", *step.args], cwd=REPO, env=child_env(),
-                             stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "rkd", *step.args], cwd=REPO, env=child_env(),
+                                stdout=fh, stderr=subprocess.STDOUT)
+        with PRINT_LOCK:
+            LIVE.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            with PRINT_LOCK:
+                LIVE.discard(proc)
         seconds = time.perf_counter() - t0
         fh.write(f"### exit {rc} after {seconds:.1f} s\n")
     if rc not in step.ok:
@@ -963,6 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plan":
         return show_plan(cfg, args.jobs)
     if args.command == "run":
+        signal.signal(signal.SIGTERM, stop_children)
         plan = build_plan(cfg)
         if args.part:
             known = {p.id for p in plan}
@@ -970,7 +988,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unknown:
                 ap.error(f"unknown part(s): {', '.join(unknown)} (see `run.py plan`)")
             plan = [p for p in plan if p.id in set(args.part)]
-        return run_all(cfg, plan, jobs=max(1, args.jobs), max_minutes=args.max_minutes)
+        try:
+            return run_all(cfg, plan, jobs=max(1, args.jobs), max_minutes=args.max_minutes)
+        except KeyboardInterrupt:
+            say("interrupted: finished parts are kept; `run` again resumes the others")
+            return 130
     if args.command == "table":
         return table(cfg)
     return probe(cfg)

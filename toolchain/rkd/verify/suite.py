@@ -307,7 +307,8 @@ def evaluate_robustness(
 
 def _autoattack_details(res: Any, idx: torch.Tensor, n: int) -> dict[str, Any]:
     """Per-sub-attack breakdown of an AutoAttack run, mapped back to all n samples."""
-    details: dict[str, Any] = {"messages": list(getattr(res, "messages", []))}
+    details: dict[str, Any] = {"messages": list(getattr(res, "messages", [])),
+                               "seconds": {k: round(v, 2) for k, v in (getattr(res, "seconds", None) or {}).items()}}
     robust_after = getattr(res, "robust_after", None) or {}
     breakdown = {}
     for sub, mask in robust_after.items():
