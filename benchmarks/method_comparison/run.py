@@ -57,6 +57,7 @@ ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-
                  "transfer": "transfer"}
 PRINT_LOCK = threading.Lock()
 LIVE: set[subprocess.Popen[bytes]] = set()  # the rkd commands running now (stopped on SIGTERM)
+STOPPING = threading.Event()  # set by SIGTERM/SIGINT: no new command starts
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -420,10 +421,12 @@ def child_env() -> dict[str, str]:
 
 
 def stop_children(signum: int, frame: Any) -> None:
-    """On SIGTERM: interrupt the running rkd commands (they keep their last checkpoint), then stop."""
+    """On SIGTERM or SIGINT: stop the running rkd commands (SIGTERM; a background job's children ignore SIGINT)
+    and start no further command; what they checkpointed is kept for the next ``run``."""
+    STOPPING.set()
     with PRINT_LOCK:
         for proc in LIVE:
-            proc.send_signal(signal.SIGINT)
+            proc.terminate()
     raise KeyboardInterrupt
 
 
@@ -462,6 +465,8 @@ def run_step(step: Step, folder: Path) -> float:
     if marker.exists() and json.loads(marker.read_text()).get("command") == step.text:
         return float(json.loads(marker.read_text())["seconds"])
     log = REPO / folder / "log.txt"
+    if STOPPING.is_set():
+        raise RuntimeError("stopped before it started")
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"\n### {datetime.now(timezone.utc).isoformat(timespec='seconds')} {step.text}\n")
         fh.flush()
@@ -599,7 +604,7 @@ def run_all(cfg: Settings, parts: list[Part], *, jobs: int, max_minutes: float |
                     failed.update({p.id: "dependency not done" for p in pending})
                     pending = []
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # a timeout lets SIGTERM in
             for fut in finished:
                 part = running.pop(fut)
                 try:
@@ -981,6 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_plan(cfg, args.jobs)
     if args.command == "run":
         signal.signal(signal.SIGTERM, stop_children)
+        signal.signal(signal.SIGINT, stop_children)
         plan = build_plan(cfg)
         if args.part:
             known = {p.id for p in plan}

@@ -180,7 +180,8 @@ def _curve(
     target: VerifyTarget, engine_model: nn.Module, x: torch.Tensor, y: torch.Tensor, request: VerifyRequest,
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
-    """Accuracy against eps for the float reference and the engine (one PGD attack per eps)."""
+    """Accuracy against eps for the float reference and the engine (one PGD attack per eps, step
+    min(alpha, eps/4))."""
     spec = parse_attacks(request.curve_attack)[1:]
     rows: dict[str, list[float]] = {"engine": [], "float": []}
     for value in request.curve_eps or []:
@@ -191,7 +192,7 @@ def _curve(
                 res = evaluate_robustness(model, x, y, attacks=[], eps=1.0, batch_size=request.batch_size,
                                           seed=request.seed, device=request.device)
             else:
-                res = evaluate_robustness(model, x, y, attacks=spec, eps=value, alpha=min(request.alpha, value / 2),
+                res = evaluate_robustness(model, x, y, attacks=spec, eps=value, alpha=min(request.alpha, value / 4),
                                           norm=request.norm, batch_size=request.batch_size, seed=request.seed,
                                           device=request.device)
             rows[label].append(res.accuracy("worst_case"))
