@@ -223,6 +223,11 @@ def build_plan(cfg: Settings) -> list[Part]:
     return parts
 
 
+def per_student(value: Any, student: str) -> int:
+    """A setting given as one number or as a mapping from student key to number."""
+    return int(value[student]) if isinstance(value, dict) else int(value)
+
+
 def part_dir(cfg: Settings, part_id: str) -> Path:
     """The part's run folder (relative to the repository root)."""
     return cfg.runs_dir / part_id
@@ -236,6 +241,11 @@ def result_path(cfg: Settings, part_id: str) -> Path:
 def is_done(cfg: Settings, part_id: str) -> bool:
     """Whether the part's result JSON exists."""
     return (REPO / result_path(cfg, part_id)).exists()
+
+
+def pgd_attack(cfg: Settings) -> str:
+    """The evaluation's PGD attack (``pgd20``): the probe's yardstick of attack cost."""
+    return next(a for a in cfg["eval"]["attacks"].split(",") if a.startswith("pgd"))
 
 
 def eval_attacks(cfg: Settings, autoattack: bool) -> str:
@@ -257,13 +267,21 @@ def steps_of(cfg: Settings, part: Part) -> list[Step]:
         sets = [a for o in cfg.recipe_overrides + part.overrides for a in ("--set", o)]
         ckpt = run / "student" / "model.safetensors"
         ev = cfg["eval"]
-        return [
+        assert part.student is not None
+        aa_n = per_student(ev["autoattack_n"], part.student)
+        together = part.autoattack and aa_n == int(ev["n"])  # one rkd eval when AutoAttack uses the same n
+        common = ["--data", data, *cfg.data_args(), "--seed", str(ev["seed"])]
+        steps = [
             Step("distill", ["distill", cfg["recipe"], "--teacher", teacher, "--out", str(run / "student"),
                              "--resume", *cfg.data_args(), *sets]),
-            Step("eval", ["eval", str(ckpt), "--data", data, *cfg.data_args(), "--n", str(ev["n"]),
-                          "--seed", str(ev["seed"]), "--attacks", eval_attacks(cfg, part.autoattack),
+            Step("eval", ["eval", str(ckpt), *common, "--n", str(ev["n"]), "--attacks", eval_attacks(cfg, together),
                           "--report", str(run / "eval.json"), "--aa-state", str(run / "eval.aa-state")]),
         ]
+        if part.autoattack and not together:
+            steps.append(Step("eval_aa", ["eval", str(ckpt), *common, "--n", str(aa_n), "--attacks", ev["autoattack"],
+                                          "--report", str(run / "eval-aa.json"),
+                                          "--aa-state", str(run / "eval-aa.aa-state")]))
+        return steps
     dep = cfg["deploy"]
     assert part.student is not None and part.seed is not None
     source = part_dir(cfg, train_part_id(part.student, dep["method"], part.seed)) / "student" / "model.safetensors"
@@ -277,7 +295,7 @@ def steps_of(cfg: Settings, part: Part) -> list[Step]:
                      "--train-n", str(q["train_n"]), "--qat-steps", str(qat_steps)]
     v = dep["verify"]
     verify = ["verify", "--engine", str(bundle / "model.int8.onnx"), "--data", data, *cfg.data_args(),
-              "--n", str(v["n"]), "--attacks", v["attacks"], "--report", str(run / "verify"),
+              "--n", str(per_student(v["n"], part.student)), "--attacks", v["attacks"], "--report", str(run / "verify"),
               "--state", str(run / "verify-state")]
     return [Step("quantize", quantize), Step("verify", verify, ok=(0, 1))]  # 1: a gate failed (none are set)
 
@@ -322,27 +340,30 @@ class Estimator:
         return seconds / 60, "probe"
 
     def _ratio(self, student: str, method: str) -> float:
-        """Cost of ``student`` over the probe's reference student for ``method`` steps (1 for the reference)."""
+        """Training-step cost of ``student`` over the probe's reference student for ``method`` (1 for it)."""
         p = self.probe or {}
-        ref = p["eval"][student]["scaled_from"] if "scaled_from" in p["eval"][student] else student
+        ref = p["eval"][student].get("scaled_from", student)
         return p["distill"][student][method]["step_s"] / p["distill"][ref][method]["step_s"]
+
+    def _eval_ref(self, student: str) -> tuple[dict[str, Any], float]:
+        """The measured evaluation probe that stands for ``student`` and the attack-cost ratio to apply."""
+        p = self.probe or {}
+        ev = p["eval"][student]
+        if "scaled_from" in ev:
+            return p["eval"][ev["scaled_from"]], float(ev["ratio"])
+        return ev, 1.0
 
     def eval_seconds(self, student: str, attacks: str, n: int) -> float:
         """``rkd eval`` at ``n`` images: per-attack probe seconds scaled linearly in n, plus start-up."""
-        p = self.probe or {}
-        ev = p["eval"][student]
-        ref = p["eval"].get(ev.get("scaled_from", student))
-        ratio = self._ratio(student, "pgd_at") if "scaled_from" in ev else 1.0
+        ref, ratio = self._eval_ref(student)
         return ref["overhead_s"] + sum(ref["attacks"][a]["seconds"] for a in attacks.split(",")) * n / ref["n"] * ratio
 
     def holdout_seconds(self, student: str, train: dict[str, Any]) -> float:
         """The PGD-k check on held-out images at the end of training, scaled from the probe's PGD-20."""
-        p = self.probe or {}
-        ev = p["eval"][student]
-        ref = p["eval"].get(ev.get("scaled_from", student))
-        ratio = self._ratio(student, "pgd_at") if "scaled_from" in ev else 1.0
-        pgd20 = ref["attacks"]["pgd20"]["seconds"] if "pgd20" in ref["attacks"] else 0.0
-        return pgd20 * int(train["eval_n"]) / ref["n"] * int(train["eval_pgd_steps"]) / 20 * ratio
+        ref, ratio = self._eval_ref(student)
+        pgd = pgd_attack(self.cfg)
+        per_step = ref["attacks"][pgd]["seconds"] / int(pgd.removeprefix("pgd"))
+        return per_step * int(train["eval_n"]) / ref["n"] * int(train["eval_pgd_steps"]) * ratio
 
     def _train_eval(self, part: Part) -> float:
         p = self.probe or {}
@@ -356,7 +377,10 @@ class Estimator:
         train = d["overhead_s"] + d["step_s"] * steps_per_epoch * int(train_cfg["epochs"])
         train += self.holdout_seconds(part.student, train_cfg)
         ev = self.cfg["eval"]
-        return train + self.eval_seconds(part.student, eval_attacks(self.cfg, part.autoattack), int(ev["n"]))
+        secs = train + self.eval_seconds(part.student, eval_attacks(self.cfg, False), int(ev["n"]))
+        if part.autoattack:
+            secs += self.eval_seconds(part.student, ev["autoattack"], per_student(ev["autoattack_n"], part.student))
+        return secs
 
     def _deploy(self, part: Part) -> float:
         p = self.probe or {}
@@ -364,9 +388,10 @@ class Estimator:
         dep = self.cfg["deploy"]
         ref_student = p["eval"][part.student].get("scaled_from", part.student)
         d = p["deploy"][ref_student]
-        ratio = self._ratio(part.student, "pgd_at")
+        ratio = self._eval_ref(part.student)[1]
         quant = (d["quantize_s"] - d["quantize_eval_s"] + d["quantize_eval_s"] * dep["eval_n"] / d["n"]) * ratio
-        verify = d["verify_overhead_s"] + (d["verify_s"] - d["verify_overhead_s"]) * dep["verify"]["n"] / d["verify_n"]
+        n_verify = per_student(dep["verify"]["n"], part.student)
+        verify = d["verify_overhead_s"] + (d["verify_s"] - d["verify_overhead_s"]) * n_verify / d["verify_n"]
         total = quant + verify * ratio
         if part.deploy == "qat":
             q = dep["qat"]
@@ -537,6 +562,13 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
                      "checkpoint_sha256": report["model"]["sha256"], "report": str(part_dir(cfg, part.id) / "eval.json")},
             "versions": report.get("versions"), "device": report.get("device"),
         }
+        aa_path = run / "eval-aa.json"
+        if part.autoattack and aa_path.exists():  # AutoAttack on its own (smaller) n
+            aa = json.loads(aa_path.read_text())
+            name = cfg["eval"]["autoattack"]
+            rec["eval"]["attacks"][name] = summarize_attacks(aa)[name]
+            rec["eval"]["autoattack_eval"] = {"n": aa["n"], "data": aa["data"], "clean": aa["attacks"]["clean"]["acc"],
+                                              "report": str(part_dir(cfg, part.id) / "eval-aa.json")}
         return rec
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     quant = manifest.get("quantize", {})
@@ -705,8 +737,26 @@ def probe(cfg: Settings) -> int:
     for student, ckpt in reference.items():
         out["eval"][student] = probe_eval(cfg, student, ckpt, folder)
     measured = next(iter(reference))
+    ref_eval = out["eval"][measured]
+    pgd = pgd_attack(cfg)
+    ref_cost = ref_eval["attacks"][pgd]["seconds"] / max(1, ref_eval["attacks"]["clean"]["correct"])
     for student in cfg["students"]:
-        out["eval"].setdefault(student, {"scaled_from": measured, "scale": "pgd_at step time ratio"})
+        if student in out["eval"]:
+            continue
+        # no trained checkpoint: the cost of the PGD attack per attacked (clean-correct) image on the probe's own
+        # pgd_at run of this student, relative to the reference student's, scales the reference's costs
+        ckpt = str(folder / f"{student}-pgd_at" / "model.safetensors")
+        report = folder / f"eval-{student}-{pgd}.json"
+        step = Step(f"probe-eval-{student}", ["eval", ckpt, "--data", cfg["data"], *cfg.data_args(), "--n",
+                                              str(cfg["eval"]["n"]), "--attacks", f"clean,{pgd}", "--report", str(report)])
+        run_step(step, folder)
+        att = json.loads((REPO / report).read_text())["attacks"]
+        cost = att[pgd]["seconds"] / max(1, att["clean"]["correct"])
+        out["eval"][student] = {"scaled_from": measured, "ratio": round(cost / ref_cost, 3),
+                                "scale": f"{pgd} seconds per attacked image, this student's probe pgd_at run over "
+                                         f"{measured}'s reference", pgd: att[pgd], "clean": att["clean"],
+                                "command": step.text}
+        say(f"probe eval {student}: attack cost x{cost / ref_cost:.2f} of {measured}")
     data = cfg["data"]
     # deployment: PTQ (export, calibration, float vs INT8 check), QAT steps, verify; on the measured reference
     ckpt = reference[measured]
@@ -817,13 +867,14 @@ def table(cfg: Settings) -> int:
     n_text = f"the first {first['eval']['n']} {cfg['data']} test images" if first else f"n = {ev['n']}"
     lines += [
         "## Setup", "",
-        f"- Data: {cfg['data']}, train subset {data.get('train_subset')} images (seeded by the run seed), "
+        f"- Data: {cfg['data']}, train subset {data.get('train_subset') or 'all'} images (seeded by the run seed), "
         f"batch {data['batch_size']}; teacher `{cfg['teacher']['checkpoint']}`.",
         f"- Training (every row): {train['epochs']} epochs, SGD lr {train['lr']} momentum 0.9, weight decay "
         f"{train['weight_decay']}, lr x0.1 at epochs {train.get('milestones')}; m = {cfg.steps} attack steps "
         f"(adv_path: m per branch), eps 8/255, step 2/255; recipe `{cfg['recipe']}` + `--set` overrides.",
         f"- Evaluation: {n_text}, L-inf eps 8/255, attack seed {ev['seed']}; columns {', '.join(columns)}; "
-        f"{label(ev['autoattack'])} on seeds {ev['autoattack_seeds']} only, the other columns on seeds {seeds}.",
+        f"{label(ev['autoattack'])} only on seeds {ev['autoattack_seeds']} and on the first "
+        f"{ev['autoattack_n']} test images (per student), the other columns on seeds {seeds}.",
         "- Cells: mean ± sample standard deviation over seeds, in %; † = a single seed (no std). "
         "Per-seed values with 95% Wilson intervals are in the per-part section below and in table.json.", "",
     ]
@@ -841,7 +892,9 @@ def table(cfg: Settings) -> int:
                                               for c in columns}}
             lines.append(f"| {method} | {seeds_text(sorted(res), seeds)} | "
                          + " | ".join(pct([v for _, v in stats[c]]) for c in columns) + " |")
-        lines.append("")
+        aa_n = per_student(ev["autoattack_n"], student)
+        lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
+                  + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + ".", ""]
     abl = cfg["ablations"]
     a_seeds = list(abl["seeds"])
     a_cols = columns if abl.get("autoattack") else columns[:-1]
@@ -867,7 +920,8 @@ def table(cfg: Settings) -> int:
     dep = cfg["deploy"]
     lines += ["", f"## Deployment: INT8 (ONNX Runtime, `rkd verify`) of each student's seed-{dep['seed']} "
               f"{dep['method']} model", "",
-              f"`rkd verify --attacks {dep['verify']['attacks']}` on n = {dep['verify']['n']}: white-box attacks through "
+              f"`rkd verify --attacks {dep['verify']['attacks']}` on the first n = {dep['verify']['n']} test images "
+              "(per student): white-box attacks through "
               "the fake-quant surrogate's gradients, Square on the engine itself, transfer from the float model; "
               "worst case = robust to all of them. `float` is verify's float reference (model.onnx, its own "
               "gradients). Single seed: no std.", "",
@@ -898,9 +952,8 @@ def table(cfg: Settings) -> int:
                          f"{100 * wc['ci95'][1]:.1f}) | {len(v.get('warnings') or [])} |")
             tj["deploy"][f"{student}-{mode}"] = {"verify": v, "quantize": res["quantize"]}
     lines += ["", "Warnings of the deployment rows (from `rkd verify`):", ""]
-    for key, block in tj["deploy"].items():
-        for w in block["verify"].get("warnings") or []:
-            lines.append(f"- {key}: {w}")
+    warned = [f"- {key}: {w}" for key, block in tj["deploy"].items() for w in block["verify"].get("warnings") or []]
+    lines += warned or ["- none"]
     # per part: seeds, intervals, times, commands
     total_s = sum(r.get("timing", {}).get("total_s", 0.0) for r in results.values())
     machines = {json.dumps(r["machine"], sort_keys=True) for r in results.values()}
@@ -973,6 +1026,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p_plan = sub.add_parser("plan", help="list every part, its estimated cost, and which are done")
     p_plan.add_argument("--jobs", type=int, default=2, help="also estimate the wall time for this many jobs")
+    p_plan.add_argument("--ids", action="store_true", help="print only the ids of the parts not done (for --part)")
+    p_plan.add_argument("--student", help="with --ids: only this student's parts (deployment included)")
+    p_plan.add_argument("--group", choices=["teacher", "main", "ablation", "deploy"], help="with --ids: one group")
     p_run = sub.add_parser("run", help="run the parts that are not done, in plan order")
     p_run.add_argument("--part", nargs="+", metavar="ID", help="only these parts (ids from `plan`)")
     p_run.add_argument("--jobs", type=int, default=1, help="parts at a time (one per core: 2 on a 2-core machine)")
@@ -982,6 +1038,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = Settings.load(args.config, smoke=args.smoke, data_root=args.data_root)
     os.chdir(REPO)
+    if args.command == "plan" and args.ids:
+        print(" ".join(p.id for p in build_plan(cfg) if not is_done(cfg, p.id)
+                       and (args.student is None or p.student == args.student)
+                       and (args.group is None or p.group == args.group)))
+        return 0
     if args.command == "plan":
         return show_plan(cfg, args.jobs)
     if args.command == "run":

@@ -99,8 +99,10 @@ def check_labels(y: torch.Tensor, n: int, device: torch.device, what: str = "y")
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """Switches ``requires_grad`` off on the parameters that have it, and back on afterwards (even on errors).
 
-    Input gradients cost 20-35% less without the weight-gradient bookkeeping (rkd CPU-COSTS note), and attack
-    libraries that call ``.backward()`` (pyautoattack's FAB) then leave no ``.grad`` on the model.
+    Attack libraries that call ``.backward()`` (pyautoattack's FAB) then leave no ``.grad`` on the model. Speed:
+    a first CPU probe saw input gradients 20-35% cheaper without the weight-gradient bookkeeping, but against
+    attacks that already call ``torch.autograd.grad`` on the input only it measured 0.97-1.04x
+    (benchmarks/results/reference_step-cpu.md).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
