@@ -223,6 +223,11 @@ def build_plan(cfg: Settings) -> list[Part]:
     return parts
 
 
+def per_student_text(value: Any) -> str:
+    """``1000`` or ``r18: 1000, mnv2: 200`` for a per-student setting."""
+    return ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+
 def per_student(value: Any, student: str) -> int:
     """A setting given as one number or as a mapping from student key to number."""
     return int(value[student]) if isinstance(value, dict) else int(value)
@@ -431,6 +436,7 @@ def atomic_write(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -847,136 +853,179 @@ def seeds_text(have: Sequence[int], want: Sequence[int]) -> str:
     return f"{text} (missing {','.join(map(str, missing))}) ⚠" if missing else text
 
 
-def table(cfg: Settings) -> int:
-    """Aggregate the finished parts into table.md and table.json."""
-    plan = build_plan(cfg)
-    results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
-    columns = attack_columns(cfg)
-    seeds = list(cfg["seeds"])
+def table_setup(cfg: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The setup paragraph: data, training, evaluation, how cells are computed."""
     recipe = cfg.recipe()
-    tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
-                          "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
-                          "columns": columns, "main": {}, "ablations": {}, "deploy": {}, "parts": {}}
-    lines = [f"# Method comparison{' (SMOKE TEST, synthetic data)' if cfg.smoke else ''}", "",
-             f"Generated {tj['generated']} by `benchmarks/method_comparison/run.py table` from "
-             f"{len(results)} of {len(plan)} part result(s) in `{cfg.results_dir}/`.", ""]
-    train = recipe["student"]["train"]
-    data = recipe["data"]
-    ev = cfg["eval"]
+    train, data, ev = recipe["student"]["train"], recipe["data"], cfg["eval"]
     first = next((r for r in results.values() if r.get("eval")), None)
     n_text = f"the first {first['eval']['n']} {cfg['data']} test images" if first else f"n = {ev['n']}"
-    lines += [
+    return [
         "## Setup", "",
         f"- Data: {cfg['data']}, train subset {data.get('train_subset') or 'all'} images (seeded by the run seed), "
         f"batch {data['batch_size']}; teacher `{cfg['teacher']['checkpoint']}`.",
         f"- Training (every row): {train['epochs']} epochs, SGD lr {train['lr']} momentum 0.9, weight decay "
         f"{train['weight_decay']}, lr x0.1 at epochs {train.get('milestones')}; m = {cfg.steps} attack steps "
         f"(adv_path: m per branch), eps 8/255, step 2/255; recipe `{cfg['recipe']}` + `--set` overrides.",
-        f"- Evaluation: {n_text}, L-inf eps 8/255, attack seed {ev['seed']}; columns {', '.join(columns)}; "
-        f"{label(ev['autoattack'])} only on seeds {ev['autoattack_seeds']} and on the first "
-        f"{ev['autoattack_n']} test images (per student), the other columns on seeds {seeds}.",
+        f"- Evaluation: {n_text}, L-inf eps 8/255, attack seed {ev['seed']}; columns "
+        f"{', '.join(attack_columns(cfg))}; {label(ev['autoattack'])} only on seeds {ev['autoattack_seeds']} and on "
+        f"the first n = {per_student_text(ev['autoattack_n'])} test images, the other columns on seeds "
+        f"{list(cfg['seeds'])}.",
         "- Cells: mean ± sample standard deviation over seeds, in %; † = a single seed (no std). "
         "Per-seed values with 95% Wilson intervals are in the per-part section below and in table.json.", "",
     ]
+
+
+def table_row(name: str, res: dict[int, dict[str, Any]], want: list[int], columns: list[str],
+              extra: str = "") -> tuple[str, dict[str, Any]]:
+    """One Markdown row (mean ± std per column) and its table.json entry."""
+    stats = row_stats(res, columns)
+    entry = {"seeds": sorted(res), "missing_seeds": [s for s in want if s not in res],
+             **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])} for c in columns}}
+    line = (f"| {name} |{extra} {seeds_text(sorted(res), want)} | "
+            + " | ".join(pct([v for _, v in stats[c]]) for c in columns) + " |")
+    return line, entry
+
+
+def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
+    """One table per student: a row per method, a column per attack."""
+    columns, seeds, ev = attack_columns(cfg), list(cfg["seeds"]), cfg["eval"]
+    lines: list[str] = []
     for student, spec in cfg["students"].items():
         lines += [f"## {student}: {spec['name']} width {spec['width']}", "",
                   "| method | seeds | " + " | ".join(label(c) for c in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         tj["main"][student] = {}
         for method in cfg["methods"]:
-            res = {s: results[train_part_id(student, method, s)] for s in seeds
-                   if train_part_id(student, method, s) in results}
-            stats = row_stats(res, columns)
-            tj["main"][student][method] = {"seeds": sorted(res), "missing_seeds": [s for s in seeds if s not in res],
-                                           **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])}
-                                              for c in columns}}
-            lines.append(f"| {method} | {seeds_text(sorted(res), seeds)} | "
-                         + " | ".join(pct([v for _, v in stats[c]]) for c in columns) + " |")
+            ids = {s: train_part_id(student, method, s) for s in seeds}
+            line, tj["main"][student][method] = table_row(
+                method, {s: results[i] for s, i in ids.items() if i in results}, seeds, columns)
+            lines.append(line)
         aa_n = per_student(ev["autoattack_n"], student)
         lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
                   + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + ".", ""]
-    abl = cfg["ablations"]
-    a_seeds = list(abl["seeds"])
+    return lines
+
+
+def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
+    """adv_path's default row (from the main parts) and one row per ablation variant."""
+    abl, columns = cfg["ablations"], attack_columns(cfg)
+    a_seeds, student = list(abl["seeds"]), abl["student"]
     a_cols = columns if abl.get("autoattack") else columns[:-1]
-    a_student = abl["student"]
-    lines += [f"## Ablations of adv_path ({a_student}, seeds {a_seeds}"
-              f"{'' if len(a_seeds) >= len(seeds) else ': fewer seeds than the main table'})", "",
-              "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
-              "|---|---|---|" + "---|" * len(a_cols)]
-    rows = [("default", [], {s: results[train_part_id(a_student, "adv_path", s)] for s in a_seeds
-                             if train_part_id(a_student, "adv_path", s) in results})]
-    for variant, items in abl["variants"].items():
-        rows.append((variant, cfg.fill(items), {s: results[train_part_id(a_student, "adv_path", s, variant)]
-                                                for s in a_seeds
-                                                if train_part_id(a_student, "adv_path", s, variant) in results}))
-    for variant, items, res in rows:
-        stats = row_stats(res, a_cols)
-        tj["ablations"][variant] = {"overrides": items, "seeds": sorted(res),
-                                    **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])}
-                                       for c in a_cols}}
+    fewer = "" if len(a_seeds) >= len(cfg["seeds"]) else ": fewer seeds than the main table"
+    lines = [f"## Ablations of adv_path ({student}, seeds {a_seeds}{fewer})", "",
+             "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
+             "|---|---|---|" + "---|" * len(a_cols)]
+    variants: list[tuple[str, list[str], str | None]] = [("default", [], None)]
+    variants += [(v, cfg.fill(items), v) for v, items in abl["variants"].items()]
+    for name, items, variant in variants:
+        ids = {s: train_part_id(student, "adv_path", s, variant) for s in a_seeds}
         over = ", ".join(f"`{i.removeprefix('student.method.')}`" for i in items) or "(base.yaml)"
-        lines.append(f"| {variant} | {over} | {seeds_text(sorted(res), a_seeds)} | "
-                     + " | ".join(pct([v for _, v in stats[c]]) for c in a_cols) + " |")
+        line, entry = table_row(name, {s: results[i] for s, i in ids.items() if i in results}, a_seeds, a_cols,
+                                extra=f" {over} |")
+        tj["ablations"][name] = {"overrides": items, **entry}
+        lines.append(line)
+    return lines
+
+
+def pct1(value: float) -> str:
+    """An accuracy in percent with one decimal."""
+    return f"{100 * value:.1f}"
+
+
+def table_deploy(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
+    """Per student: verify's float reference, the INT8 PTQ engine and the INT8 QAT engine."""
     dep = cfg["deploy"]
-    lines += ["", f"## Deployment: INT8 (ONNX Runtime, `rkd verify`) of each student's seed-{dep['seed']} "
-              f"{dep['method']} model", "",
-              f"`rkd verify --attacks {dep['verify']['attacks']}` on the first n = {dep['verify']['n']} test images "
-              "(per student): white-box attacks through "
-              "the fake-quant surrogate's gradients, Square on the engine itself, transfer from the float model; "
-              "worst case = robust to all of them. `float` is verify's float reference (model.onnx, its own "
-              "gradients). Single seed: no std.", "",
-              "| student | model | clean | " + " | ".join(label(a) for a in dep["verify"]["attacks"].split(","))
-              + " | transfer | worst case (95% CI) | warnings |", "|---|---|---|" + "---|" * (len(dep["verify"]["attacks"].split(",")) + 3)]
-    v_attacks = dep["verify"]["attacks"].split(",")
+    attacks = dep["verify"]["attacks"].split(",")
+    lines = ["", f"## Deployment: INT8 (ONNX Runtime, `rkd verify`) of each student's seed-{dep['seed']} "
+             f"{dep['method']} model", "",
+             f"`rkd verify --attacks {dep['verify']['attacks']}` on the first n = "
+             f"{per_student_text(dep['verify']['n'])} test images: white-box attacks through the fake-quant "
+             "surrogate's gradients, Square (AutoAttack's) on the engine itself, transfer from the float model; worst "
+             "case = robust to all of them. verify runs AutoAttack only on images still robust after the attacks "
+             "before it, so its column is cumulative. `float` is verify's float reference (model.onnx, attacked "
+             "with its own gradients). Single seed: no std.", "",
+             "| student | model | clean | " + " | ".join(label(a) for a in attacks)
+             + " | transfer | worst case (95% CI) | warnings |", "|---|---|---|" + "---|" * (len(attacks) + 3)]
     for student in cfg["students"]:
         float_done = False
         for mode in ("ptq", "qat"):
             res = results.get(f"deploy-{student}-{mode}")
             if res is None:
-                lines.append(f"| {student} | INT8 {mode.upper()} | not run ⚠ |" + " |" * (len(v_attacks) + 3))
+                lines.append(f"| {student} | INT8 {mode.upper()} | not run ⚠ |" + " |" * (len(attacks) + 3))
                 continue
             v = res["verify"]
             if not float_done and v.get("float"):
                 f = v["float"]
-                lines.append(f"| {student} | float | {100 * f['clean_acc']:.1f} | "
-                             + " | ".join(f"{100 * f['attacks'][a]['acc']:.1f}" if a in f["attacks"] else "–"
-                                          for a in v_attacks)
-                             + f" | – | {100 * f['worst_case']['acc']:.1f} | – |")
+                lines.append(f"| {student} | float | {pct1(f['clean_acc'])} | "
+                             + " | ".join(pct1(f["attacks"][a]["acc"]) if a in f["attacks"] else "–" for a in attacks)
+                             + f" | – | {pct1(f['worst_case']['acc'])} | – |")
                 float_done = True
-            wc = v["worst_case"]
-            att = v["attacks"]
-            transfer = f"{100 * att['transfer']['acc']:.1f}" if "transfer" in att else "–"
-            lines.append(f"| {student} | INT8 {mode.upper()} | {100 * v['clean_acc']:.1f} | "
-                         + " | ".join(f"{100 * att[a]['acc']:.1f}" if a in att else "–" for a in v_attacks)
-                         + f" | {transfer} | {100 * wc['acc']:.1f} ({100 * wc['ci95'][0]:.1f}-"
-                         f"{100 * wc['ci95'][1]:.1f}) | {len(v.get('warnings') or [])} |")
+            wc, att = v["worst_case"], v["attacks"]
+            transfer = pct1(att["transfer"]["acc"]) if "transfer" in att else "–"
+            lines.append(f"| {student} | INT8 {mode.upper()} | {pct1(v['clean_acc'])} | "
+                         + " | ".join(pct1(att[a]["acc"]) if a in att else "–" for a in attacks)
+                         + f" | {transfer} | {pct1(wc['acc'])} ({pct1(wc['ci95'][0])}-{pct1(wc['ci95'][1])}) | "
+                         f"{len(v.get('warnings') or [])} |")
             tj["deploy"][f"{student}-{mode}"] = {"verify": v, "quantize": res["quantize"]}
-    lines += ["", "Warnings of the deployment rows (from `rkd verify`):", ""]
     warned = [f"- {key}: {w}" for key, block in tj["deploy"].items() for w in block["verify"].get("warnings") or []]
-    lines += warned or ["- none"]
-    # per part: seeds, intervals, times, commands
+    return [*lines, "", "Warnings of the deployment rows (from `rkd verify`):", "", *(warned or ["- none"])]
+
+
+def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
+    """Compute, machine, versions, missing parts, a consistency check, and every part's numbers and commands."""
     total_s = sum(r.get("timing", {}).get("total_s", 0.0) for r in results.values())
     machines = {json.dumps(r["machine"], sort_keys=True) for r in results.values()}
     versions = {json.dumps(r.get("versions"), sort_keys=True) for r in results.values() if r.get("versions")}
     missing = [p.id for p in plan if p.id not in results]
+    lines: list[str] = []
+    trained = {pid: json.dumps({"data": r["recipe"]["data"], "train": r["recipe"]["train"],
+                                "steps": r["recipe"]["method"].get("steps")}, sort_keys=True)
+               for pid, r in results.items() if r.get("recipe") and r.get("group") == "main"}
+    if len(set(trained.values())) > 1:  # base.yaml changed between parts: the rows are not comparable
+        groups: dict[str, list[str]] = {}
+        for pid, key in trained.items():
+            groups.setdefault(key, []).append(pid)
+        lines += ["", "**⚠ The main parts were trained with different data/training settings** (base.yaml changed "
+                  "between runs; delete the stale result JSONs and run again): "
+                  + "; ".join(f"{len(v)} part(s) with {k}" for k, v in groups.items())]
     lines += ["", "## Runs", "",
-              f"- Compute: {total_s / 3600:.2f} core-hours over {len(results)} part(s) (sum of command wall times).",
+              f"- Compute: {total_s / 3600:.2f} core-hours over {len(results)} part(s) (sum of the wall times of "
+              "the commands that finished; time lost in killed commands is not counted).",
               f"- Machine: {'; '.join(machines) or '–'}", f"- Versions: {'; '.join(versions) or '–'}",
               f"- Missing parts ({len(missing)}): {', '.join(missing) or 'none'}", "",
               "<details><summary>Every part: accuracies (95% Wilson interval), time and commands</summary>", ""]
     for pid, res in results.items():
         tj["parts"][pid] = {k: res.get(k) for k in ("group", "student", "method", "variant", "seed", "deploy",
                                                     "commands", "timing")}
+        minutes = res["timing"]["total_s"] / 60
         if res.get("eval"):
-            accs = ", ".join(f"{k} {100 * a['acc']:.1f} ({100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})"
-                             for k, a in res["eval"]["attacks"].items())
+            n = res["eval"]["n"]
+            accs = ", ".join(f"{k} {pct1(a['acc'])} ({pct1(a['ci95'][0])}-{pct1(a['ci95'][1])})"
+                             + (f" on n={a['n']}" if a["n"] != n else "") for k, a in res["eval"]["attacks"].items())
             tj["parts"][pid]["eval"] = {k: {kk: a[kk] for kk in ("acc", "correct", "n", "ci95")}
                                         for k, a in res["eval"]["attacks"].items()}
-            lines.append(f"- **{pid}** (n={res['eval']['n']}, {res['timing']['total_s'] / 60:.1f} min): {accs}")
+            lines.append(f"- **{pid}** (n={n}, {minutes:.1f} min): {accs}")
         else:
-            lines.append(f"- **{pid}** ({res['timing']['total_s'] / 60:.1f} min)")
+            lines.append(f"- **{pid}** ({minutes:.1f} min)")
         lines += [f"  - `{c}`" for c in res["commands"]]
-    lines += ["", "</details>", ""]
+    return [*lines, "", "</details>", ""]
+
+
+def table(cfg: Settings) -> int:
+    """Aggregate the finished parts into table.md and table.json."""
+    plan = build_plan(cfg)
+    results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
+    tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
+                          "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
+                          "columns": attack_columns(cfg), "main": {}, "ablations": {}, "deploy": {}, "parts": {}}
+    lines = [f"# Method comparison{' (SMOKE TEST, synthetic data)' if cfg.smoke else ''}", "",
+             f"Generated {tj['generated']} by `benchmarks/method_comparison/run.py table` from "
+             f"{len(results)} of {len(plan)} part result(s) in `{cfg.results_dir}/`.", ""]
+    lines += table_setup(cfg, results)
+    lines += table_main(cfg, results, tj)
+    lines += table_ablations(cfg, results, tj)
+    lines += table_deploy(cfg, results, tj)
+    lines += table_runs(cfg, plan, results, tj)
     out_dir = REPO / cfg.results_dir
     atomic_write(out_dir / "table.md", "\n".join(lines))
     atomic_write(out_dir / "table.json", json.dumps(tj, indent=1) + "\n")

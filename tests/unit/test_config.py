@@ -128,3 +128,19 @@ def test_profile_errors_are_one_line_with_the_closest_key(tmp_path: Path) -> Non
         load_profile(bad)
     with pytest.raises(RecipeError, match="did you mean 'gpu-int8'"):
         load_profile("gpu-int9", base=REPO)
+
+
+def test_set_into_a_missing_method_section_keeps_the_default_method(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nteacher: {model: {name: resnet18}}\nstudent: {model: {name: resnet18}}\n")
+    rec = load_recipe(p, ["teacher.method.steps=2", "student.method.steps=3"])
+    assert (rec.teacher.method.name, rec.teacher.method.steps) == ("pgd_at", 2)
+    assert (rec.student.method.name, rec.student.method.steps) == ("adv_path", 3)
+
+
+def test_iad_warmup_longer_than_the_run_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nstudent: {model: {name: resnet18}, method: {name: iad}, train: {epochs: 5}}\n")
+    with pytest.raises(RecipeError, match=r"warmup_epochs \(60\) >= train.epochs \(5\).*never leave"):
+        load_recipe(p)
+    assert load_recipe(p, ["student.method.warmup_epochs=2"]).student.method.warmup_epochs == 2

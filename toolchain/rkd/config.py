@@ -251,6 +251,15 @@ class StudentConfig(StrictModel):
     method: DistillMethodConfig = Field(default_factory=AdvPathConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(weight_decay=2e-4))
 
+    @model_validator(mode="after")
+    def _iad_leaves_its_warmup(self) -> StudentConfig:
+        if isinstance(self.method, IadConfig) and self.method.warmup_epochs >= self.train.epochs:
+            raise ValueError(
+                f"method.warmup_epochs ({self.method.warmup_epochs}) >= train.epochs ({self.train.epochs}): IAD would "
+                "never leave its ARD warm-up; lower student.method.warmup_epochs"
+            )
+        return self
+
 
 def _check_gates(gates: list[str]) -> list[str]:
     from rkd.verify.gates import parse_gate
@@ -374,6 +383,9 @@ class Recipe(StrictModel):
     verify: VerifyConfig | None = None
 
 
+_DEFAULT_METHODS = {("teacher", "method"): "pgd_at", ("student", "method"): "adv_path"}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML: ``8/255`` stays a string for the validator)."""
     out = copy.deepcopy(raw)
@@ -393,6 +405,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             nxt = node.get(part)
             if nxt is None:
                 nxt = node[part] = {}
+                default = _DEFAULT_METHODS.get(tuple(parts[: i + 1]))
+                if default is not None:  # the section the recipe left out has a default method: keep it
+                    nxt["name"] = default
             if not isinstance(nxt, dict):
                 raise RecipeError(f"--set {item!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
             node = nxt

@@ -153,11 +153,11 @@ def quantize(
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher checkpoint, required for QAT "
                                                     "methods that distil.")] = None,
     train_n: Annotated[Optional[int], typer.Option("--train-n", help="QAT training images: seeded random "
-                                                   "subset of --calib-data's training split [default: "
+                                                   "subset of --calib-data's training split \\[default: "
                                                    "all].")] = None,
     qat_lr: Annotated[float, typer.Option("--qat-lr", help="QAT learning rate (SGD, constant).")] = 0.01,
     qat_steps: Annotated[Optional[int], typer.Option("--qat-steps", help="Attack steps of the QAT method "
-                                                     "[default: the method's].")] = None,
+                                                     "\\[default: the method's].")] = None,
     device: Annotated[str, typer.Option("--device", help="QAT device: auto, cpu, cuda[:N].")] = "auto",
 ) -> None:
     """Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its

@@ -64,12 +64,12 @@ def verify(
     data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
-    n: Annotated[Optional[int], typer.Option(help="Samples [default: the profile's, else 1000].")] = None,
+    n: Annotated[Optional[int], typer.Option(help="Samples \\[default: the profile's, else 1000].")] = None,
     sample: Annotated[Sample, typer.Option(help="The first n samples, or a seeded random subset.")] = Sample.first,
     attacks: Annotated[Optional[str], typer.Option(help="Comma-separated: fgsm, pgdK, pgdKrR, cw[K], autoattack, "
-                                                   "square, aa-custom:A+B [default: profile's, else "
+                                                   "square, aa-custom:A+B \\[default: profile's, else "
                                                    "pgd20,autoattack].")] = None,
-    eps: Annotated[Optional[str], typer.Option(help="Radius on [0,1] inputs, e.g. 8/255 [default: profile's, "
+    eps: Annotated[Optional[str], typer.Option(help="Radius on [0,1] inputs, e.g. 8/255 \\[default: profile's, "
                                                "else the bundle's threat model].")] = None,
     alpha: Annotated[str, typer.Option(help="PGD/CW step size.")] = "2/255",
     seed: Annotated[int, typer.Option(help="Seeds random starts, AutoAttack and the random sample.")] = 0,
@@ -79,9 +79,9 @@ def verify(
                                                    "attacks, eps and gates.")] = None,
     fail_on_warnings: Annotated[Optional[bool], typer.Option("--fail-on-warnings/--no-fail-on-warnings",
                                                              help="Whether a warning fails the run.")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Report folder [default: "
+    report: Annotated[Optional[Path], typer.Option("--report", help="Report folder \\[default: "
                                                    "verify-<artifact stem>].")] = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML path [default: in --report].")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML path \\[default: in --report].")] = None,
     curve: Annotated[bool, typer.Option("--curve", help="Also plot accuracy against eps (PNG).")] = False,
     curve_eps: Annotated[str, typer.Option("--curve-eps", help="The eps values of --curve.")] =
         "0,2/255,4/255,8/255,12/255,16/255",
