@@ -63,7 +63,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ from distill_step import (
 from torch import nn, optim
 
 from rkd.attacks import compile_attack_model
+from rkd.attacks.checks import frozen_parameters
 from rkd.distill import DistillMethod
 from rkd.distill.ard import Ard
 from rkd.distill.rslad import Rslad
@@ -110,18 +111,9 @@ warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total l
 # ---- the reference steps -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def frozen_if(model: nn.Module, on: bool) -> Iterator[None]:
-    """Switch ``requires_grad`` off on ``model``'s parameters for the block when ``on`` (an ablation: the
-    published code never does)."""
-    params = [p for p in model.parameters() if p.requires_grad] if on else []
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+def frozen_if(model: nn.Module, on: bool) -> contextlib.AbstractContextManager[None]:
+    """rkd's ``frozen_parameters`` on ``model`` when ``on`` (an ablation: the published code never freezes)."""
+    return frozen_parameters(model) if on else contextlib.nullcontext()
 
 
 def no_grad_if(on: bool) -> contextlib.AbstractContextManager[Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fcntl
 import json
 import os
 import platform
@@ -48,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rkd.atomic import try_lock
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -479,13 +480,12 @@ def machine() -> dict[str, Any]:
 def part_lock(folder: Path) -> Iterator[bool]:
     """An exclusive, non-blocking lock on ``folder/.part.lock``: yields False when another process holds it."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".part.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
+    fh = try_lock(folder / ".part.lock")
+    try:
+        yield fh is not None
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 def run_step(step: Step, folder: Path) -> float:

@@ -109,3 +109,19 @@ def test_a_run_killed_mid_distill_completes_with_resume(tmp_path: Path) -> None:
     assert "resumed" in done.stdout and "skipped" in done.stdout  # teacher skipped, distill resumed
     recs = [json.loads(line) for line in (out / "student" / "metrics.jsonl").read_text().splitlines() if line]
     assert any(r.get("event") == "resume" for r in recs)
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    from rkd.atomic import try_lock
+    from rkd.errors import UsageError
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = try_lock(out / ".run.lock")
+    assert holder is not None and try_lock(out / ".run.lock") is None
+    try:
+        with pytest.raises(UsageError, match="another rkd run is using"):
+            Pipeline(load_recipe(SMOKE), run_dir=out, profile_base=REPO).run()
+    finally:
+        holder.close()
+    assert not (out / "teacher").exists()  # nothing ran

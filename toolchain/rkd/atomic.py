@@ -1,5 +1,5 @@
-"""Atomic file writes (a file is either the old one or the complete new one, never half-written) and file
-digests."""
+"""Atomic file writes (a file is either the old one or the complete new one, never half-written), file
+digests, and exclusive locks on run folders."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 def default_mode(directory: bool = False) -> int:
@@ -62,3 +63,20 @@ def fsync_dir(directory: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def try_lock(path: str | Path) -> IO[str] | None:
+    """Open ``path`` (created when missing) and take an exclusive, non-blocking ``flock`` on it.
+
+    Returns the open file, which holds the lock until it is closed (or the process ends), or None when another
+    process holds it.
+    """
+    import fcntl
+
+    fh = open(path, "a")  # noqa: SIM115 - the caller holds it open for as long as the lock is needed
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh

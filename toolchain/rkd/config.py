@@ -507,17 +507,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        raise RecipeError(f"{p}: the recipe is empty")
+    raw = _read_yaml(p, "a recipe")
     if overrides:
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{p}: a recipe is a YAML mapping of sections")
         raw = apply_overrides(raw, overrides)
     return validate_recipe(raw, str(p))
 
@@ -532,8 +523,10 @@ def _read_yaml(p: Path, what: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise RecipeError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise RecipeError(f"{p}: the file is empty; {what} is a YAML mapping of sections")
     if not isinstance(raw, dict):
-        raise RecipeError(f"{p}: {what} is a YAML mapping, got {type(raw).__name__}")
+        raise RecipeError(f"{p}: {what} is a YAML mapping of sections, got {type(raw).__name__}")
     return raw
 
 

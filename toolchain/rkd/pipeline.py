@@ -24,7 +24,6 @@ time (a lock).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkd.atomic import atomic_write_text, file_sha256
+from rkd.atomic import atomic_write_text, file_sha256, try_lock
 from rkd.config import ExportProfile, Recipe, dump_recipe, load_profile, resolve_device
 from rkd.errors import RecipeError, UsageError
 
@@ -79,15 +78,13 @@ def _dump(section: Any) -> Any:
 @contextlib.contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".run.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another rkd run is using '{run_dir}'; wait for it or use another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    fh = try_lock(run_dir / ".run.lock")
+    if fh is None:
+        raise UsageError(f"another rkd run is using '{run_dir}'; wait for it or use another --out")
+    try:
+        yield
+    finally:
+        fh.close()
 
 
 class _Record:

@@ -68,14 +68,11 @@ def evaluate_holdout(
 
 def _lock_run_dir(run: Path) -> Any:
     """An exclusive lock on ``run/.lock`` held for the run: two trainings never write one run directory."""
-    import fcntl
+    from rkd.atomic import try_lock
 
-    fh = open(run / ".lock", "a")  # held open (and locked) for the whole run
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UsageError(f"another process is training in {run}: wait for it or stop it first") from None
+    fh = try_lock(run / ".lock")
+    if fh is None:
+        raise UsageError(f"another process is training in {run}: wait for it or stop it first")
     return fh
 
 
