@@ -182,7 +182,7 @@ def train_part_id(student: str, method: str, seed: int, variant: str | None = No
 
 
 def build_plan(cfg: Settings) -> list[Part]:
-    """Every part in run order: teacher (if missing), seed-0 rows, deployment, other seeds, ablations."""
+    """Every part in run order: teacher (if missing), the main rows seed by seed, ablations, deployment."""
     parts: list[Part] = []
     teacher_missing = not (REPO / cfg["teacher"]["checkpoint"]).exists()
     teacher_deps = ["teacher"] if teacher_missing else []
@@ -199,16 +199,7 @@ def build_plan(cfg: Settings) -> list[Part]:
                     seed=seed, overrides=over, autoattack=seed in eval_cfg["autoattack_seeds"],
                     deps=list(teacher_deps) if method != "pgd_at" else [])
 
-    seeds = list(cfg["seeds"])
-    for seed in seeds[:1]:
-        parts += [main_part(s, m, seed) for s in cfg["students"] for m in cfg["methods"]]
-    dep = cfg["deploy"]
-    for student in cfg["students"]:
-        source = train_part_id(student, dep["method"], dep["seed"])
-        for mode in ("ptq", "qat"):
-            parts.append(Part(id=f"deploy-{student}-{mode}", group="deploy", student=student, method=dep["method"],
-                              seed=dep["seed"], deploy=mode, deps=[source, *teacher_deps]))
-    for seed in seeds[1:]:
+    for seed in cfg["seeds"]:
         parts += [main_part(s, m, seed) for s in cfg["students"] for m in cfg["methods"]]
     abl = cfg["ablations"]
     student = abl["student"]
@@ -221,6 +212,12 @@ def build_plan(cfg: Settings) -> list[Part]:
                               student=student, method="adv_path", variant=variant, seed=seed, overrides=over,
                               autoattack=bool(abl.get("autoattack")) and seed in eval_cfg["autoattack_seeds"],
                               deps=list(teacher_deps)))
+    dep = cfg["deploy"]
+    for student in cfg["students"]:
+        source = train_part_id(student, dep["method"], dep["seed"])
+        for mode in ("ptq", "qat"):
+            parts.append(Part(id=f"deploy-{student}-{mode}", group="deploy", student=student, method=dep["method"],
+                              seed=dep["seed"], deploy=mode, deps=[source, *teacher_deps]))
     return parts
 
 
@@ -565,7 +562,8 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
                       "holdout": holdout[-1] if holdout else None},
             "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],
                      "attacks": summarize_attacks(report), "worst_case": report["worst_case"],
-                     "checkpoint_sha256": report["model"]["sha256"], "report": str(part_dir(cfg, part.id) / "eval.json")},
+                     "checkpoint_sha256": report["model"]["sha256"], "warnings": report.get("warnings", []),
+                     "report": str(part_dir(cfg, part.id) / "eval.json")},
             "versions": report.get("versions"), "device": report.get("device"),
         }
         aa_path = run / "eval-aa.json"
@@ -895,14 +893,21 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
                   "| method | seeds | " + " | ".join(label(c) for c in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         tj["main"][student] = {}
+        collapsed: list[str] = []
         for method in cfg["methods"]:
             ids = {s: train_part_id(student, method, s) for s in seeds}
-            line, tj["main"][student][method] = table_row(
-                method, {s: results[i] for s, i in ids.items() if i in results}, seeds, columns)
+            res = {s: results[i] for s, i in ids.items() if i in results}
+            warned = [f"- {ids[s]}: {w}" for s, r in res.items() for w in r["eval"].get("warnings") or []]
+            collapsed += warned
+            line, tj["main"][student][method] = table_row(method + (" ⚠" if warned else ""), res, seeds, columns)
+            tj["main"][student][method]["warnings"] = warned
             lines.append(line)
         aa_n = per_student(ev["autoattack_n"], student)
         lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
                   + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + ".", ""]
+        if collapsed:
+            lines += ["⚠ `rkd eval` warnings (a collapsed classifier's robust accuracy is not robustness):", "",
+                      *collapsed, ""]
     return lines
 
 
@@ -920,8 +925,9 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
     for name, items, variant in variants:
         ids = {s: train_part_id(student, "adv_path", s, variant) for s in a_seeds}
         over = ", ".join(f"`{i.removeprefix('student.method.')}`" for i in items) or "(base.yaml)"
-        line, entry = table_row(name, {s: results[i] for s, i in ids.items() if i in results}, a_seeds, a_cols,
-                                extra=f" {over} |")
+        res = {s: results[i] for s, i in ids.items() if i in results}
+        warned = any(r["eval"].get("warnings") for r in res.values())
+        line, entry = table_row(name + (" ⚠" if warned else ""), res, a_seeds, a_cols, extra=f" {over} |")
         tj["ablations"][name] = {"overrides": items, **entry}
         lines.append(line)
     return lines

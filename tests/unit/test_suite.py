@@ -8,7 +8,7 @@ import torch
 from rkd.data import load_dataset
 from rkd.errors import UsageError
 from rkd.testing import train_tiny_classifier
-from rkd.verify.suite import evaluate_robustness, parse_attacks
+from rkd.verify.suite import class_coverage_warning, evaluate_robustness, parse_attacks
 
 
 def test_attack_names_parse() -> None:
@@ -37,3 +37,45 @@ def test_restarts_and_batching() -> None:
     with torch.inference_mode():  # the kept examples are the ones that broke the samples
         broken = ~more & three.outcomes["clean"].correct
         assert bool((model(x_adv[broken]).argmax(1) != y[broken]).all())
+
+
+class _Constant(torch.nn.Module):
+    """Predicts class ``k`` for every input."""
+
+    def __init__(self, k: int, classes: int = 10) -> None:
+        super().__init__()
+        self.k, self.classes = k, classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), self.classes)
+        out[:, self.k] = 1.0
+        return out + 0 * x.flatten(1)[:, :1]
+
+
+def test_collapsed_classifier_is_flagged() -> None:
+    """A constant classifier keeps its class's samples under any attack: the suite says it is collapsed."""
+    x = torch.rand(60, 3, 8, 8)
+    y = torch.arange(60) % 10
+    res = evaluate_robustness(_Constant(3), x, y, attacks="clean,pgd5", eps=8 / 255)
+    assert res.outcomes["clean"].details["predicted"] == [0, 0, 0, 60] + [0] * 6
+    assert res.accuracy("pgd5") == pytest.approx(0.1)  # "robust" on every class-3 sample
+    assert len(res.warnings) == 1 and "collapsed" in res.warnings[0]
+    assert "predicts class 3 for 100%" in res.warnings[0] and "1 of 10 classes" in res.warnings[0]
+    assert res.to_dict()["warnings"] == res.warnings
+
+
+def test_class_coverage_thresholds() -> None:
+    y = torch.arange(100) % 10  # 10 samples per class
+    balanced = [10] * 10
+    assert class_coverage_warning(balanced, y) is None
+    skewed = [19, 9, 9, 9, 9, 9, 9, 9, 9, 9]  # 19% for a 10% class: not above 20%
+    assert class_coverage_warning(skewed, y) is None
+    one_missing = [12, 11, 11, 11, 11, 11, 11, 11, 11, 0]
+    assert "never predicts class 9 " in (class_coverage_warning(one_missing, y) or "")
+    dominant = [40, 0, 12, 8, 8, 8, 8, 8, 8, 0]
+    msg = class_coverage_warning(dominant, y) or ""
+    assert "classes 1, 9" in msg and "class 0 for 40%" in msg and "8 of 10 classes" in msg
+    # a class with fewer than min_support test samples may go unpredicted without a warning
+    y_rare = torch.cat([torch.arange(96) % 9, torch.full((4,), 9)])
+    assert class_coverage_warning([11] * 9 + [1], y_rare) is None
+    assert class_coverage_warning([12, 12, 12, 12, 12, 12, 12, 8, 8, 0], y_rare) is None

@@ -98,3 +98,5 @@ def eval_command(
                       f"{wc['correct']}/{wc['n']}", f"{rep['timing']['total_s']:.1f} s")
         out.print(table)
         out.print(f"samples sha256 {rep['data']['indices_sha256'][:16]}…  report: {path}", highlight=False)
+        for warning in rep["warnings"]:
+            out.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -110,6 +110,7 @@ class RobustnessResult:
     norm: str
     seed: int
     n: int
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def worst_case(self) -> torch.Tensor:
@@ -141,6 +142,7 @@ class RobustnessResult:
             "attacks": attacks,
             "worst_case": {"acc": k / self.n if self.n else 0.0, "correct": k, "n": self.n, "ci95": [lo, hi]},
             "per_sample": {name: o.correct.int().tolist() for name, o in self.outcomes.items()},
+            "warnings": list(self.warnings),
         }
         if "autoattack" in self.outcomes:
             out["autoattack_acc"] = attacks["autoattack"]["acc"]
@@ -165,6 +167,41 @@ def predict_correct(
 ) -> torch.Tensor:
     """Per-sample top-1 correctness (bool, CPU) of ``model`` on ``x`` (kept on CPU, moved per batch)."""
     return _predict(model, x, batch_size, torch.device(device)) == y.cpu()
+
+
+def class_counts(pred: torch.Tensor, y: torch.Tensor) -> list[int]:
+    """How often each class is predicted (length: the largest class index in ``pred`` or ``y``, plus one)."""
+    size = int(max(int(pred.max()) if pred.numel() else 0, int(y.max()) if y.numel() else 0)) + 1
+    return torch.bincount(pred.cpu().long(), minlength=size).tolist()
+
+
+def class_coverage_warning(predicted: list[int], y: torch.Tensor, *, min_support: int = 5,
+                           max_ratio: float = 3.0) -> str | None:
+    """A warning when the clean predictions collapse onto a few classes, else None.
+
+    A classifier that predicts one class for most inputs keeps that class's samples under any attack, so its
+    robust accuracy looks like robustness without being any. Flags classes with at least ``min_support`` test
+    samples that are never predicted, and a class predicted more than ``max_ratio`` times as often as it occurs
+    (and for more than 20% of the inputs).
+    """
+    n = int(y.numel())
+    if n == 0 or not predicted:
+        return None
+    support = torch.bincount(y.cpu().long(), minlength=len(predicted)).tolist()
+    pred = list(predicted) + [0] * (len(support) - len(predicted))
+    never = [c for c, (k, s) in enumerate(zip(pred, support, strict=True)) if s >= min_support and k == 0]
+    top = max(range(len(pred)), key=lambda c: pred[c])
+    share, expected = pred[top] / n, support[top] / n
+    parts = []
+    if never:
+        parts.append(f"never predicts class{'es' if len(never) > 1 else ''} {', '.join(map(str, never))}")
+    if share > 0.2 and share > max_ratio * expected:
+        parts.append(f"predicts class {top} for {share:.0%} of the inputs ({expected:.0%} of the labels)")
+    if not parts:
+        return None
+    used = sum(1 for k in pred if k)
+    return (f"the model {' and '.join(parts)} ({used} of {len(support)} classes used on clean inputs): robust "
+            "accuracy of a collapsed classifier is not robustness; train longer or check the data")
 
 
 def random_starts(x: torch.Tensor, eps: float, norm: str, seed: int) -> torch.Tensor | None:
@@ -235,8 +272,10 @@ def evaluate_robustness(
     if "clean" in done:
         outcomes["clean"] = done["clean"]
     else:
-        clean = _predict(model, x, batch_size, dev) == y
-        outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0, x_adv=x if keep_adv else None)
+        pred = _predict(model, x, batch_size, dev)
+        clean = pred == y
+        outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0, x_adv=x if keep_adv else None,
+                                          details={"predicted": class_counts(pred, y)})
         if on_outcome is not None:
             on_outcome(outcomes["clean"])
     clean = outcomes["clean"].correct
@@ -302,7 +341,9 @@ def evaluate_robustness(
             on_outcome(outcomes[spec.name])
         if log is not None:
             log(f"{spec.name}: {int(correct.sum())}/{n} robust ({time.perf_counter() - t0:.1f} s)")
-    return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n)
+    collapsed = class_coverage_warning(outcomes["clean"].details.get("predicted") or [], y)
+    return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n,
+                            warnings=[collapsed] if collapsed else [])
 
 
 def _autoattack_details(res: Any, idx: torch.Tensor, n: int) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def _warnings(
     target: VerifyTarget, engine: RobustnessResult, specs: Sequence[AttackSpec], agreement: dict[str, Any],
     zero_grads: int, attacked: int, request: VerifyRequest, eps: float,
 ) -> list[str]:
-    out = list(target.warnings)
+    out = list(target.warnings) + list(engine.warnings)
     tm = target.threat_model
     if tm and (tm.get("norm") != request.norm or abs(float(tm.get("eps", eps)) - eps) > 1e-9):
         out.append(f"threat model differs from the bundle's ({tm.get('norm')} eps={float(tm.get('eps')):.5g}): "
