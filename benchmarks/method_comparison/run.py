@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -557,7 +558,8 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
         holdout = [m for m in metrics if m.get("event") == "eval"]
         rec |= {
             "recipe": {"data": recipe["data"], "method": recipe["student"]["method"],
-                       "train": recipe["student"]["train"], "teacher": cfg["teacher"]["checkpoint"]},
+                       "train": recipe["student"]["train"], "teacher": cfg["teacher"]["checkpoint"],
+                       "teacher_sha256": hashlib.sha256((REPO / cfg["teacher"]["checkpoint"]).read_bytes()).hexdigest()},
             "train": {"segments": sum(1 for m in metrics if m.get("event") in ("start", "resume")),
                       "holdout": holdout[-1] if holdout else None},
             "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],
@@ -985,14 +987,15 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
     missing = [p.id for p in plan if p.id not in results]
     lines: list[str] = []
     trained = {pid: json.dumps({"data": r["recipe"]["data"], "train": r["recipe"]["train"],
-                                "steps": r["recipe"]["method"].get("steps")}, sort_keys=True)
+                                "steps": r["recipe"]["method"].get("steps"),
+                                "teacher": r["recipe"].get("teacher_sha256")}, sort_keys=True)
                for pid, r in results.items() if r.get("recipe") and r.get("group") == "main"}
     if len(set(trained.values())) > 1:  # base.yaml changed between parts: the rows are not comparable
         groups: dict[str, list[str]] = {}
         for pid, key in trained.items():
             groups.setdefault(key, []).append(pid)
-        lines += ["", "**⚠ The main parts were trained with different data/training settings** (base.yaml changed "
-                  "between runs; delete the stale result JSONs and run again): "
+        lines += ["", "**⚠ The main parts were trained with different data/training settings or teachers** (base.yaml "
+                  "or the teacher changed between runs; delete the stale result JSONs and run again): "
                   + "; ".join(f"{len(v)} part(s) with {k}" for k, v in groups.items())]
     lines += ["", "## Runs", "",
               f"- Compute: {total_s / 3600:.2f} core-hours over {len(results)} part(s) (sum of the wall times of "
