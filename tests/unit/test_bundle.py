@@ -113,6 +113,25 @@ def test_update_bundle_adds_files_and_sections(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
+def test_update_bundle_removes_files_an_earlier_run_left(tmp_path: Path) -> None:
+    """A PTQ-only re-quantize must not keep the PTQ model of an earlier QAT run in the bundle."""
+    out = tmp_path / "bundle"
+    _make(out)
+    src = tmp_path / "q.onnx"
+    src.write_text("qat")
+    update_bundle(out, {"model.int8.onnx": src, "model.int8.ptq.onnx": src}, {"quantize": {"qat": True}})
+    src.write_text("ptq")
+    manifest = update_bundle(out, {"model.int8.onnx": src}, {"quantize": {"qat": None}},
+                             remove=["model.int8.ptq.onnx", "never-written.onnx"])
+    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx"}
+    assert not (out / "model.int8.ptq.onnx").exists() and (out / "model.int8.onnx").read_text() == "ptq"
+    assert read_manifest(out) == manifest
+    # a file both added and removed is added
+    manifest = update_bundle(out, {"model.int8.ptq.onnx": src}, {}, remove=["model.int8.ptq.onnx"])
+    assert "model.int8.ptq.onnx" in manifest["files"]
+    assert _leftovers(tmp_path) == []
+
+
 def test_update_bundle_is_all_or_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     before = _make(out)

@@ -137,6 +137,14 @@ def test_cli_qat_pgd_at_writes_qat_section(synthetic_ckpt: Path, tmp_path: Path)
         assert set(q[when]["int8"]) == {"clean", "pgd5"} and q[when]["int8"]["clean"]["n"] == 32
     assert q["after"]["int8"] == manifest["quantize"]["evaluation"]["int8"]
     assert json.dumps(q)  # JSON-clean
+    # quantizing again without --qat: the PTQ file of the QAT run no longer belongs to the bundle
+    res = CliRunner().invoke(app, [
+        "quantize", str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "128", "--eval-n", "0",
+        "--out", str(out), "--force", "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    manifest = read_manifest(out)
+    assert "model.int8.ptq.onnx" not in manifest["files"] and not (out / "model.int8.ptq.onnx").exists()
+    assert manifest["quantize"]["qat"] is None and "model.int8.onnx" in manifest["files"]
 
 
 def test_cli_qat_adv_path_without_teacher_exits_2(synthetic_ckpt: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -191,13 +191,15 @@ def _check_name(name: str) -> str:
 
 
 def update_bundle(
-    bundle_dir: str | Path, add: Mapping[str, str | Path], sections: Mapping[str, Any]
+    bundle_dir: str | Path, add: Mapping[str, str | Path], sections: Mapping[str, Any],
+    remove: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Add or replace files and top-level manifest sections of an existing bundle, all or nothing.
+    """Add, replace or remove files and set top-level manifest sections of an existing bundle, all or nothing.
 
-    The bundle is verified (:func:`read_manifest`), copied to a staging directory, the files ``add`` (bundle
-    name -> source path) are copied in, ``sections`` (e.g. ``{"quantize": {...}}``) are set, the manifest is
-    rewritten with fresh sha256s and an ``updated`` time, and the copy is swapped into place.
+    The bundle is verified (:func:`read_manifest`), copied to a staging directory without the files named in
+    ``remove`` (absent ones are ignored: a file an earlier run wrote and this one does not), the files ``add``
+    (bundle name -> source path) are copied in, ``sections`` (e.g. ``{"quantize": {...}}``) are set, the manifest
+    is rewritten with fresh sha256s and an ``updated`` time, and the copy is swapped into place.
 
     Returns:
         The new manifest.
@@ -209,6 +211,7 @@ def update_bundle(
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir, verify=True)
     targets = {_check_name(name): Path(src) for name, src in add.items()}
+    dropped = {_check_name(name) for name in remove} - set(targets)
     for name, src in targets.items():
         if not src.is_file():
             raise UsageError(f"cannot add '{name}' to bundle '{bundle_dir}': source file '{src}' not found")
@@ -217,6 +220,8 @@ def update_bundle(
             raise UsageError(f"bundle section '{key}' is reserved; choose another name for the section")
     with stage_bundle(bundle_dir, force=True) as stage:
         for name in manifest["files"]:
+            if name in dropped:
+                continue
             dst = stage / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(bundle_dir / name, dst)

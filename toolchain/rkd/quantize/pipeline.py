@@ -484,5 +484,6 @@ def quantize_checkpoint(
         add = {INT8_NAME: int8_path, SURROGATE_NAME: sur_path, SURROGATE_SIDECAR: tmp / SURROGATE_SIDECAR}
         if qat_section is not None:
             add[PTQ_NAME] = tmp / PTQ_NAME
-        update_bundle(bundle, add=add, sections={"quantize": section})
+        # without --qat, a PTQ model left by an earlier QAT run would no longer describe this bundle
+        update_bundle(bundle, add=add, sections={"quantize": section}, remove=[PTQ_NAME])
     return section
