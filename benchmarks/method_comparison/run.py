@@ -913,6 +913,39 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
     return lines
 
 
+def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
+    """adv_path minus each baseline, paired by seed (same data subset, initialisation seed and test images), per
+    student: the mean difference, its sample std over seeds and how many seeds adv_path wins."""
+    columns = [c for c in cfg["eval"]["attacks"].split(",") if c]
+    seeds, lines = list(cfg["seeds"]), []
+    for student in cfg["students"]:
+        ours = {s: results.get(train_part_id(student, "adv_path", s)) for s in seeds}
+        rows, tj["paired"][student] = [], {}
+        for method in cfg["methods"]:
+            if method == "adv_path":
+                continue
+            theirs = {s: results.get(train_part_id(student, method, s)) for s in seeds}
+            both = [s for s in seeds if ours[s] and theirs[s]]
+            if not both:
+                continue
+            entry, cells = {"seeds": both}, []
+            for c in columns:
+                diffs = [ours[s]["eval"]["attacks"][c]["acc"] - theirs[s]["eval"]["attacks"][c]["acc"] for s in both]
+                wins = sum(d > 0 for d in diffs)
+                entry[c] = cell(diffs) | {"per_seed": dict(zip(both, diffs, strict=True)), "adv_path_wins": wins}
+                sign = "+" if statistics.fmean(diffs) >= 0 else ""
+                cells.append(f"{sign}{pct(diffs)} ({wins}/{len(diffs)})")
+            tj["paired"][student][method] = entry
+            rows.append(f"| {method} | {','.join(map(str, both))} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += [f"### {student}: adv_path minus each baseline, paired by seed", "",
+                      "Points of accuracy, mean ± std over the seeds both finished (same training subset, "
+                      "initialisation seed and test images); in brackets, the seeds where adv_path is higher.", "",
+                      "| baseline | seeds | " + " | ".join(label(c) for c in columns) + " |",
+                      "|---|---|" + "---|" * len(columns), *rows, ""]
+    return lines
+
+
 def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
     """adv_path's default row (from the main parts) and one row per ablation variant."""
     abl, columns = cfg["ablations"], attack_columns(cfg)
@@ -1026,12 +1059,14 @@ def table(cfg: Settings) -> int:
     results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
     tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
                           "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
-                          "columns": attack_columns(cfg), "main": {}, "ablations": {}, "deploy": {}, "parts": {}}
+                          "columns": attack_columns(cfg), "main": {}, "paired": {}, "ablations": {}, "deploy": {},
+                          "parts": {}}
     lines = [f"# Method comparison{' (SMOKE TEST, synthetic data)' if cfg.smoke else ''}", "",
              f"Generated {tj['generated']} by `benchmarks/method_comparison/run.py table` from "
              f"{len(results)} of {len(plan)} part result(s) in `{cfg.results_dir}/`.", ""]
     lines += table_setup(cfg, results)
     lines += table_main(cfg, results, tj)
+    lines += table_paired(cfg, results, tj)
     lines += table_ablations(cfg, results, tj)
     lines += table_deploy(cfg, results, tj)
     lines += table_runs(cfg, plan, results, tj)
