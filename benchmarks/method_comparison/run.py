@@ -908,7 +908,8 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
         lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
                   + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + ".", ""]
         if collapsed:
-            lines += ["⚠ `rkd eval` warnings (a collapsed classifier's robust accuracy is not robustness):", "",
+            lines += ["⚠ `rkd eval` warnings (a model that ignores classes or favours one looks more robust than "
+                      "it is):", "",
                       *collapsed, ""]
     return lines
 

@@ -59,7 +59,7 @@ def test_collapsed_classifier_is_flagged() -> None:
     res = evaluate_robustness(_Constant(3), x, y, attacks="clean,pgd5", eps=8 / 255)
     assert res.outcomes["clean"].details["predicted"] == [0, 0, 0, 60] + [0] * 6
     assert res.accuracy("pgd5") == pytest.approx(0.1)  # "robust" on every class-3 sample
-    assert len(res.warnings) == 1 and "collapsed" in res.warnings[0]
+    assert len(res.warnings) == 1 and "overstates its robustness" in res.warnings[0]
     assert "predicts class 3 for 100%" in res.warnings[0] and "1 of 10 classes" in res.warnings[0]
     assert res.to_dict()["warnings"] == res.warnings
 

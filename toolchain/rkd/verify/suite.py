@@ -200,8 +200,9 @@ def class_coverage_warning(predicted: list[int], y: torch.Tensor, *, min_support
     if not parts:
         return None
     used = sum(1 for k in pred if k)
-    return (f"the model {' and '.join(parts)} ({used} of {len(support)} classes used on clean inputs): robust "
-            "accuracy of a collapsed classifier is not robustness; train longer or check the data")
+    return (f"the model {' and '.join(parts)} ({used} of {len(support)} classes used on clean inputs): the robust "
+            "accuracy of a model that ignores classes or favours one overstates its robustness; train longer or "
+            "check the data")
 
 
 def random_starts(x: torch.Tensor, eps: float, norm: str, seed: int) -> torch.Tensor | None:
