@@ -899,7 +899,8 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
         for method in cfg["methods"]:
             ids = {s: train_part_id(student, method, s) for s in seeds}
             res = {s: results[i] for s, i in ids.items() if i in results}
-            warned = [f"- {ids[s]}: {w}" for s, r in res.items() for w in r["eval"].get("warnings") or []]
+            warned = [f"- {ids[s]}: {w.split(' used on clean inputs)')[0]} used on clean inputs)"
+                      for s, r in res.items() for w in r["eval"].get("warnings") or []]
             collapsed += warned
             line, tj["main"][student][method] = table_row(method + (" ⚠" if warned else ""), res, seeds, columns)
             tj["main"][student][method]["warnings"] = warned
@@ -908,8 +909,8 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
         lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
                   + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + ".", ""]
         if collapsed:
-            lines += ["⚠ `rkd eval` warnings (a model that ignores classes or favours one looks more robust than "
-                      "it is):", "",
+            lines += ["⚠ `rkd eval` warnings: a model that ignores classes or favours one looks more robust than "
+                      "it is (full text: `eval.warnings` in each part's JSON):", "",
                       *collapsed, ""]
     return lines
 
