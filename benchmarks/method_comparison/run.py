@@ -536,6 +536,34 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def class_breakdown(cfg: Settings, report: dict[str, Any]) -> dict[str, Any] | None:
+    """Per attack, accuracy per true class and accuracy without the class the model predicts most on clean
+    inputs (a model that favours one class keeps that class's samples under every attack). None when the
+    report has no per-class predictions or its samples cannot be matched to the data set here."""
+    import torch
+
+    from rkd.data import indices_sha256, load_dataset, select_indices
+
+    predicted = (report["attacks"]["clean"].get("details") or {}).get("predicted")
+    info = report["data"]
+    if not predicted:
+        return None
+    data = load_dataset(info["dataset"], info["split"], root=cfg.raw.get("data_root"))
+    idx = select_indices(len(data), info["n"], seed=report["seed"], mode=info["sample"])
+    if indices_sha256(idx) != info["indices_sha256"]:
+        return None
+    y = torch.as_tensor(data.y[idx]).long()
+    top = max(range(len(predicted)), key=lambda c: predicted[c])
+    out: dict[str, Any] = {"most_predicted": top, "share": predicted[top] / len(y), "attacks": {}}
+    for name, flags in report["per_sample"].items():
+        ok = torch.as_tensor(flags, dtype=torch.bool)
+        if len(ok) != len(y):
+            continue
+        per_class = [float(ok[y == c].float().mean()) if (y == c).any() else None for c in range(len(predicted))]
+        out["attacks"][name] = {"per_class": per_class, "without_most_predicted": float(ok[y != top].float().mean())}
+    return out
+
+
 def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[str, float]) -> dict[str, Any]:
     """The part's result record, read from the reports its commands wrote."""
     run = REPO / part_dir(cfg, part.id)
@@ -565,6 +593,7 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
             "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],
                      "attacks": summarize_attacks(report), "worst_case": report["worst_case"],
                      "checkpoint_sha256": report["model"]["sha256"], "warnings": report.get("warnings", []),
+                     "by_class": class_breakdown(cfg, report),
                      "report": str(part_dir(cfg, part.id) / "eval.json")},
             "versions": report.get("versions"), "device": report.get("device"),
         }
@@ -888,12 +917,12 @@ def table_row(name: str, res: dict[int, dict[str, Any]], want: list[int], column
 
 def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
     """One table per student: a row per method, a column per attack."""
-    columns, seeds, ev = attack_columns(cfg), list(cfg["seeds"]), cfg["eval"]
+    columns, seeds, ev, pgd = attack_columns(cfg), list(cfg["seeds"]), cfg["eval"], pgd_attack(cfg)
     lines: list[str] = []
     for student, spec in cfg["students"].items():
         lines += [f"## {student}: {spec['name']} width {spec['width']}", "",
-                  "| method | seeds | " + " | ".join(label(c) for c in columns) + " |",
-                  "|---|---|" + "---|" * len(columns)]
+                  "| method | seeds | " + " | ".join(label(c) for c in columns) + f" | {label(pgd)} without the "
+                  "most-predicted class |", "|---|---|" + "---|" * (len(columns) + 1)]
         tj["main"][student] = {}
         collapsed: list[str] = []
         for method in cfg["methods"]:
@@ -904,6 +933,11 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
             collapsed += warned
             line, tj["main"][student][method] = table_row(method + (" ⚠" if warned else ""), res, seeds, columns)
             tj["main"][student][method]["warnings"] = warned
+            without = {s: r["eval"]["by_class"]["attacks"][pgd]["without_most_predicted"] for s, r in res.items()
+                       if (r["eval"].get("by_class") or {}).get("attacks", {}).get(pgd)}
+            tj["main"][student][method][f"{pgd}_without_most_predicted"] = cell(list(without.values())) | {
+                "per_seed": without}
+            line += f" {pct(list(without.values()))} |"
             lines.append(line)
         aa_n = per_student(ev["autoattack_n"], student)
         lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
@@ -1055,10 +1089,24 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
     return [*lines, "", "</details>", ""]
 
 
+def backfill_by_class(cfg: Settings, part_id: str, res: dict[str, Any]) -> None:
+    """Add ``eval.by_class`` to a result written before it existed, from the part's eval.json when present."""
+    report_path = REPO / part_dir(cfg, part_id) / "eval.json"
+    if not res.get("eval") or "by_class" in res["eval"] or not report_path.exists():
+        return
+    report = json.loads(report_path.read_text())
+    if report["model"].get("sha256") != res["eval"].get("checkpoint_sha256"):
+        return  # the run folder holds another run's evaluation
+    res["eval"]["by_class"] = class_breakdown(cfg, report)
+    atomic_write(REPO / result_path(cfg, part_id), json.dumps(res, indent=1) + "\n")
+
+
 def table(cfg: Settings) -> int:
     """Aggregate the finished parts into table.md and table.json."""
     plan = build_plan(cfg)
     results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
+    for part_id, res in results.items():
+        backfill_by_class(cfg, part_id, res)
     tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
                           "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
                           "columns": attack_columns(cfg), "main": {}, "paired": {}, "ablations": {}, "deploy": {},
