@@ -205,8 +205,11 @@ def build_plan(cfg: Settings) -> list[Part]:
     abl = cfg["ablations"]
     student = abl["student"]
     spec = cfg["students"][student]
-    for seed in abl["seeds"]:
+    extra = abl.get("extra_seeds") or {}
+    for seed in sorted({*abl["seeds"], *(s for v in extra.values() for s in v)}):
         for variant, items in abl["variants"].items():
+            if seed not in abl["seeds"] and seed not in extra.get(variant, []):
+                continue
             over = [f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
                     "student.method.name=adv_path", f"seed={seed}", *cfg.fill(items)]
             parts.append(Part(id=train_part_id(student, "adv_path", seed, variant), group="ablation",
@@ -988,17 +991,22 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
     a_seeds, student = list(abl["seeds"]), abl["student"]
     a_cols = columns if abl.get("autoattack") else columns[:-1]
     fewer = "" if len(a_seeds) >= len(cfg["seeds"]) else ": fewer seeds than the main table"
+    if abl.get("extra_seeds"):
+        fewer += "; " + ", ".join(f"{v} also on seeds {s}" for v, s in abl["extra_seeds"].items())
     lines = [f"## Ablations of adv_path ({student}, seeds {a_seeds}{fewer})", "",
              "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
              "|---|---|---|" + "---|" * len(a_cols)]
     variants: list[tuple[str, list[str], str | None]] = [("default", [], None)]
     variants += [(v, cfg.fill(items), v) for v, items in abl["variants"].items()]
+    extra = abl.get("extra_seeds") or {}
+    all_seeds = sorted({*a_seeds, *(s for v in extra.values() for s in v)})
     for name, items, variant in variants:
-        ids = {s: train_part_id(student, "adv_path", s, variant) for s in a_seeds}
+        want = all_seeds if variant is None else sorted({*a_seeds, *extra.get(variant, [])})
+        ids = {s: train_part_id(student, "adv_path", s, variant) for s in want}
         over = ", ".join(f"`{i.removeprefix('student.method.')}`" for i in items) or "(base.yaml)"
         res = {s: results[i] for s, i in ids.items() if i in results}
         warned = any(r["eval"].get("warnings") for r in res.values())
-        line, entry = table_row(name + (" ⚠" if warned else ""), res, a_seeds, a_cols, extra=f" {over} |")
+        line, entry = table_row(name + (" ⚠" if warned else ""), res, want, a_cols, extra=f" {over} |")
         tj["ablations"][name] = {"overrides": items, **entry}
         lines.append(line)
     return lines
