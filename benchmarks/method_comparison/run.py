@@ -1097,24 +1097,10 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
     return [*lines, "", "</details>", ""]
 
 
-def backfill_by_class(cfg: Settings, part_id: str, res: dict[str, Any]) -> None:
-    """Add ``eval.by_class`` to a result written before it existed, from the part's eval.json when present."""
-    report_path = REPO / part_dir(cfg, part_id) / "eval.json"
-    if not res.get("eval") or "by_class" in res["eval"] or not report_path.exists():
-        return
-    report = json.loads(report_path.read_text())
-    if report["model"].get("sha256") != res["eval"].get("checkpoint_sha256"):
-        return  # the run folder holds another run's evaluation
-    res["eval"]["by_class"] = class_breakdown(cfg, report)
-    atomic_write(REPO / result_path(cfg, part_id), json.dumps(res, indent=1) + "\n")
-
-
 def table(cfg: Settings) -> int:
     """Aggregate the finished parts into table.md and table.json."""
     plan = build_plan(cfg)
     results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
-    for part_id, res in results.items():
-        backfill_by_class(cfg, part_id, res)
     tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
                           "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
                           "columns": attack_columns(cfg), "main": {}, "paired": {}, "ablations": {}, "deploy": {},
