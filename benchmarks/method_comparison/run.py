@@ -539,32 +539,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def class_breakdown(cfg: Settings, report: dict[str, Any]) -> dict[str, Any] | None:
+def class_breakdown(report: dict[str, Any]) -> dict[str, Any] | None:
     """Per attack, accuracy per true class and accuracy without the class the model predicts most on clean
-    inputs (a model that favours one class keeps that class's samples under every attack). None when the
-    report has no per-class predictions or its samples cannot be matched to the data set here."""
-    import torch
-
-    from rkd.data import indices_sha256, load_dataset, select_indices
-
-    predicted = (report["attacks"]["clean"].get("details") or {}).get("predicted")
-    info = report["data"]
-    if not predicted:
+    inputs (a model that favours one class keeps that class's samples under every attack), from the report's
+    ``by_class`` section (``rkd eval`` writes it). None for a report without one."""
+    bc = report.get("by_class")
+    if not bc:
         return None
-    data = load_dataset(info["dataset"], info["split"], root=cfg.raw.get("data_root"))
-    idx = select_indices(len(data), info["n"], seed=report["seed"], mode=info["sample"])
-    if indices_sha256(idx) != info["indices_sha256"]:
-        return None
-    y = torch.as_tensor(data.y[idx]).long()
-    top = max(range(len(predicted)), key=lambda c: predicted[c])
-    out: dict[str, Any] = {"most_predicted": top, "share": predicted[top] / len(y), "attacks": {}}
-    for name, flags in report["per_sample"].items():
-        ok = torch.as_tensor(flags, dtype=torch.bool)
-        if len(ok) != len(y):
-            continue
-        per_class = [float(ok[y == c].float().mean()) if (y == c).any() else None for c in range(len(predicted))]
-        out["attacks"][name] = {"per_class": per_class, "without_most_predicted": float(ok[y != top].float().mean())}
-    return out
+    top = bc["most_predicted"]
+    return {"most_predicted": top, "share": bc["predicted"][top] / report["n"],
+            "attacks": {name: {"per_class": bc["acc"][name], "without_most_predicted": bc["without_most_predicted"][name]}
+                        for name in report["per_sample"]}}
 
 
 def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[str, float]) -> dict[str, Any]:
@@ -596,7 +581,7 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
             "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],
                      "attacks": summarize_attacks(report), "worst_case": report["worst_case"],
                      "checkpoint_sha256": report["model"]["sha256"], "warnings": report.get("warnings", []),
-                     "by_class": class_breakdown(cfg, report),
+                     "by_class": class_breakdown(report),
                      "report": str(part_dir(cfg, part.id) / "eval.json")},
             "versions": report.get("versions"), "device": report.get("device"),
         }

@@ -55,7 +55,7 @@ def test_teacher_refuses_to_overwrite_and_resume_finishes(smoke_teacher: Path) -
 def test_eval_reports_every_attack_with_intervals(smoke_teacher: Path, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     res = _run("eval", str(smoke_teacher / "model.safetensors"), "--data", "synthetic", "--n", "48",
-               "--attacks", "clean,fgsm,pgd5,cw5", "--device", "cpu", "--report", str(report))
+               "--attacks", "clean,fgsm,pgd5,cw5", "--device", "cpu", "--report", str(report), "--by-class")
     assert res.exit_code == 0, res.output
     rep = json.loads(report.read_text())
     assert set(rep["attacks"]) == {"clean", "fgsm", "pgd5", "cw5"}
@@ -69,6 +69,14 @@ def test_eval_reports_every_attack_with_intervals(smoke_teacher: Path, tmp_path:
     cols = list(rep["per_sample"].values())
     worst = [all(c[i] for c in cols) for i in range(48)]
     assert sum(worst) == rep["worst_case"]["correct"]
+    # per class: named after the data set's classes, weighted back to the overall accuracy, printed on request
+    bc = rep["by_class"]
+    assert len(bc["classes"]) == len(bc["support"]) == len(bc["predicted"]) and sum(bc["support"]) == 48
+    for name in ("clean", "pgd5", "worst_case"):
+        total = sum(a * s for a, s in zip(bc["acc"][name], bc["support"], strict=True) if a is not None)
+        overall = rep["worst_case"]["acc"] if name == "worst_case" else rep["attacks"][name]["acc"]
+        assert total / 48 == pytest.approx(overall)
+    assert "accuracy per class" in res.output and bc["classes"][0] in res.output
 
 
 @pytest.mark.parametrize(

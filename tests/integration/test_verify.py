@@ -69,7 +69,7 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     res = _run("--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--n", "64", "--attacks", "fgsm,pgd5",
                "--gate", "drop.robust_acc<=0.2", "--gate", "agreement.clean>=0.9", "--report", str(tmp_path / "r"),
-               "--junit", str(tmp_path / "junit.xml"), "--curve", "--curve-eps", "0,4/255,8/255")
+               "--junit", str(tmp_path / "junit.xml"), "--curve", "--curve-eps", "0,4/255,8/255", "--by-class")
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "r" / "verify.json").read_text())
     assert rep["kind"] == "rkd-verify" and rep["artifact"]["kind"] == "onnx-int8" and rep["n"] == 64
@@ -88,6 +88,13 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
     assert [c.get("name") for c in cases] == ["gate drop.robust_acc<=0.2", "gate agreement.clean>=0.9"]
     assert summary.read_text().startswith("## rkd verify: PASS")
     assert rep["passed"] and [g["passed"] for g in rep["gates"]] == [True, True]
+    # the engine's accuracy per class, transfer included, in the JSON, the Markdown and (--by-class) the console
+    bc = rep["by_class"]
+    assert set(bc["acc"]) == {"clean", "fgsm", "pgd5", "transfer", "worst_case"} and sum(bc["support"]) == 64
+    for name, flags in rep["per_sample"].items():  # per-class hits add up to the per-sample column
+        assert sum(a * k for a, k in zip(bc["acc"][name], bc["support"], strict=True) if a is not None) == \
+            pytest.approx(sum(flags))
+    assert "Engine accuracy per class" in summary.read_text() and "engine accuracy per class" in res.output
 
 
 def test_a_tightened_gate_fails_with_exit_1_and_junit_names_it(bundle: Path, tmp_path: Path) -> None:

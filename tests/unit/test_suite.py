@@ -79,3 +79,35 @@ def test_class_coverage_thresholds() -> None:
     y_rare = torch.cat([torch.arange(96) % 9, torch.full((4,), 9)])
     assert class_coverage_warning([11] * 9 + [1], y_rare) is None
     assert class_coverage_warning([12, 12, 12, 12, 12, 12, 12, 8, 8, 0], y_rare) is None
+
+
+def test_by_class_matches_the_per_sample_columns() -> None:
+    """Per-class accuracy, support and the "without the most predicted class" column, recomputed by hand."""
+    model = train_tiny_classifier()
+    data = load_dataset("synthetic", "test", n=96)
+    x, y = data.to_float(), data.y
+    res = evaluate_robustness(model, x, y, attacks="fgsm,pgd5", eps=12 / 255, alpha=3 / 255)
+    bc = res.by_class(num_classes=12)  # padded beyond the labels present
+    assert len(bc["support"]) == len(bc["predicted"]) == 12 and bc["support"][10:] == [0, 0]
+    assert sum(bc["support"]) == 96 and sum(bc["predicted"]) == 96
+    top = bc["most_predicted"]
+    assert bc["predicted"][top] == max(bc["predicted"])
+    for name, ok in {**{k: o.correct for k, o in res.outcomes.items()}, "worst_case": res.worst_case}.items():
+        for c in range(12):
+            mask = y == c
+            want = float(ok[mask].float().mean()) if bool(mask.any()) else None
+            assert bc["acc"][name][c] == (pytest.approx(want) if want is not None else None)
+        assert bc["without_most_predicted"][name] == pytest.approx(float(ok[y != top].float().mean()))
+    # the worst case per class never exceeds any attack's
+    for c in range(int(y.max()) + 1):
+        assert bc["acc"]["worst_case"][c] <= min(bc["acc"][a][c] for a in ("clean", "fgsm", "pgd5"))
+
+
+def test_by_class_of_a_collapsed_classifier() -> None:
+    """A constant classifier: 100% on its class, 0% elsewhere, and 0% once that class is left out."""
+    x = torch.rand(60, 3, 8, 8)
+    y = torch.arange(60) % 10
+    bc = evaluate_robustness(_Constant(3), x, y, attacks="clean,pgd5", eps=8 / 255).by_class()
+    assert bc["most_predicted"] == 3 and bc["support"] == [6] * 10
+    assert bc["acc"]["pgd5"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6
+    assert bc["without_most_predicted"] == {"clean": 0.0, "pgd5": 0.0, "worst_case": 0.0}

@@ -129,3 +129,26 @@ def human_size(n: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def class_table(by_class: dict[str, Any], *, title: str) -> Any:
+    """A report's ``by_class`` section (:meth:`rkd.verify.suite.RobustnessResult.by_class`) as a Rich table:
+    one row per class (support, clean predictions, accuracy under each attack and in the worst case), the most
+    predicted class marked, and a last row without it."""
+    from rich.table import Table
+
+    names = by_class.get("classes") or [str(c) for c in range(len(by_class["support"]))]
+    attacks = list(by_class["acc"])
+    table = Table(title=title)
+    for col in ["class", "n", "predicted", *attacks]:
+        table.add_column(col.replace("_", " "), justify="left" if col == "class" else "right")
+    top = by_class["most_predicted"]
+    for c, name in enumerate(names):
+        accs = [by_class["acc"][a][c] for a in attacks]
+        label = f"{c} {name}" + (" [yellow](most predicted)[/]" if c == top else "")
+        table.add_row(label, str(by_class["support"][c]), str(by_class["predicted"][c]),
+                      *("-" if v is None else f"{v:.1%}" for v in accs))
+    rest = by_class["without_most_predicted"]
+    table.add_row(f"[dim]all but {top}[/]", str(sum(by_class["support"]) - by_class["support"][top]), "",
+                  *("-" if rest[a] is None else f"{rest[a]:.1%}" for a in attacks))
+    return table

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import console, handle_errors, out
+from rkd.cli._common import class_table, console, handle_errors, out
 
 
 class Norm(str, Enum):
@@ -57,6 +57,8 @@ def eval_command(
     widen_factor: Annotated[Optional[int], typer.Option("--widen-factor", help="Widen factor (wide_resnet).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean of a foreign model, e.g. 0,0,0.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std of a foreign model, e.g. 1,1,1.")] = None,
+    by_class: Annotated[bool, typer.Option("--by-class", help="Also print accuracy per class under every attack "
+                                           "(always in the report).")] = False,
 ) -> None:
     """Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals."""
     with handle_errors():
@@ -97,6 +99,8 @@ def eval_command(
         table.add_row("[bold]worst case[/]", f"[bold]{wc['acc']:.2%}", f"{wc['ci95'][0]:.1%}-{wc['ci95'][1]:.1%}",
                       f"{wc['correct']}/{wc['n']}", f"{rep['timing']['total_s']:.1f} s")
         out.print(table)
+        if by_class:
+            out.print(class_table(rep["by_class"], title="accuracy per class (true label)"))
         out.print(f"samples sha256 {rep['data']['indices_sha256'][:16]}…  report: {path}", highlight=False)
         for warning in rep["warnings"]:
             out.print(f"[yellow]warning:[/] {warning}", highlight=False)

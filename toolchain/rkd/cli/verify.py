@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import console, handle_errors, out
+from rkd.cli._common import class_table, console, handle_errors, out
 
 
 class Sample(str, Enum):
@@ -19,8 +19,9 @@ class Sample(str, Enum):
     random = "random"
 
 
-def render_report(rep: dict, paths: dict) -> None:
-    """The Rich summary of a verify report: per-attack engine vs float, worst case, agreement, gates."""
+def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
+    """The Rich summary of a verify report: per-attack engine vs float, worst case, agreement, gates (and the
+    engine's accuracy per class with ``by_class``)."""
     art = rep["artifact"]
     table = Table(title=f"{Path(art['file']).name} ({art['kind']}): {rep['data']['dataset']}, n={rep['n']}, "
                         f"{rep['norm']} eps={rep['eps_text']}, seed={rep['seed']}")
@@ -37,6 +38,8 @@ def render_report(rep: dict, paths: dict) -> None:
                   f"{fwc['acc']:.1%}" if fwc else "-", f"{(fwc['acc'] - wc['acc']) * 100:+.1f}" if fwc else "-",
                   f"{rep['timing']['total_s']:.1f} s")
     out.print(table)
+    if by_class and rep.get("by_class"):
+        out.print(class_table(rep["by_class"], title="engine accuracy per class (true label)"))
     agree = ", ".join(f"{k} {v['top1_agreement']:.1%} (n={v['n']})" for k, v in rep["agreement"].items() if v)
     out.print(f"engine/surrogate agreement: {agree or '-'}", highlight=False)
     for w in rep["warnings"]:
@@ -96,6 +99,8 @@ def verify(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per engine call.")] = 256,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for the surrogate and ONNX Runtime's provider; "
                                         "auto = cuda for TensorRT engines, cpu otherwise.")] = "auto",
+    by_class: Annotated[bool, typer.Option("--by-class", help="Also print the engine's accuracy per class (always "
+                                           "in the reports).")] = False,
 ) -> None:
     """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
 
@@ -148,6 +153,6 @@ def verify(
         rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
         folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
         paths = write_reports(rep, folder, junit=junit)
-        render_report(rep, paths)
+        render_report(rep, paths, by_class=by_class)
         if not rep["passed"]:
             raise typer.Exit(1)

@@ -98,6 +98,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     agreement = report.get("agreement") or {}
     parts = [f"{k} {_pct(v['top1_agreement'])} (n={v['n']})" for k, v in agreement.items() if v]
     lines += ["", f"Engine/surrogate top-1 agreement: {', '.join(parts) or '-'}."]
+    lines += _class_lines(report.get("by_class"))
     warnings = report.get("warnings") or []
     if warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
@@ -105,6 +106,26 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += ["", f"Total {timing.get('total_s', 0):.1f} s; engine images {timing.get('engine_images', 0)}; "
                   f"rkd {(report.get('versions') or {}).get('rkd')}."]
     return "\n".join(lines) + "\n"
+
+
+def _class_lines(by_class: Mapping[str, Any] | None) -> list[str]:
+    """The engine's accuracy per true class, folded (``<details>``) so the summary stays short."""
+    if not by_class:
+        return []
+    attacks = list(by_class["acc"])
+    names = by_class.get("classes") or [str(c) for c in range(len(by_class["support"]))]
+    top = by_class["most_predicted"]
+    lines = ["", "<details><summary>Engine accuracy per class</summary>", "",
+             "| class | n | predicted | " + " | ".join(a.replace("_", " ") for a in attacks) + " |",
+             "|---|---|---|" + "---|" * len(attacks)]
+    for c, name in enumerate(names):
+        mark = " (most predicted)" if c == top else ""
+        lines.append(f"| {c} {name}{mark} | {by_class['support'][c]} | {by_class['predicted'][c]} | "
+                     + " | ".join(_pct(by_class["acc"][a][c]) for a in attacks) + " |")
+    rest = by_class["without_most_predicted"]
+    lines.append(f"| all but {top} | {sum(by_class['support']) - by_class['support'][top]} | | "
+                 + " | ".join(_pct(rest[a]) for a in attacks) + " |")
+    return lines + ["", "</details>"]
 
 
 def plot_curve(curve: Mapping[str, Any], path: str | Path, title: str = "") -> Path:

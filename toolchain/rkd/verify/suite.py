@@ -111,6 +111,7 @@ class RobustnessResult:
     seed: int
     n: int
     warnings: list[str] = field(default_factory=list)
+    labels: torch.Tensor | None = None  # the samples' true classes (for :meth:`by_class`)
 
     @property
     def worst_case(self) -> torch.Tensor:
@@ -147,6 +148,40 @@ class RobustnessResult:
         if "autoattack" in self.outcomes:
             out["autoattack_acc"] = attacks["autoattack"]["acc"]
         return out
+
+    def by_class(self, num_classes: int | None = None) -> dict[str, Any]:
+        """Accuracy per true class under every attack and in the worst case (RobustBench-style class-wise
+        robustness), with each class's support and clean prediction count.
+
+        ``without_most_predicted`` is each accuracy over the samples whose label is not the class predicted
+        most on clean inputs: a model that favours a class keeps that class's samples under any attack
+        (:func:`class_coverage_warning`), and this is its accuracy without them. Classes with no sample get
+        None. Needs ``labels``; ``num_classes`` pads the lists to the data set's classes.
+        """
+        if self.labels is None:
+            raise ValueError("by_class needs the samples' labels (RobustnessResult.labels)")
+        y = self.labels.cpu().long()
+        predicted = list(self.outcomes["clean"].details.get("predicted") or [])
+        size = max(len(predicted), int(y.max()) + 1 if y.numel() else 0, num_classes or 0)
+        support = torch.bincount(y, minlength=size).tolist()
+        predicted += [0] * (size - len(predicted))
+        top = max(range(size), key=lambda c: predicted[c]) if size else 0
+        rest = y != top
+        flags = {name: o.correct for name, o in self.outcomes.items()} | {"worst_case": self.worst_case}
+
+        def per_class(ok: torch.Tensor) -> list[float | None]:
+            hits = torch.bincount(y[ok], minlength=size).tolist()
+            return [h / s if s else None for h, s in zip(hits, support, strict=True)]
+
+        return {
+            "support": support,
+            "predicted": predicted,
+            "acc": {name: per_class(ok.cpu()) for name, ok in flags.items()},
+            "most_predicted": top,
+            "without_most_predicted": {
+                name: float(ok.cpu()[rest].float().mean()) if bool(rest.any()) else None for name, ok in flags.items()
+            },
+        }
 
 
 def _attack_seed(seed: int, name: str) -> int:
@@ -344,7 +379,7 @@ def evaluate_robustness(
             log(f"{spec.name}: {int(correct.sum())}/{n} robust ({time.perf_counter() - t0:.1f} s)")
     collapsed = class_coverage_warning(outcomes["clean"].details.get("predicted") or [], y)
     return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n,
-                            warnings=[collapsed] if collapsed else [])
+                            warnings=[collapsed] if collapsed else [], labels=y.cpu())
 
 
 def _autoattack_details(res: Any, idx: torch.Tensor, n: int) -> dict[str, Any]:
