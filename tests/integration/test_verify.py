@@ -68,7 +68,8 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     res = _run("--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--n", "64", "--attacks", "fgsm,pgd5",
-               "--gate", "drop.robust_acc<=0.2", "--gate", "agreement.clean>=0.9", "--report", str(tmp_path / "r"),
+               "--gate", "drop.robust_acc<=0.2", "--gate", "agreement.clean>=0.9", "--gate", "worst_class.clean_acc>=0",
+               "--report", str(tmp_path / "r"),
                "--junit", str(tmp_path / "junit.xml"), "--curve", "--curve-eps", "0,4/255,8/255", "--by-class")
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "r" / "verify.json").read_text())
@@ -85,9 +86,10 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
     assert rep["curve"]["engine"][0] == rep["clean_acc"] and rep["curve"]["engine"][2] <= rep["curve"]["engine"][1]
     assert (tmp_path / "r" / "verify.curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cases = ET.parse(tmp_path / "junit.xml").getroot().findall("testcase")
-    assert [c.get("name") for c in cases] == ["gate drop.robust_acc<=0.2", "gate agreement.clean>=0.9"]
+    assert [c.get("name") for c in cases] == ["gate drop.robust_acc<=0.2", "gate agreement.clean>=0.9",
+                                              "gate worst_class.clean_acc>=0"]
     assert summary.read_text().startswith("## rkd verify: PASS")
-    assert rep["passed"] and [g["passed"] for g in rep["gates"]] == [True, True]
+    assert rep["passed"] and [g["passed"] for g in rep["gates"]] == [True, True, True]
     # the engine's accuracy per class, transfer included, in the JSON, the Markdown and (--by-class) the console
     bc = rep["by_class"]
     assert set(bc["acc"]) == {"clean", "fgsm", "pgd5", "transfer", "worst_case"} and sum(bc["support"]) == 64
@@ -95,6 +97,7 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
         assert sum(a * k for a, k in zip(bc["acc"][name], bc["support"], strict=True) if a is not None) == \
             pytest.approx(sum(flags))
     assert "Engine accuracy per class" in summary.read_text() and "engine accuracy per class" in res.output
+    assert rep["gates"][2]["value"] == min(a for a in bc["acc"]["clean"] if a is not None)
 
 
 def test_a_tightened_gate_fails_with_exit_1_and_junit_names_it(bundle: Path, tmp_path: Path) -> None:
@@ -272,6 +275,16 @@ def test_gates_parse_and_judge() -> None:
                                      "agreement.clean>=0.99", "agreement.adversarial>=0.9", "warnings==0",
                                      "pgd20_acc>0.5")]
     assert [r["passed"] for r in evaluate_gates(gates, report)] == [True, False, True, True, False, False, False]
+    # worst_class: the lowest per-class accuracy (classes without samples skipped); absent section -> fails
+    report["by_class"] = {"acc": {"worst_case": [0.5, None, 0.04, 0.3], "pgd20": [0.6, None, 0.2, 0.4]}}
+    gates = [parse_gate(t) for t in ("worst_class.robust_acc>=0.05", "worst_class.pgd20_acc>=0.2",
+                                     "worst_class.clean_acc>=0.1")]
+    results = evaluate_gates(gates, report)
+    assert [r["value"] for r in results] == [0.04, 0.2, None] and [r["passed"] for r in results] == [False, True, False]
+    check_gate_metrics([parse_gate("worst_class.pgd20_acc>=0.1")], ["pgd20"], has_reference=False)
+    for bad in ("worst_class.drop.robust_acc<=0.1", "lower.worst_class.robust_acc>=0.1", "worst_class.cw_acc>=0.1"):
+        with pytest.raises(UsageError, match="unknown metric"):
+            check_gate_metrics([parse_gate(bad)], ["pgd20"], has_reference=True)
     with pytest.raises(UsageError, match="unknown metric 'robust'"):
         check_gate_metrics([parse_gate("robust>=0.4")], ["pgd20"], has_reference=True)
     with pytest.raises(UsageError, match="needs the float reference"):

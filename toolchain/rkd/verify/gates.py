@@ -7,6 +7,9 @@ Metrics (all accuracies in [0, 1]; a value may be written ``0.40`` or ``40%``):
 - ``lower.<metric>``: the lower end of its 95% Wilson interval (gate on what the sample supports, not on the
   point estimate);
 - ``drop.<metric>``: float reference minus engine, on the same samples;
+- ``worst_class.<metric>``: the lowest per-class accuracy (true label) over the classes present in the sample,
+  e.g. ``worst_class.robust_acc>=0.05``: no class may lose all its robustness (class-wise robustness, Xu et al.
+  2021, "To be Robust or to be Fair"); a class has about n / C samples, so its accuracy is a noisy estimate;
 - ``agreement.clean``, ``agreement.adversarial``: engine/surrogate top-1 agreement;
 - ``warnings``: the number of verification warnings (``warnings==0`` fails on any).
 
@@ -28,7 +31,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
 }
 _GATE = re.compile(r"^\s*([a-z0-9_.:+-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)(%?)\s*$")
-_PREFIXES = ("lower.", "drop.")
+_PREFIXES = ("lower.", "drop.", "worst_class.")
 _SPECIAL = ("agreement.clean", "agreement.adversarial", "warnings")
 
 
@@ -59,7 +62,8 @@ def parse_gate(text: str, source: str = "command line") -> Gate:
     if not m:
         raise UsageError(
             f"gate '{text}' is not METRIC OP VALUE: write e.g. 'robust_acc>=0.40', 'drop.robust_acc<=0.03', "
-            "'lower.autoattack_acc>=0.35', 'agreement.clean>=0.99' or 'warnings==0'"
+            "'lower.autoattack_acc>=0.35', 'worst_class.robust_acc>=0.05', 'agreement.clean>=0.99' or "
+            "'warnings==0'"
         )
     metric, op, number, percent = m.groups()
     try:
@@ -95,7 +99,7 @@ def check_gate_metrics(gates: Sequence[Gate], attack_names: Sequence[str], *, ha
                 hint = f" (add '{base[:-4]}' to --attacks)"
             raise UsageError(
                 f"gate '{gate.text}': unknown metric '{gate.metric}'{hint}; this run measures "
-                f"{', '.join(sorted(available))}, with lower./drop. prefixes, agreement.clean, "
+                f"{', '.join(sorted(available))}, with lower./drop./worst_class. prefixes, agreement.clean, "
                 "agreement.adversarial, warnings"
             )
         if gate.metric.startswith("drop.") and not has_reference:
@@ -111,6 +115,8 @@ def metric_value(report: Mapping[str, Any], metric: str) -> float | None:
         return None if not entry else entry.get("top1_agreement")
     if metric.startswith("drop."):
         return (report.get("drop") or {}).get(metric[5:])
+    if metric.startswith("worst_class."):
+        return _worst_class(report, metric[len("worst_class."):])
     lower = metric.startswith("lower.")
     name = metric[6:] if lower else metric
     entry = _accuracy_entry(report, name)
@@ -125,6 +131,14 @@ def _accuracy_entry(report: Mapping[str, Any], name: str) -> Mapping[str, Any] |
     if name.endswith("_acc"):
         return (report.get("attacks") or {}).get(name[:-4])
     return None
+
+
+def _worst_class(report: Mapping[str, Any], name: str) -> float | None:
+    """The lowest accuracy over the classes with samples, from the report's ``by_class`` section."""
+    per_class = ((report.get("by_class") or {}).get("acc") or {})
+    key = "worst_case" if name == "robust_acc" else name[:-4] if name.endswith("_acc") else None
+    values = [v for v in per_class.get(key) or [] if v is not None]
+    return min(values) if values else None
 
 
 def evaluate_gates(gates: Sequence[Gate], report: Mapping[str, Any]) -> list[dict[str, Any]]:
