@@ -289,3 +289,26 @@ def test_gates_parse_and_judge() -> None:
         check_gate_metrics([parse_gate("robust>=0.4")], ["pgd20"], has_reference=True)
     with pytest.raises(UsageError, match="needs the float reference"):
         check_gate_metrics([parse_gate("drop.clean_acc<=0.01")], ["pgd20"], has_reference=False)
+
+
+def test_transfer_counts_the_samples_it_cannot_cover() -> None:
+    """Transfer uses the reference's adversarial examples; where the reference was wrong on the clean input
+    there are none, and the outcome says how many engine-correct samples that leaves unattacked."""
+    from rkd.verify.suite import AttackOutcome, RobustnessResult
+    from rkd.verify.verification import _transfer_outcome
+
+    class _Runtime:  # predicts class 0 on adversarial inputs (all 1.0) and the label otherwise
+        def predict(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(torch.where(x.flatten(1)[:, 0] == 1.0, 0, 1), 2).float()
+
+    x, y = torch.zeros(6, 3, 2, 2), torch.ones(6, dtype=torch.long)
+    ref_clean = torch.tensor([True, True, True, False, False, True])
+    engine_clean = torch.tensor([True, True, False, True, True, False])
+    x_adv = x.clone()
+    x_adv[[0]] = 1.0  # the reference's attack broke sample 0 only in a way that transfers
+    ref = RobustnessResult(outcomes={"clean": AttackOutcome("clean", ref_clean, 0.0),
+                                     "pgd5": AttackOutcome("pgd5", torch.zeros(6, dtype=torch.bool), 0.0, x_adv=x_adv)},
+                           eps=8 / 255, norm="linf", seed=0, n=6)
+    out = _transfer_outcome(_Runtime(), ref, engine_clean, x, y)
+    assert out.correct.tolist() == [False, True, False, True, True, False]
+    assert out.details["broken_by_source"] == {"pgd5": 1} and out.details["not_covered"] == 2  # samples 3, 4

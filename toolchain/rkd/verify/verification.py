@@ -84,7 +84,12 @@ def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
 def _transfer_outcome(
     runtime: Any, reference: RobustnessResult, engine_clean: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 ) -> AttackOutcome:
-    """The engine on every adversarial example of the reference's attacks (where the reference made one)."""
+    """The engine on every adversarial example of the reference's attacks (where the reference made one).
+
+    The reference attacks only what it classifies right, so samples the engine gets right and the reference
+    does not have no transfer example: they count as robust here (the white-box and Square rows still attack
+    them), and ``details["not_covered"]`` says how many there are.
+    """
     t0 = time.perf_counter()
     correct = engine_clean.clone()
     per_source: dict[str, int] = {}
@@ -100,7 +105,8 @@ def _transfer_outcome(
         x_adv[broken] = outcome.x_adv[broken]
         correct[todo] &= ok
         per_source[name] = int((~ok).sum())
-    details = {"sources": sorted(per_source), "broken_by_source": per_source,
+    not_covered = int((engine_clean & ~reference.outcomes["clean"].correct).sum())
+    details = {"sources": sorted(per_source), "broken_by_source": per_source, "not_covered": not_covered,
                "note": "adversarial examples of the float reference's attacks, run on the engine"}
     return AttackOutcome(TRANSFER, correct, time.perf_counter() - t0, details, x_adv)
 
