@@ -193,9 +193,8 @@ def build_plan(cfg: Settings) -> list[Part]:
     method_over = cfg.raw.get("method_overrides") or {}
 
     def main_part(student: str, method: str, seed: int) -> Part:
-        spec = cfg["students"][student]
-        over = [f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
-                f"student.method.name={method}", f"seed={seed}", *cfg.fill(method_over.get(method, []))]
+        over = [*student_overrides(cfg, student), f"student.method.name={method}", f"seed={seed}",
+                *cfg.fill(method_over.get(method, []))]
         return Part(id=train_part_id(student, method, seed), group="main", student=student, method=method,
                     seed=seed, overrides=over, autoattack=seed in eval_cfg["autoattack_seeds"],
                     deps=list(teacher_deps) if method != "pgd_at" else [])
@@ -204,14 +203,13 @@ def build_plan(cfg: Settings) -> list[Part]:
         parts += [main_part(s, m, seed) for s in cfg["students"] for m in cfg["methods"]]
     abl = cfg["ablations"]
     student = abl["student"]
-    spec = cfg["students"][student]
     extra = abl.get("extra_seeds") or {}
     for seed in sorted({*abl["seeds"], *(s for v in extra.values() for s in v)}):
         for variant, items in abl["variants"].items():
             if seed not in abl["seeds"] and seed not in extra.get(variant, []):
                 continue
-            over = [f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
-                    "student.method.name=adv_path", f"seed={seed}", *cfg.fill(items)]
+            over = [*student_overrides(cfg, student), "student.method.name=adv_path", f"seed={seed}",
+                    *cfg.fill(items)]
             parts.append(Part(id=train_part_id(student, "adv_path", seed, variant), group="ablation",
                               student=student, method="adv_path", variant=variant, seed=seed, overrides=over,
                               autoattack=bool(abl.get("autoattack")) and seed in eval_cfg["autoattack_seeds"],
@@ -223,6 +221,14 @@ def build_plan(cfg: Settings) -> list[Part]:
             parts.append(Part(id=f"deploy-{student}-{mode}", group="deploy", student=student, method=dep["method"],
                               seed=dep["seed"], deploy=mode, deps=[source, *teacher_deps]))
     return parts
+
+
+def student_overrides(cfg: Settings, student: str) -> list[str]:
+    """The student's architecture and its own training settings (``students.<key>.overrides``: what differs from
+    base.yaml for that student, e.g. a longer schedule for a student that needs one)."""
+    spec = cfg["students"][student]
+    return [f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
+            *cfg.fill(spec.get("overrides") or [])]
 
 
 def per_student_text(value: Any) -> str:
@@ -688,10 +694,8 @@ def probe_distill(cfg: Settings, student: str, name: str, overrides: list[str], 
     """Run ``steps`` real training steps of one configuration; the step time excludes the first step."""
     recipe = cfg.recipe()
     batch = int(recipe["data"]["batch_size"])
-    spec = cfg["students"][student]
     run = folder / f"{student}-{name}"
-    sets = [*cfg.recipe_overrides, f"student.model.name={spec['name']}", f"student.model.width={spec['width']}",
-            f"data.train_subset={steps * batch}", "student.train.epochs=1", "student.train.eval_n=0",
+    sets = [*cfg.recipe_overrides, *student_overrides(cfg, student), f"data.train_subset={steps * batch}", "student.train.epochs=1", "student.train.eval_n=0",
             "student.train.log_every=1", "student.train.checkpoint_every_steps=null", *overrides]
     if cfg.smoke:
         sets = [s for s in sets if not s.startswith("data.train_subset=")]
@@ -880,7 +884,8 @@ def table_setup(cfg: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "## Setup", "",
         f"- Data: {cfg['data']}, train subset {data.get('train_subset') or 'all'} images (seeded by the run seed), "
         f"batch {data['batch_size']}; teacher `{cfg['teacher']['checkpoint']}`.",
-        f"- Training (every row): {train['epochs']} epochs, SGD lr {train['lr']} momentum 0.9, weight decay "
+        f"- Training (every row of a student; a student's own settings are named under its table): "
+        f"{train['epochs']} epochs, SGD lr {train['lr']} momentum 0.9, weight decay "
         f"{train['weight_decay']}, lr x0.1 at epochs {train.get('milestones')}; m = {cfg.steps} attack steps "
         f"(adv_path: m per branch), eps 8/255, step 2/255; recipe `{cfg['recipe']}` + `--set` overrides.",
         f"- Evaluation: {n_text}, L-inf eps 8/255, attack seed {ev['seed']}; columns "
@@ -908,7 +913,9 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
     columns, seeds, ev, pgd = attack_columns(cfg), list(cfg["seeds"]), cfg["eval"], pgd_attack(cfg)
     lines: list[str] = []
     for student, spec in cfg["students"].items():
+        own = cfg.fill(spec.get("overrides") or [])
         lines += [f"## {student}: {spec['name']} width {spec['width']}", "",
+                  *([f"Trained with base.yaml plus `{' '.join(own)}` (this student's own settings).", ""] if own else []),
                   "| method | seeds | " + " | ".join(label(c) for c in columns) + f" | {label(pgd)} without the "
                   "most-predicted class |", "|---|---|" + "---|" * (len(columns) + 1)]
         tj["main"][student] = {}
