@@ -145,7 +145,7 @@ def class_table(by_class: dict[str, Any], *, title: str) -> Any:
     top = by_class["most_predicted"]
     for c, name in enumerate(names):
         accs = [by_class["acc"][a][c] for a in attacks]
-        label = f"{c} {name}" + (" [yellow](most predicted)[/]" if c == top else "")
+        label = f"{c} {escape(str(name))}" + (" [yellow](most predicted)[/]" if c == top else "")
         table.add_row(label, str(by_class["support"][c]), str(by_class["predicted"][c]),
                       *("-" if v is None else f"{v:.1%}" for v in accs))
     rest = by_class["without_most_predicted"]
