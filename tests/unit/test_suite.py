@@ -87,8 +87,10 @@ def test_by_class_matches_the_per_sample_columns() -> None:
     data = load_dataset("synthetic", "test", n=96)
     x, y = data.to_float(), data.y
     res = evaluate_robustness(model, x, y, attacks="fgsm,pgd5", eps=12 / 255, alpha=3 / 255)
-    bc = res.by_class(num_classes=12)  # padded beyond the labels present
-    assert len(bc["support"]) == len(bc["predicted"]) == 12 and bc["support"][10:] == [0, 0]
+    names = [f"c{i}" for i in range(12)]
+    bc = res.by_class(names)  # padded beyond the labels present
+    assert bc["classes"] == names and len(bc["support"]) == len(bc["predicted"]) == 12
+    assert bc["support"][10:] == [0, 0]
     assert sum(bc["support"]) == 96 and sum(bc["predicted"]) == 96
     top = bc["most_predicted"]
     assert bc["predicted"][top] == max(bc["predicted"])

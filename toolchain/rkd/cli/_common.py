@@ -132,23 +132,15 @@ def human_size(n: int) -> str:
 
 
 def class_table(by_class: dict[str, Any], *, title: str) -> Any:
-    """A report's ``by_class`` section (:meth:`rkd.verify.suite.RobustnessResult.by_class`) as a Rich table:
-    one row per class (support, clean predictions, accuracy under each attack and in the worst case), the most
-    predicted class marked, and a last row without it."""
+    """A report's ``by_class`` section as a Rich table (the rows of :func:`rkd.verify.report.class_rows`)."""
     from rich.table import Table
 
-    names = by_class.get("classes") or [str(c) for c in range(len(by_class["support"]))]
-    attacks = list(by_class["acc"])
+    from rkd.verify.report import class_rows
+
+    header, rows = class_rows(by_class)
     table = Table(title=title)
-    for col in ["class", "n", "predicted", *attacks]:
-        table.add_column(col.replace("_", " "), justify="left" if col == "class" else "right")
-    top = by_class["most_predicted"]
-    for c, name in enumerate(names):
-        accs = [by_class["acc"][a][c] for a in attacks]
-        label = f"{c} {escape(str(name))}" + (" [yellow](most predicted)[/]" if c == top else "")
-        table.add_row(label, str(by_class["support"][c]), str(by_class["predicted"][c]),
-                      *("-" if v is None else f"{v:.1%}" for v in accs))
-    rest = by_class["without_most_predicted"]
-    table.add_row(f"[dim]all but {top}[/]", str(sum(by_class["support"]) - by_class["support"][top]), "",
-                  *("-" if rest[a] is None else f"{rest[a]:.1%}" for a in attacks))
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(escape(row[0]), *row[1:])
     return table

@@ -67,7 +67,7 @@ def evaluate_model(
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "rkd-eval",
         **result.to_dict(),
-        "by_class": {"classes": list(data.classes)} | result.by_class(len(data.classes)),
+        "by_class": result.by_class(data.classes),
         "eps_text": request.eps_text,
         "alpha": request.alpha,
         "data": {

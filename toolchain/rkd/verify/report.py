@@ -108,24 +108,29 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def class_rows(by_class: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """A ``by_class`` section (:meth:`rkd.verify.suite.RobustnessResult.by_class`) as a header and text rows:
+    per class its support, clean prediction count and accuracy under each attack and in the worst case (the
+    most predicted class marked), then a row without that class. Shared by ``verify.md`` and the CLI tables."""
+    attacks = list(by_class["acc"])
+    top = by_class["most_predicted"]
+    header = ["class", "n", "predicted", *(a.replace("_", " ") for a in attacks)]
+    rows = [[f"{c} {name}" + (" (most predicted)" if c == top else ""), str(by_class["support"][c]),
+             str(by_class["predicted"][c]), *(_pct(by_class["acc"][a][c]) for a in attacks)]
+            for c, name in enumerate(by_class["classes"])]
+    rest = by_class["without_most_predicted"]
+    rows.append([f"all but {top}", str(sum(by_class["support"]) - by_class["support"][top]), "",
+                 *(_pct(rest[a]) for a in attacks)])
+    return header, rows
+
+
 def _class_lines(by_class: Mapping[str, Any] | None) -> list[str]:
     """The engine's accuracy per true class, folded (``<details>``) so the summary stays short."""
     if not by_class:
         return []
-    attacks = list(by_class["acc"])
-    names = by_class.get("classes") or [str(c) for c in range(len(by_class["support"]))]
-    top = by_class["most_predicted"]
-    lines = ["", "<details><summary>Engine accuracy per class</summary>", "",
-             "| class | n | predicted | " + " | ".join(a.replace("_", " ") for a in attacks) + " |",
-             "|---|---|---|" + "---|" * len(attacks)]
-    for c, name in enumerate(names):
-        mark = " (most predicted)" if c == top else ""
-        lines.append(f"| {c} {name}{mark} | {by_class['support'][c]} | {by_class['predicted'][c]} | "
-                     + " | ".join(_pct(by_class["acc"][a][c]) for a in attacks) + " |")
-    rest = by_class["without_most_predicted"]
-    lines.append(f"| all but {top} | {sum(by_class['support']) - by_class['support'][top]} | | "
-                 + " | ".join(_pct(rest[a]) for a in attacks) + " |")
-    return lines + ["", "</details>"]
+    header, rows = class_rows(by_class)
+    return ["", "<details><summary>Engine accuracy per class</summary>", "", "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), "", "</details>"]
 
 
 def plot_curve(curve: Mapping[str, Any], path: str | Path, title: str = "") -> Path:

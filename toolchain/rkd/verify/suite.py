@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,20 +149,21 @@ class RobustnessResult:
             out["autoattack_acc"] = attacks["autoattack"]["acc"]
         return out
 
-    def by_class(self, num_classes: int | None = None) -> dict[str, Any]:
+    def by_class(self, classes: Sequence[str] | None = None) -> dict[str, Any]:
         """Accuracy per true class under every attack and in the worst case (RobustBench-style class-wise
         robustness), with each class's support and clean prediction count.
 
         ``without_most_predicted`` is each accuracy over the samples whose label is not the class predicted
         most on clean inputs: a model that favours a class keeps that class's samples under any attack
         (:func:`class_coverage_warning`), and this is its accuracy without them. Classes with no sample get
-        None. Needs ``labels``; ``num_classes`` pads the lists to the data set's classes.
+        None. Needs ``labels``; ``classes`` (the data set's class names) names the classes and pads the lists
+        to all of them.
         """
         if self.labels is None:
             raise ValueError("by_class needs the samples' labels (RobustnessResult.labels)")
         y = self.labels.cpu().long()
         predicted = list(self.outcomes["clean"].details.get("predicted") or [])
-        size = max(len(predicted), int(y.max()) + 1 if y.numel() else 0, num_classes or 0)
+        size = max(len(predicted), int(y.max()) + 1 if y.numel() else 0, len(classes or ()))
         support = torch.bincount(y, minlength=size).tolist()
         predicted += [0] * (size - len(predicted))
         top = max(range(size), key=lambda c: predicted[c]) if size else 0
@@ -174,6 +175,7 @@ class RobustnessResult:
             return [h / s if s else None for h, s in zip(hits, support, strict=True)]
 
         return {
+            "classes": [str(c) for c in classes] if classes else [str(c) for c in range(size)],
             "support": support,
             "predicted": predicted,
             "acc": {name: per_class(ok.cpu()) for name, ok in flags.items()},

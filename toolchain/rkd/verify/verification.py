@@ -316,7 +316,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
         "clean_acc": body["clean_acc"], "robust_acc": body["robust_acc"],
         **({"autoattack_acc": body["autoattack_acc"]} if "autoattack_acc" in body else {}),
         "attacks": body["attacks"], "worst_case": body["worst_case"],
-        "by_class": {"classes": list(data.classes)} | engine.by_class(len(data.classes)),
+        "by_class": engine.by_class(data.classes),
         "semantics": "robust = correct on the clean input and on every attack's output (white-box through the "
                      "surrogate, Square on the engine, transfer from the float reference)",
     }
