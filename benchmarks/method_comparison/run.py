@@ -325,23 +325,38 @@ class Estimator:
         path = REPO / cfg.results_dir / "probe.json"
         self.probe: dict[str, Any] | None = json.loads(path.read_text()) if path.exists() else None
         self.measured: dict[tuple[Any, ...], list[float]] = {}
+        self.measured_without_aa: dict[tuple[Any, ...], list[float]] = {}
         for part in build_plan(cfg):
             res = REPO / result_path(cfg, part.id)
             if res.exists():
-                seconds = json.loads(res.read_text()).get("timing", {}).get("total_s")
+                timing = json.loads(res.read_text()).get("timing", {})
+                seconds = timing.get("total_s")
                 if seconds:
                     self.measured.setdefault(self.kind(part), []).append(seconds)
+                    if not part.autoattack or "eval_aa_s" in timing:  # AutoAttack timed apart, if it ran
+                        self.measured_without_aa.setdefault(self.row(part), []).append(
+                            seconds - timing.get("eval_aa_s", 0.0))
 
     @staticmethod
     def kind(part: Part) -> tuple[Any, ...]:
         """Parts expected to cost the same."""
         return part.group, part.student, part.method, part.variant, part.autoattack, part.deploy
 
+    @staticmethod
+    def row(part: Part) -> tuple[Any, ...]:
+        """Parts expected to cost the same apart from a separately timed AutoAttack evaluation."""
+        return part.group, part.student, part.method, part.variant, part.deploy
+
     def minutes(self, part: Part) -> tuple[float | None, str]:
         """(estimated minutes, where the number comes from)."""
         same = self.measured.get(self.kind(part))
         if same:
             return statistics.median(same) / 60, f"measured ({len(same)} part{'s' if len(same) > 1 else ''})"
+        # another seed of the same row that also ran AutoAttack on its own n: its time without that evaluation
+        other = self.measured_without_aa.get(self.row(part))
+        if other and not part.autoattack:
+            return (statistics.median(other) / 60,
+                    f"measured without AutoAttack ({len(other)} part{'s' if len(other) > 1 else ''})")
         if part.group == "teacher":
             return None, "not probed (about 45 min on one core, recipes/teacher-cifar10-cpu.yaml)"
         if self.probe is None:
@@ -350,7 +365,16 @@ class Estimator:
             seconds = self._train_eval(part) if part.group in ("main", "ablation") else self._deploy(part)
         except KeyError as exc:
             return None, f"not in probe.json ({exc})"
-        return seconds / 60, "probe"
+        stale = self.stale(part.student) if part.student else []
+        return seconds / 60, f"probe (stale: probed with {', '.join(stale)}; rerun `run.py probe`)" if stale else "probe"
+
+    def stale(self, student: str) -> list[str]:
+        """The student settings the probe ran with that differ from comparison.yaml's now (none: up to date)."""
+        runs = ((self.probe or {}).get("distill") or {}).get(student) or {}
+        command = next(iter(runs.values()), {}).get("command", "")
+        probed = dict(a.split("=", 1) for a in command.split() if a.startswith("student.model."))
+        now = dict(o.split("=", 1) for o in student_overrides(self.cfg, student) if o.startswith("student.model."))
+        return [f"{k.removeprefix('student.model.')}={v}" for k, v in probed.items() if k in now and now[k] != v]
 
     def _ratio(self, student: str, method: str) -> float:
         """Training-step cost of ``student`` over the probe's reference student for ``method`` (1 for it)."""
