@@ -22,7 +22,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from rkd.cli.verify import verify
-from rkd.data import load_dataset
+from rkd.data import load_dataset, select_indices
 from rkd.errors import CheckpointError, UsageError
 from rkd.models import save_checkpoint
 from rkd.quantize.pipeline import quantize_checkpoint
@@ -30,7 +30,8 @@ from rkd.testing import train_tiny_classifier
 from rkd.verify.evaluate import EvalRequest, evaluate_model
 from rkd.verify.gates import parse_gate
 from rkd.verify.state import VerifyState
-from rkd.verify.suite import evaluate_robustness
+from rkd.verify.suite import evaluate_robustness, predict_correct
+from rkd.verify.target import load_differentiable
 from rkd.verify.verification import VerifyRequest, verify_artifact
 
 app = typer.Typer()
@@ -81,6 +82,7 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
     per_sample = np.array([rep["per_sample"][k] for k in rep["per_sample"]])
     assert worst == int(per_sample.all(0).sum())  # robust = right on clean and under every attack
     assert rep["drop"]["robust_acc"] == pytest.approx(rep["float"]["robust_acc"] - rep["robust_acc"])
+    assert rep["attacks"]["transfer"]["details"]["not_covered"] == 0  # FGSM/PGD also ran from the float's errors
     assert rep["agreement"]["clean"]["n"] == 64 and rep["agreement"]["adversarial"]["n"] > 0
     assert rep["curve"]["eps"] == pytest.approx([0, 4 / 255, 8 / 255]) and len(rep["curve"]["engine"]) == 3
     assert rep["curve"]["engine"][0] == rep["clean_acc"] and rep["curve"]["engine"][2] <= rep["curve"]["engine"][1]
@@ -291,9 +293,10 @@ def test_gates_parse_and_judge() -> None:
         check_gate_metrics([parse_gate("drop.clean_acc<=0.01")], ["pgd20"], has_reference=False)
 
 
-def test_transfer_counts_the_samples_it_cannot_cover() -> None:
-    """Transfer uses the reference's adversarial examples; where the reference was wrong on the clean input
-    there are none, and the outcome says how many engine-correct samples that leaves unattacked."""
+def test_transfer_covers_the_reference_errors_and_counts_what_it_cannot() -> None:
+    """Transfer uses the reference's adversarial examples; where the reference was wrong on the clean input its
+    suite made none: examples of the same attack run from those samples (``errors``) cover them, and without
+    them the outcome says how many engine-correct samples are left unattacked."""
     from rkd.verify.suite import AttackOutcome, RobustnessResult
     from rkd.verify.verification import _transfer_outcome
 
@@ -312,3 +315,34 @@ def test_transfer_counts_the_samples_it_cannot_cover() -> None:
     out = _transfer_outcome(_Runtime(), ref, engine_clean, x, y)
     assert out.correct.tolist() == [False, True, False, True, True, False]
     assert out.details["broken_by_source"] == {"pgd5": 1} and out.details["not_covered"] == 2  # samples 3, 4
+    gap = torch.tensor([3, 4])
+    gap_adv = torch.zeros(2, 3, 2, 2)
+    gap_adv[1] = 1.0  # the reference's attack from sample 4 transfers, from sample 3 it does not
+    errors = RobustnessResult(outcomes={"clean": AttackOutcome("clean", torch.zeros(2, dtype=torch.bool), 0.0),
+                                        "pgd5": AttackOutcome("pgd5", torch.zeros(2, dtype=torch.bool), 0.0,
+                                                              x_adv=gap_adv)},
+                              eps=8 / 255, norm="linf", seed=0, n=2)
+    out = _transfer_outcome(_Runtime(), ref, engine_clean, x, y, (gap, errors))
+    assert out.correct.tolist() == [False, True, False, True, False, False]
+    assert out.details["broken_by_source"] == {"pgd5": 2}
+    assert out.details["not_covered"] == 0 and out.details["from_reference_errors"] == 2
+    assert torch.equal(out.x_adv[4], gap_adv[1])  # the example that broke it is kept
+
+
+def test_transfer_attacks_from_the_samples_the_reference_gets_wrong(bundle: Path, tmp_path: Path) -> None:
+    """A weaker reference (a crudely quantized copy) is wrong where the engine is right: the reference's PGD runs
+    from those samples too, so transfer covers every engine-correct sample."""
+    crude = _crude_copy(bundle / "model.int8.onnx", tmp_path / "crude.int8.onnx", factor=128.0)  # ~30% clean
+    req = VerifyRequest(artifact=bundle / "model.int8.onnx", reference=crude, dataset="synthetic",
+                        data_options={"n": 500}, n=128, attacks="pgd5", eps=4 / 255)
+    rep = verify_artifact(req)
+    engine_clean = torch.tensor(rep["per_sample"]["clean"])
+    ref_model, _ = load_differentiable(crude, "cpu")
+    data = load_dataset("synthetic", "test", n=500)
+    idx = select_indices(len(data), 128, seed=0, mode="first")
+    float_clean = predict_correct(ref_model, data.to_float(idx), data.y[idx])
+    gap = int((engine_clean & ~float_clean).sum())
+    details = rep["attacks"]["transfer"]["details"]
+    assert gap > 0 and details["from_reference_errors"] == gap and details["not_covered"] == 0
+    transfer = torch.tensor(rep["per_sample"]["transfer"])
+    assert bool((transfer <= engine_clean).all())

@@ -39,6 +39,25 @@ def test_restarts_and_batching() -> None:
         assert bool((model(x_adv[broken]).argmax(1) != y[broken]).all())
 
 
+def test_attack_errors_moves_misclassified_samples_without_counting_them() -> None:
+    """``attack_errors`` attacks the clean errors too (their examples exist for transfer), same accuracies."""
+    model = train_tiny_classifier()
+    data = load_dataset("synthetic", "test", n=200)
+    x, y = data.to_float(), data.y.clone()
+    y[:20] = (y[:20] + 1) % len(data.classes)  # clean errors
+    eps = 8 / 255
+    plain = evaluate_robustness(model, x, y, attacks="fgsm,pgd5", eps=eps, alpha=eps / 4, keep_adv=True)
+    every = evaluate_robustness(model, x, y, attacks="fgsm,pgd5", eps=eps, alpha=eps / 4, keep_adv=True,
+                                attack_errors=True)
+    wrong = ~plain.outcomes["clean"].correct
+    assert int(wrong.sum()) > 0
+    for name in ("fgsm", "pgd5"):
+        assert torch.equal(plain.outcomes[name].correct, every.outcomes[name].correct)  # errors stay non-robust
+        moved = (every.outcomes[name].x_adv - x).flatten(1).abs().amax(1)
+        assert torch.equal(plain.outcomes[name].x_adv[wrong], x[wrong])  # not attacked by default
+        assert bool((moved[wrong] > eps / 2).all()) and float(moved.max()) <= eps + 1e-6
+
+
 class _Constant(torch.nn.Module):
     """Predicts class ``k`` for every input."""
 

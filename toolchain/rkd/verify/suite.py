@@ -271,6 +271,7 @@ def evaluate_robustness(
     autoattack_state: str | Path | None = None,
     keep_adv: bool = False,
     autoattack_on: str = "clean",
+    attack_errors: bool = False,
     done: Mapping[str, AttackOutcome] | None = None,
     on_outcome: Callable[[AttackOutcome], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -289,6 +290,9 @@ def evaluate_robustness(
             accuracy alone is comparable to RobustBench) or ``"robust"`` (only on samples still robust after
             the cheaper attacks listed before it: the same worst case for less work, but then
             ``autoattack``'s own row is the cumulative accuracy, and its details say so).
+        attack_errors: also run FGSM, PGD and CW from the samples the model gets wrong on the clean input, to
+            have their adversarial examples (``keep_adv``) for transfer to another model; they still count as
+            non-robust. AutoAttack skips them either way.
         done: outcomes already measured (a resumed run): reused, not recomputed.
         on_outcome: called with each newly measured outcome (to save it).
         log: receives one line per finished attack.
@@ -317,7 +321,7 @@ def evaluate_robustness(
         if on_outcome is not None:
             on_outcome(outcomes["clean"])
     clean = outcomes["clean"].correct
-    idx = clean.nonzero().flatten()  # attack only what the model gets right
+    idx = torch.arange(n) if attack_errors else clean.nonzero().flatten()  # attack only what it gets right
     robust_so_far = clean.clone()
     for spec in specs:
         if spec.kind == "clean":
@@ -333,6 +337,7 @@ def evaluate_robustness(
         if spec.kind == "autoattack":
             version = "standard" if spec.name == "autoattack" else "custom"
             target = robust_so_far.nonzero().flatten() if autoattack_on == "robust" else idx
+            target = target[clean[target]]
             if len(target):
                 res = run_autoattack(
                     model, x[target].contiguous(), y[target], eps=eps, norm="Linf" if norm == "linf" else "L2",
@@ -365,7 +370,7 @@ def evaluate_robustness(
                                     loss="cw" if spec.kind == "cw" else "ce").x_adv
                     with torch.inference_mode():
                         ok = (model(x_adv).argmax(1) == yb).cpu()
-                    correct[b] = ok
+                    correct[b] = ok & clean[b]
                     if x_adv_all is not None:
                         if restart == 0:
                             x_adv_all[b] = x_adv.detach().cpu()

@@ -82,31 +82,44 @@ def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _transfer_outcome(
-    runtime: Any, reference: RobustnessResult, engine_clean: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    runtime: Any, reference: RobustnessResult, engine_clean: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+    errors: tuple[torch.Tensor, RobustnessResult] | None = None,
 ) -> AttackOutcome:
-    """The engine on every adversarial example of the reference's attacks (where the reference made one).
+    """The engine on every adversarial example of the reference's attacks.
 
-    The reference attacks only what it classifies right, so samples the engine gets right and the reference
-    does not have no transfer example: they count as robust here (the white-box and Square rows still attack
-    them), and ``details["not_covered"]`` says how many there are.
+    The reference's suite attacks only what it classifies right; ``errors`` = (indices, result) holds the same
+    attacks run by the reference from the samples it gets wrong (``attack_errors``), so that the engine-correct
+    ones among them have transfer examples too. Engine-correct samples left without any example (e.g. when the
+    suite has no FGSM/PGD/CW) count as robust here and ``details["not_covered"]`` says how many there are (the
+    white-box and Square rows still attack them).
     """
     t0 = time.perf_counter()
     correct = engine_clean.clone()
     per_source: dict[str, int] = {}
     x_adv = x.clone()
+    ref_clean = reference.outcomes["clean"].correct
+    covered_any = ref_clean.clone()
     for name, outcome in reference.outcomes.items():
         if name == "clean" or outcome.x_adv is None:
             continue
-        todo = (engine_clean & reference.outcomes["clean"].correct).nonzero().flatten()
+        examples, covered = outcome.x_adv, ref_clean
+        extra = errors[1].outcomes.get(name) if errors is not None else None
+        if errors is not None and extra is not None and extra.x_adv is not None:
+            examples, covered = examples.clone(), ref_clean.clone()
+            examples[errors[0]] = extra.x_adv
+            covered[errors[0]] = True
+        covered_any |= covered
+        todo = (engine_clean & covered).nonzero().flatten()
         if not len(todo):
             continue
-        ok = _engine_predict(runtime, outcome.x_adv[todo]) == y[todo]
+        ok = _engine_predict(runtime, examples[todo]) == y[todo]
         broken = todo[~ok & correct[todo]]
-        x_adv[broken] = outcome.x_adv[broken]
+        x_adv[broken] = examples[broken]
         correct[todo] &= ok
         per_source[name] = int((~ok).sum())
-    not_covered = int((engine_clean & ~reference.outcomes["clean"].correct).sum())
-    details = {"sources": sorted(per_source), "broken_by_source": per_source, "not_covered": not_covered,
+    details = {"sources": sorted(per_source), "broken_by_source": per_source,
+               "from_reference_errors": int((engine_clean & ~ref_clean & covered_any).sum()),
+               "not_covered": int((engine_clean & ~covered_any).sum()),
                "note": "adversarial examples of the float reference's attacks, run on the engine"}
     return AttackOutcome(TRANSFER, correct, time.perf_counter() - t0, details, x_adv)
 
@@ -280,9 +293,18 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
         reference = engine
     if reference is not None and request.transfer and not same_model:
         done = state.load("engine", [TRANSFER])
-        outcome = done.get(TRANSFER) or _transfer_outcome(target.runtime, reference, engine.outcomes["clean"].correct,
-                                                          x, y)
-        if TRANSFER not in done:
+        outcome = done.get(TRANSFER)
+        if outcome is None:
+            t0 = time.perf_counter()
+            engine_clean = engine.outcomes["clean"].correct
+            gap = (engine_clean & ~reference.outcomes["clean"].correct).nonzero().flatten()
+            gap_specs = [s for s in specs if s.kind in ("fgsm", "pgd", "cw")]
+            errors = None
+            if len(gap) and gap_specs:  # transfer examples for what the engine gets right and the reference not
+                errors = (gap, evaluate_robustness(target.reference, x[gap], y[gap], attacks=gap_specs,
+                                                   attack_errors=True, **suite_kw))
+            outcome = _transfer_outcome(target.runtime, reference, engine_clean, x, y, errors)
+            outcome.seconds = time.perf_counter() - t0
             state.save("engine", outcome)
         engine.outcomes[TRANSFER] = outcome
         if log is not None:
