@@ -169,10 +169,10 @@ def make_bench(
     )
 
 
-def build_method(bench: Bench, name: str) -> tuple[DistillMethod, torch.optim.Optimizer]:
-    """The registered method ``name`` from its recipe section (``steps = m``) on a private copy of the
-    student, in train mode, with the training loop's optimizer."""
-    config = TypeAdapter(DistillMethodConfig).validate_python({"name": name, "steps": bench.steps})
+def build_method(bench: Bench, name: str, **knobs: Any) -> tuple[DistillMethod, torch.optim.Optimizer]:
+    """The registered method ``name`` from its recipe section (``steps = m``, plus ``knobs``) on a private copy
+    of the student, in train mode, with the training loop's optimizer."""
+    config = TypeAdapter(DistillMethodConfig).validate_python({"name": name, "steps": bench.steps, **knobs})
     student = copy.deepcopy(bench.student)
     cls = METHODS.get(name)
     method = create_method(config, student=student, teacher=bench.teacher if cls.needs_teacher else None)
@@ -191,11 +191,17 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[], torch.Tensor] | None = None,
 ) -> None:
-    """One step as ``rkd.train.loop`` runs it: forward (with the attack), zero_grad, backward, SGD step."""
+    """One step as ``rkd.train.loop`` runs it: forward (with the attack), zero_grad, backward, SGD step (no
+    zero_grad/backward when the method wrote the gradient itself: ``backward_done``)."""
     with bench.autocast():
-        loss = (loss_fn() if loss_fn is not None else method(bench.x, bench.y).loss).float()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+        if loss_fn is not None:
+            loss, done = loss_fn().float(), False
+        else:
+            out = method(bench.x, bench.y)
+            loss, done = out.loss.float(), out.backward_done
+    if not done:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     optimizer.step()
 
 

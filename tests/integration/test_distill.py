@@ -116,6 +116,29 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
         assert torch.allclose(va, vb, atol=1e-5), k
 
 
+def test_ddp_adv_path_low_memory_matches_the_one_graph_step(teacher: Path, tmp_path: Path) -> None:
+    """adv_path's low_memory step under DDP (2 gloo ranks) defers the gradient all-reduce to its last chunk
+    (``no_sync``): the same weights after a step as the one-graph step's single backward."""
+    from rkd.models import load_checkpoint
+
+    weights = []
+    for i, low in enumerate(("false", "true")):
+        out = tmp_path / f"low-{low}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={29651 + i}",
+               "-m", "rkd", "distill", SMOKE, "--teacher", str(teacher), "--out", str(out),
+               "--set", "student.model={name: tiny_cnn, width: 0.5}",
+               "--set", f"student.method={{name: adv_path, steps: 2, low_memory: {low}}}",
+               "--set", "student.train.epochs=1", "--set", "student.train.eval_n=0", "--set", "data.synthetic_n=32",
+               "--set", "data.holdout=0", "--set", "data.batch_size=32", "--device", "cpu"]
+        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        model, sidecar = load_checkpoint(out / "model.safetensors")
+        assert sidecar["metadata"]["world_size"] == 2
+        weights.append(model.state_dict())
+    for (k, va), vb in zip(weights[0].items(), weights[1].values(), strict=True):
+        assert torch.allclose(va, vb, atol=1e-5), k
+
+
 def test_a_ddp_run_killed_mid_way_resumes_on_a_different_number_of_processes(tmp_path: Path) -> None:
     """Kill a 2-process run after its first checkpoint, resume it with 1 process: same epochs, valid result."""
     out = tmp_path / "s"

@@ -155,6 +155,52 @@ def test_chunked_alignment_pass_gives_the_same_loss() -> None:
     assert b.loss_on(x, y, paths).loss.item() == pytest.approx(a.loss_on(x, y, paths).loss.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("max_batch", [None, 4], ids=["chunks-of-B", "chunks-of-4"])
+def test_low_memory_backward_gives_the_gradient_of_the_whole_loss(max_batch: int | None) -> None:
+    """backward_on accumulates the gradient chunk by chunk: the same loss, parts, gradient and batch-norm
+    statistics as backward() on loss_on's one graph (train mode, batch statistics per chunk)."""
+    import copy
+
+    student, teacher = _models()
+    x, y = _batch()
+    runs = []
+    for low in (False, True):
+        net = copy.deepcopy(student)
+        method = AdvPath(net, teacher, steps=3, max_batch=max_batch, low_memory=low,
+                         generator=torch.Generator().manual_seed(4)).train()
+        paths = method.craft(x, y)
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)  # stale gradient: must be replaced, not added to
+        if low:
+            out = method.backward_on(x, y, paths)
+            assert out.backward_done and not out.loss.requires_grad
+        else:
+            out = method.loss_on(x, y, paths)
+            for p in net.parameters():
+                p.grad = None
+            out.loss.backward()
+        runs.append((out, net))
+    (a, net_a), (b, net_b) = runs
+    assert b.loss.item() == pytest.approx(a.loss.item(), rel=1e-5)
+    assert {k: v.item() for k, v in b.parts.items()} == pytest.approx({k: v.item() for k, v in a.parts.items()},
+                                                                      rel=1e-5)
+    assert torch.allclose(b.logits, a.logits, atol=1e-5)
+    for (name, pa), pb in zip(net_a.named_parameters(), net_b.parameters(), strict=True):
+        assert torch.allclose(pb.grad, pa.grad, rtol=1e-4, atol=1e-6), name
+    for ba, bb in zip(net_a.buffers(), net_b.buffers(), strict=True):
+        assert torch.allclose(ba.float(), bb.float(), atol=1e-6)
+
+
+def test_low_memory_is_used_in_training_steps_only() -> None:
+    student, teacher = _models()
+    x, y = _batch()
+    method = AdvPath(student, teacher, steps=2, low_memory=True)
+    assert method.train()(x, y).backward_done
+    assert not method.eval()(x, y).backward_done  # evaluation: a plain loss, no gradient written
+    with torch.no_grad():
+        assert not method.train()(x, y).backward_done
+
+
 def test_reduced_to_rslad_it_equals_rslad_on_the_same_x_adv() -> None:
     """Targeted branch off, only the last iterate, uniform weights, clean-teacher target: RSLAD's loss."""
     from rkd.distill.rslad import Rslad

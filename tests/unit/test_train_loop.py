@@ -151,3 +151,27 @@ def test_a_run_directory_in_use_is_refused(tmp_path: Path, data) -> None:
         with pytest.raises(UsageError, match="another process is training"):
             _fit(_method(), data, tmp_path, _cfg(epochs=1))
     _fit(_method(), data, tmp_path, _cfg(epochs=1))  # released: the run goes ahead
+
+
+def test_a_method_that_backpropagates_itself_trains_like_one_that_does_not(tmp_path: Path, data) -> None:
+    """adv_path's low_memory step writes the gradient itself (``backward_done``); the loop then only steps the
+    optimizer: the same update as the one-graph step (one step: sign-gradient attacks would let float rounding
+    grow over several)."""
+    from rkd.distill.adv_path import AdvPath
+
+    def flat(model: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    train, hold = data
+    finals = []
+    for low in (False, True):
+        torch.manual_seed(0)
+        teacher = create_model("resnet18", num_classes=4, width=0.125)
+        student = create_model("resnet18", num_classes=4, width=0.125)
+        start = flat(student)
+        method = AdvPath(student, teacher, steps=2, low_memory=low)
+        res = fit(method, train, hold, _cfg(epochs=1, eval_n=0), run_dir=tmp_path / str(low), device="cpu",
+                  batch_size=len(train), threat=THREAT, fingerprint="fp", seed=0)
+        finals.append(flat(load_checkpoint(res.checkpoint)[0]))
+    moved = float((finals[0] - start).norm())
+    assert moved > 1e-3 and float((finals[1] - finals[0]).norm()) < 1e-4 * moved

@@ -191,6 +191,7 @@ class AdvPathConfig(AttackConfig):
     temperature: float = Field(1.0, gt=0)
     crafting_mode: Literal["eval", "train"] = "eval"  # student mode while crafting the path
     max_batch: int | None = Field(None, ge=1)  # chunk the alignment passes (None: one pass on GPU, B on CPU)
+    low_memory: bool = False  # backpropagate each chunk on its own: same gradient, the memory of one chunk
 
 
 DistillMethodConfig = Annotated[

@@ -23,10 +23,16 @@ so batch-norm statistics of clean and adversarial inputs are not mixed. ``max_ba
 GPU and chunks of B on a CPU: there one allocation for the whole pass (e.g. 88 MB) is served by fresh mmap pages
 and page faults cost a quarter of the step (benchmarks/results/distill_step-cpu.md); with B-sized chunks each
 chunk is one iterate's batch, so the student's batch-norm statistics are per iterate, as in the reference.
+
+Memory: the student's graph over all 2m + 1 passes is kept until ``backward`` (e.g. 11.8 GB on a CPU for a
+MobileNetV2 0.5 at batch 128, m = 5); chunking alone does not lower it. With ``low_memory`` each chunk (and the
+clean pass) is backpropagated as soon as its loss is known: the weights carry no gradient, so the summed
+gradients are those of the whole loss, at the peak memory of one chunk (:meth:`AdvPath.backward_on`).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +113,7 @@ class AdvPath(DistillMethod):
         temperature: float = 1.0,
         crafting_mode: str = "eval",
         max_batch: int | None = None,
+        low_memory: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(student, teacher)
@@ -115,7 +122,7 @@ class AdvPath(DistillMethod):
         self.iterate_stride, self.align_target, self.weights = iterate_stride, align_target, weights
         self.reliability, self.reliability_beta = reliability, reliability_beta
         self.gamma, self.lambda_nat, self.temperature = gamma, lambda_nat, temperature
-        self.crafting_mode, self.max_batch = crafting_mode, max_batch
+        self.crafting_mode, self.max_batch, self.low_memory = crafting_mode, max_batch, low_memory
         self.generator = generator
 
     def _draw(self, shape: torch.Size | tuple[int, ...], device: torch.device, kind: str, high: int = 0) -> torch.Tensor:
@@ -195,49 +202,106 @@ class AdvPath(DistillMethod):
             w = w * p_iter.gather(2, top).squeeze(2).pow(self.reliability_beta)
         return w
 
+    def _alignment(
+        self, x: torch.Tensor, y: torch.Tensor, paths: AdvPaths, teacher_clean: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """What the loss needs besides the student: the iterates (nb*K*B, C, H, W) in branch-major order, their
+        soft targets, each iterate's coefficient (weight / weight sum * branch factor / B, no gradient) and
+        the clean soft target; the loss is ``sum(coef * KL(target, p_S(iterate))) + lambda_nat * KL_nat``."""
+        branches = [("u", paths.u)] + ([("t", paths.t)] if paths.t is not None else [])
+        k_n, b = paths.u.shape[:2]
+        iterates = torch.cat([p.reshape(-1, *p.shape[2:]) for _, p in branches])
+        logits_t_iter = _chunked(self.teacher_logits, iterates, self._chunk(x))
+        with torch.no_grad():
+            p_clean = F.softmax(teacher_clean, dim=1)
+            p_iter = F.softmax(logits_t_iter, dim=1).view(len(branches), k_n, b, -1)
+            branch_weight = {"u": 1.0, "t": self.gamma}
+            norm = 1.0 + (self.gamma if paths.t is not None else 0.0)
+            coef = []
+            for i, (name, _) in enumerate(branches):
+                cls = y if name == "u" else paths.targets
+                assert cls is not None
+                w = self._weights(name, p_iter[i], p_clean, cls, paths.steps)
+                factor = (1 - self.lambda_nat) * branch_weight[name] / norm / b
+                coef.append(w / (w.sum(0) + WEIGHT_EPS) * factor)
+        target_clean = soft_targets(teacher_clean, self.temperature)
+        if self.align_target == "clean":
+            target_iter = target_clean.repeat(len(branches) * k_n, 1)
+        else:
+            target_iter = soft_targets(logits_t_iter, self.temperature)
+        return iterates, target_iter, torch.stack(coef).flatten(), target_clean, [name for name, _ in branches]
+
+    def _chunk(self, x: torch.Tensor) -> int | None:
+        if self.max_batch is not None:
+            return self.max_batch
+        return len(x) if x.device.type == "cpu" or self.low_memory else None
+
     def loss_on(self, x: torch.Tensor, y: torch.Tensor, paths: AdvPaths,
                 teacher_clean: torch.Tensor | None = None) -> StepOutput:
         """The alignment loss on given paths: one teacher pass (no grad) and one student pass over all iterates."""
         tau = self.temperature
         if teacher_clean is None:
             teacher_clean = self.teacher_logits(x)
-        branches = [("u", paths.u)] + ([("t", paths.t)] if paths.t is not None else [])
+        iterates, target_iter, coef, target_clean, names = self._alignment(x, y, paths, teacher_clean)
         k_n, b = paths.u.shape[:2]
-        iterates = torch.cat([p.reshape(-1, *p.shape[2:]) for _, p in branches])  # (nb*K*B, C, H, W)
-        chunk = self.max_batch if self.max_batch is not None else (b if x.device.type == "cpu" else None)
-        logits_t_iter = _chunked(self.teacher_logits, iterates, chunk)
         logits_s_nat = self.student(x)
-        logits_s_iter = _chunked(self.student, iterates, chunk)
-
-        with torch.no_grad():
-            p_clean = F.softmax(teacher_clean, dim=1)
-            p_iter = F.softmax(logits_t_iter, dim=1).view(len(branches), k_n, b, -1)
-        target_clean = soft_targets(teacher_clean, tau)
-        if self.align_target == "clean":
-            target_iter = target_clean.repeat(len(branches) * k_n, 1)
-        else:
-            target_iter = soft_targets(logits_t_iter, tau)
+        logits_s_iter = _chunked(self.student, iterates, self._chunk(x))
         scale = RSLAD_KL_SCALE * tau * tau
         kl_nat = kl_per_sample(target_clean, logits_s_nat, tau).mean() * scale
-        l_iter = (kl_per_sample(target_iter, logits_s_iter, tau) * scale).view(len(branches), k_n, b)
-
-        terms: dict[str, torch.Tensor] = {}
-        branch_weight = {"u": 1.0, "t": self.gamma}
-        norm = 1.0 + (self.gamma if paths.t is not None else 0.0)
-        for i, (name, _) in enumerate(branches):
-            cls = y if name == "u" else paths.targets
-            assert cls is not None
-            with torch.no_grad():
-                w = self._weights(name, p_iter[i], p_clean, cls, paths.steps)
-            per_sample = (w * l_iter[i]).sum(0) / (w.sum(0) + WEIGHT_EPS)
-            terms[f"path_{name}"] = (1 - self.lambda_nat) * branch_weight[name] / norm * per_sample.mean()
+        weighted = (coef * kl_per_sample(target_iter, logits_s_iter, tau) * scale).view(len(names), -1).sum(1)
+        terms = {f"path_{name}": weighted[i] for i, name in enumerate(names)}
         terms["kd_nat"] = self.lambda_nat * kl_nat
         loss = sum(terms.values())
         assert isinstance(loss, torch.Tensor)
         logits_final_u = logits_s_iter[(k_n - 1) * b : k_n * b]
         return StepOutput(loss=loss, logits=logits_final_u, parts={k: v.detach() for k, v in terms.items()})
 
+    def backward_on(self, x: torch.Tensor, y: torch.Tensor, paths: AdvPaths,
+                    teacher_clean: torch.Tensor | None = None) -> StepOutput:
+        """:meth:`loss_on` with its gradient accumulated chunk by chunk (``low_memory``).
+
+        Sets the student's ``.grad`` to the gradient of the whole loss (replacing what was there) and returns
+        the loss detached, with ``backward_done``. The student runs the same passes in the same order as in
+        :meth:`loss_on`, so its batch-norm statistics are the same; under DDP only the last backward syncs.
+        """
+        tau = self.temperature
+        if teacher_clean is None:
+            teacher_clean = self.teacher_logits(x)
+        iterates, target_iter, coef, target_clean, names = self._alignment(x, y, paths, teacher_clean)
+        k_n, b = paths.u.shape[:2]
+        scale = RSLAD_KL_SCALE * tau * tau
+        for p in self.student.parameters():
+            p.grad = None
+        no_sync = getattr(self.student, "no_sync", None)  # DistributedDataParallel: sync on the last backward
+        chunk = self._chunk(x) or len(iterates)
+        starts = list(range(0, len(iterates), chunk))
+        kd_nat = torch.zeros((), device=x.device)
+        weighted = torch.zeros(len(iterates), device=x.device)
+        logits_iter = []
+        with no_sync() if no_sync is not None else nullcontext():
+            loss_nat = self.lambda_nat * kl_per_sample(target_clean, self.student(x), tau).mean() * scale
+            loss_nat.backward()
+            kd_nat = loss_nat.detach()
+        for j, start in enumerate(starts):
+            sl = slice(start, start + chunk)
+            last = j == len(starts) - 1
+            with no_sync() if no_sync is not None and not last else nullcontext():
+                logits = self.student(iterates[sl])
+                part = coef[sl] * kl_per_sample(target_iter[sl], logits, tau) * scale
+                part.sum().backward()
+            weighted[sl] = part.detach()
+            logits_iter.append(logits.detach())
+        sums = weighted.view(len(names), -1).sum(1)
+        terms = {f"path_{name}": sums[i] for i, name in enumerate(names)}
+        terms["kd_nat"] = kd_nat
+        loss = sum(terms.values())
+        assert isinstance(loss, torch.Tensor)
+        logits_final_u = torch.cat(logits_iter)[(k_n - 1) * b : k_n * b]
+        return StepOutput(loss=loss, logits=logits_final_u, parts=terms, backward_done=True)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         teacher_clean = self.teacher_logits(x)
         paths = self.craft(x, y, teacher_clean)
+        if self.low_memory and self.training and torch.is_grad_enabled():
+            return self.backward_on(x, y, paths, teacher_clean)
         return self.loss_on(x, y, paths, teacher_clean)

@@ -23,11 +23,15 @@ class StepOutput:
             adversarial methods).
         parts: named components of the loss, each a detached scalar; for methods whose loss is a weighted
             sum the parts are the weighted terms and add up to ``loss``.
+        backward_done: the method already set the student's ``.grad`` to the loss's gradient (accumulated in
+            pieces to save memory) and ``loss`` is detached: the caller steps the optimizer without
+            ``zero_grad``/``backward``.
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    backward_done: bool = False
 
 
 class DistillMethod(nn.Module):

@@ -170,8 +170,9 @@ def fit(
                         f"loss became {loss.item()} at epoch {epoch + 1}, step {pos.step_in_epoch + 1}; "
                         f"the last good checkpoint is kept in {run} (lower the learning rate or check the data)"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if not out.backward_done:  # else the method accumulated the gradient itself (low memory)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), cfg.grad_clip)
                 optimizer.step()
