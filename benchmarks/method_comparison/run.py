@@ -538,18 +538,27 @@ def run_step(step: Step, folder: Path) -> float:
         with PRINT_LOCK:
             LIVE.add(proc)
         try:
-            rc = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage (peak RSS)
+            rc = proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
             with PRINT_LOCK:
                 LIVE.discard(proc)
         seconds = time.perf_counter() - t0
-        fh.write(f"### exit {rc} after {seconds:.1f} s\n")
+        peak_mib = usage.ru_maxrss / 1024  # Linux: KiB
+        fh.write(f"### exit {rc} after {seconds:.1f} s, peak RSS {peak_mib:.0f} MiB\n")
     if rc not in step.ok:
         tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-12:])
         raise RuntimeError(f"`{step.text}` exited {rc} after {seconds:.0f} s; see {folder / 'log.txt'}:\n{tail}")
     atomic_write(marker, json.dumps({"command": step.text, "seconds": seconds, "exit": rc,
+                                     "peak_rss_mib": round(peak_mib),
                                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
     return seconds
+
+
+def step_peak_rss(folder: Path, name: str) -> int | None:
+    """The peak resident memory (MiB) of a finished step's process, from its marker (None: not recorded)."""
+    marker = REPO / folder / ".steps" / f"{name}.json"
+    return json.loads(marker.read_text()).get("peak_rss_mib") if marker.exists() else None
 
 
 def summarize_attacks(report: dict[str, Any]) -> dict[str, Any]:
@@ -592,6 +601,7 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
         "method": part.method, "variant": part.variant, "seed": part.seed, "overrides": part.overrides,
         "smoke": cfg.smoke, "commands": [s.text for s in steps], "run_dir": str(part_dir(cfg, part.id)),
         "timing": {f"{k}_s": round(v, 1) for k, v in seconds.items()} | {"total_s": round(sum(seconds.values()), 1)},
+        "peak_rss_mib": {k: v for k in seconds if (v := step_peak_rss(part_dir(cfg, part.id), k)) is not None},
         "machine": machine(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if part.group == "teacher":
@@ -1098,17 +1108,19 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
               "<details><summary>Every part: accuracies (95% Wilson interval), time and commands</summary>", ""]
     for pid, res in results.items():
         tj["parts"][pid] = {k: res.get(k) for k in ("group", "student", "method", "variant", "seed", "deploy",
-                                                    "commands", "timing")}
+                                                    "commands", "timing", "peak_rss_mib")}
         minutes = res["timing"]["total_s"] / 60
+        peak = max((res.get("peak_rss_mib") or {}).values(), default=None)  # recorded from 2026-12 on
+        minutes_text = f"{minutes:.1f} min" + (f", peak RSS {peak / 1024:.1f} GiB" if peak else "")
         if res.get("eval"):
             n = res["eval"]["n"]
             accs = ", ".join(f"{k} {pct1(a['acc'])} ({pct1(a['ci95'][0])}-{pct1(a['ci95'][1])})"
                              + (f" on n={a['n']}" if a["n"] != n else "") for k, a in res["eval"]["attacks"].items())
             tj["parts"][pid]["eval"] = {k: {kk: a[kk] for kk in ("acc", "correct", "n", "ci95")}
                                         for k, a in res["eval"]["attacks"].items()}
-            lines.append(f"- **{pid}** (n={n}, {minutes:.1f} min): {accs}")
+            lines.append(f"- **{pid}** (n={n}, {minutes_text}): {accs}")
         else:
-            lines.append(f"- **{pid}** ({minutes:.1f} min)")
+            lines.append(f"- **{pid}** ({minutes_text})")
         lines += [f"  - `{c}`" for c in res["commands"]]
     return [*lines, "", "</details>", ""]
 
