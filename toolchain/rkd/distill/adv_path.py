@@ -275,7 +275,6 @@ class AdvPath(DistillMethod):
         no_sync = getattr(self.student, "no_sync", None)  # DistributedDataParallel: sync on the last backward
         chunk = self._chunk(x) or len(iterates)
         starts = list(range(0, len(iterates), chunk))
-        kd_nat = torch.zeros((), device=x.device)
         weighted = torch.zeros(len(iterates), device=x.device)
         logits_iter = []
         with no_sync() if no_sync is not None else nullcontext():
