@@ -16,7 +16,9 @@ logits) is replicated exactly by construction, with no mapping from ONNX names b
 
 The forward value therefore matches ONNX Runtime's INT8 output up to float rounding at quantization ties
 (ONNX Runtime fuses DQ -> Conv -> Q into integer kernels that requantize with a float multiplier); agreement
-is measured by :func:`agreement` and must be >= 99% top-1. Input: float NCHW in [0, 1]; output: logits.
+is measured by :func:`agreement`; ``rkd quantize`` and ``rkd verify`` warn below 99% top-1 (a model whose
+logits move with one-LSB rounding flips can fall below it: ``benchmarks/surrogate_agreement.py``). Input: float
+NCHW in [0, 1]; output: logits.
 
 The module owns its weights as parameters (``requires_grad=False``), so ``next(model.parameters())`` gives the
 device, as attack libraries expect; ``set_fake_quant(False)`` turns activation quantization off (weights stay
