@@ -143,6 +143,29 @@ def test_excluded_node_stays_float(trained: dict[str, Any], tmp_path: Path) -> N
     assert agreement(build_surrogate(out), out, trained["x"][:64])["top1_agreement"] == 1.0
 
 
+def _activation_scales(path: Path) -> dict[str, float]:
+    proto = onnx.load(str(path))
+    inits = _inits(proto)
+    return {q.input[0]: float(inits[q.input[1]]) for q in proto.graph.node
+            if q.op_type == "QuantizeLinear" and q.input[0] not in inits}
+
+
+@pytest.mark.parametrize("scheme", ["trt", "cpu"])
+def test_entropy_calibration_clips_ranges_and_is_not_minmax(
+    trained: dict[str, Any], scheme: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "entropy.onnx"
+    settings = quantize_onnx(trained["float"], out, trained["calib"], scheme=scheme, method="entropy")
+    minmax, entropy = _activation_scales(trained[scheme]), _activation_scales(out)
+    assert minmax.keys() == entropy.keys() and entropy != minmax  # ONNX Runtime's defaults gave MinMax's file
+    # the KL threshold lies within the observed range: no scale grows, and the tails are clipped somewhere
+    assert all(entropy[t] <= minmax[t] * (1 + 1e-6) for t in minmax)
+    assert sum(entropy[t] < 0.9 * minmax[t] for t in minmax) >= 1
+    assert settings["calibration_method"] == "entropy" and settings["entropy"]["num_bins"] == 2048
+    assert settings["entropy"]["ranges_overridden"] >= len(entropy)
+    assert agreement(build_surrogate(out), out, trained["x"][:64])["top1_agreement"] >= 0.95
+
+
 @pytest.mark.parametrize("scheme", ["trt", "cpu"])
 def test_surrogate_matches_onnxruntime_int8(trained: dict[str, Any], scheme: str) -> None:
     surrogate = build_surrogate(trained[scheme])

@@ -24,7 +24,7 @@ class Profile(str, Enum):
 
 
 class Method(str, Enum):
-    """Calibration method of ONNX Runtime's quantize_static."""
+    """Calibration method (ONNX Runtime's calibrators)."""
 
     minmax = "minmax"
     entropy = "entropy"
@@ -126,7 +126,9 @@ def quantize(
                                          "subset of the training split).")] = 512,
     profile: Annotated[Profile, typer.Option(help="cpu: uint8 asymmetric activations (fast x86 ONNX "
                                              "Runtime); trt: symmetric int8 for TensorRT.")] = Profile.cpu,
-    method: Annotated[Method, typer.Option(help="Calibration method.")] = Method.minmax,
+    method: Annotated[Method, typer.Option(
+        help="Calibration: minmax (observed range), entropy (KL threshold, 2048-bin histogram), percentile "
+             "(99.999th).")] = Method.minmax,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Bundle directory (exported first when missing) \\[default: CHECKPOINT's "
         "folder/bundle].")] = None,

@@ -11,6 +11,12 @@ schemes:
 - ``cpu``: ``QuantType.QUInt8`` asymmetric activations, symmetric ``QInt8`` per-channel weights: the form
   ONNX Runtime's x86 kernels run fast (symmetric int8 activations ran slower than FP32 on the 2-core dev CPU).
 
+Calibration ``entropy`` (KL-divergence threshold search, as TensorRT's entropy calibrator) computes the ranges
+with ONNX Runtime's own ``calibrate.create_calibrator(..., CalibrationMethod.Entropy, extra_options={"num_bins":
+2048, "num_quantized_bins": 128})`` and hands them to ``quantize_static`` as ``TensorQuantOverrides`` (``rmin``,
+``rmax`` per tensor): ``quantize_static`` cannot set the histogram sizes, and its defaults (128 bins, 128 quantized
+bins) leave the full observed range as the only candidate threshold, i.e. exactly MinMax (byte-identical files).
+
 The classifier's logits (the graph output) stay float by default (``OpTypesToExcludeOutputQuantization`` for
 the output's producer, when that op type occurs once): nothing downstream consumes them as INT8, and 8-bit
 logits tie near decision boundaries. :func:`debug_layers` compares every activation of the float and QDQ
@@ -37,6 +43,9 @@ from rkd.registry import did_you_mean
 
 SCHEMES: tuple[str, ...] = ("trt", "cpu")
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+#: Histogram bins and quantized bins of the entropy calibration (TensorRT's entropy calibrator uses 2048 / 128).
+ENTROPY_BINS = 2048
+ENTROPY_QUANTIZED_BINS = 128
 _CALIB_BATCH = 32
 
 log = logging.getLogger(__name__)
@@ -154,12 +163,20 @@ def quantize_onnx(
         producer = None if quantize_output else _output_producer_op(pre_model)
         if producer is not None:
             extra["OpTypesToExcludeOutputQuantization"] = [producer]
+        overrides: dict[str, list[dict[str, Any]]] = {}
+        if method == "entropy":
+            ranges = entropy_ranges(pre, calib, input_name, expected_chw=chw, symmetric=scheme == "trt",
+                                    workdir=Path(tmp))
+            overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                         for name, (lo, hi) in ranges.items()}
+            calibrate_method = oq.CalibrationMethod.MinMax  # its ranges are all overridden
         try:
             oq.quantize_static(
                 str(pre), str(out), reader, quant_format=oq.QuantFormat.QDQ, per_channel=True,
                 reduce_range=False, activation_type=options["activation_type"],
                 weight_type=options["weight_type"], calibrate_method=calibrate_method,
-                nodes_to_exclude=exclude, extra_options=extra,
+                nodes_to_exclude=exclude,
+                extra_options=extra | ({"TensorQuantOverrides": overrides} if overrides else {}),
             )
         except UsageError:
             raise
@@ -183,6 +200,8 @@ def quantize_onnx(
         "reduce_range": False,
         "calibration_method": method,
         "calibration_images": int(len(reader.images)),
+        **({"entropy": {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                        "ranges_overridden": len(overrides)}} if method == "entropy" else {}),
         "nodes_to_exclude": exclude,
         "logits": "int8" if producer is None else "float",
         "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process",
@@ -190,6 +209,44 @@ def quantize_onnx(
         "extra_options": {k: v for k, v in extra.items()},
         "onnxruntime": _version("onnxruntime"),
     }
+
+
+def entropy_ranges(
+    model_path: str | Path,
+    calib: np.ndarray,
+    input_name: str,
+    *,
+    expected_chw: Sequence[int] | None = None,
+    symmetric: bool = False,
+    workdir: str | Path,
+) -> dict[str, tuple[float, float]]:
+    """Each activation's (rmin, rmax) by ONNX Runtime's entropy calibrator (KL threshold search on a histogram of
+    :data:`ENTROPY_BINS` bins quantized to :data:`ENTROPY_QUANTIZED_BINS`; the threshold is clipped to the observed
+    min/max, so a ReLU output keeps rmin 0).
+
+    Args:
+        model_path: the pre-processed float ONNX file.
+        calib: calibration images, float32 NCHW in [0, 1].
+        input_name: the model's input.
+        expected_chw: the model's (C, H, W) for the image check.
+        symmetric: symmetric ranges (the ``trt`` scheme).
+        workdir: where ONNX Runtime writes its augmented model.
+    """
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(
+        Path(model_path), [], augmented_model_path=str(Path(workdir) / "entropy.augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS, "symmetric": symmetric},
+    )
+    reader = ImageCalibrationReader(calib, input_name, batch_size=_CALIB_BATCH, expected_chw=expected_chw)
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress lines
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+    return {name: (float(td.range_value[0]), float(td.range_value[1])) for name, td in data.items()}
 
 
 def _version(package: str) -> str | None:
