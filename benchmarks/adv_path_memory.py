@@ -140,9 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(point(args, int(batch), MODES[mode])))
         return
     rep = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rep, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rep))
+    ds.write_report(args.out, rep, markdown(rep), indent=1)
     print(markdown(rep))
 
 

@@ -678,6 +678,13 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def write_report(out: Path, report: dict[str, Any], markdown_text: str, *, indent: int = 2) -> None:
+    """Write ``report`` as JSON to ``out`` and ``markdown_text`` beside it (``.md``), creating the folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=indent) + "\n")
+    out.with_suffix(".md").write_text(markdown_text)
+
+
 def command_line() -> str:
     """The command as run: thread variables, interpreter (relative to the working directory), argv."""
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
@@ -1050,10 +1057,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sections": sections,
         "total_seconds": time.perf_counter() - t0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
-    args.out.with_suffix(".md").write_text(md)
+    write_report(args.out, report, md)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     print(md)
 

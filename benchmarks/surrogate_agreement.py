@@ -132,9 +132,7 @@ def main() -> None:
               "command": ds.command_line(), "machine": ds.machine_info(), "torch": torch.__version__,
               "onnxruntime": ort.__version__, "threads": torch.get_num_threads(), "n": len(x),
               "bundles": [measure(b, x) for b in args.bundle]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(record))
+    ds.write_report(args.out, record, markdown(record), indent=1)
     print(markdown(record))
 
 
