@@ -251,9 +251,31 @@ def result_path(cfg: Settings, part_id: str) -> Path:
     return cfg.results_dir / f"{part_id}.json"
 
 
-def is_done(cfg: Settings, part_id: str) -> bool:
-    """Whether the part's result JSON exists."""
-    return (REPO / result_path(cfg, part_id)).exists()
+def read_result(cfg: Settings, part_id: str) -> dict[str, Any] | None:
+    """The part's result record (None: not written yet)."""
+    path = REPO / result_path(cfg, part_id)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def lacking(cfg: Settings, part: Part, rec: dict[str, Any] | None) -> str | None:
+    """What ``rec`` lacks that comparison.yaml now asks of ``part`` (None: complete). A result without the
+    AutoAttack evaluation its seed now asks for, or with one on another n, is incomplete: ``run`` then runs only
+    that evaluation (the part's other commands are recorded as done and are skipped)."""
+    if rec is None:
+        return "not run"
+    if part.group not in ("main", "ablation") or not part.autoattack:
+        return None
+    assert part.student is not None
+    name, want = cfg["eval"]["autoattack"], per_student(cfg["eval"]["autoattack_n"], part.student)
+    have = rec["eval"]["attacks"].get(name)
+    if have is None:
+        return f"{label(name)} (n = {want}) not run"
+    return None if have["n"] == want else f"{label(name)} on n = {have['n']}, not {want}"
+
+
+def is_done(cfg: Settings, part: Part) -> bool:
+    """Whether the part's result JSON exists and holds everything comparison.yaml asks of it."""
+    return lacking(cfg, part, read_result(cfg, part.id)) is None
 
 
 def pgd_attack(cfg: Settings) -> str:
@@ -281,19 +303,18 @@ def steps_of(cfg: Settings, part: Part) -> list[Step]:
         ckpt = run / "student" / "model.safetensors"
         ev = cfg["eval"]
         assert part.student is not None
-        aa_n = per_student(ev["autoattack_n"], part.student)
-        together = part.autoattack and aa_n == int(ev["n"])  # one rkd eval when AutoAttack uses the same n
         common = ["--data", data, *cfg.data_args(), "--seed", str(ev["seed"])]
         steps = [
             Step("distill", ["distill", cfg["recipe"], "--teacher", teacher, "--out", str(run / "student"),
                              "--resume", *cfg.data_args(), *sets]),
-            Step("eval", ["eval", str(ckpt), *common, "--n", str(ev["n"]), "--attacks", eval_attacks(cfg, together),
+            Step("eval", ["eval", str(ckpt), *common, "--n", str(ev["n"]), "--attacks", eval_attacks(cfg, False),
                           "--report", str(run / "eval.json"), "--aa-state", str(run / "eval.aa-state")]),
         ]
-        if part.autoattack and not together:
+        if part.autoattack:  # its own command, so that adding AutoAttack to a finished part runs only AutoAttack
+            aa_n = per_student(ev["autoattack_n"], part.student)
             steps.append(Step("eval_aa", ["eval", str(ckpt), *common, "--n", str(aa_n), "--attacks", ev["autoattack"],
                                           "--report", str(run / "eval-aa.json"),
-                                          "--aa-state", str(run / "eval-aa.aa-state")]))
+                                          "--aa-state", str(run / f"eval-aa-n{aa_n}.aa-state")]))
         return steps
     dep = cfg["deploy"]
     assert part.student is not None and part.seed is not None
@@ -326,10 +347,14 @@ class Estimator:
         self.probe: dict[str, Any] | None = json.loads(path.read_text()) if path.exists() else None
         self.measured: dict[tuple[Any, ...], list[float]] = {}
         self.measured_without_aa: dict[tuple[Any, ...], list[float]] = {}
+        self.aa_per_image: dict[tuple[Any, ...], list[float]] = {}  # a separate AutoAttack eval's s per image
         for part in build_plan(cfg):
-            res = REPO / result_path(cfg, part.id)
-            if res.exists():
-                timing = json.loads(res.read_text()).get("timing", {})
+            rec = read_result(cfg, part.id)
+            if rec is not None:
+                timing = rec.get("timing", {})
+                aa_n = (rec.get("eval") or {}).get("autoattack_eval", {}).get("n")
+                if aa_n and "eval_aa_s" in timing:
+                    self.aa_per_image.setdefault(self.row(part), []).append(timing["eval_aa_s"] / aa_n)
                 seconds = timing.get("total_s")
                 if seconds:
                     self.measured.setdefault(self.kind(part), []).append(seconds)
@@ -349,6 +374,9 @@ class Estimator:
 
     def minutes(self, part: Part) -> tuple[float | None, str]:
         """(estimated minutes, where the number comes from)."""
+        rec = read_result(self.cfg, part.id)
+        if rec is not None and (what := lacking(self.cfg, part, rec)) is not None:
+            return self.autoattack_minutes(part), f"AutoAttack only ({what})"
         same = self.measured.get(self.kind(part))
         if same:
             return statistics.median(same) / 60, f"measured ({len(same)} part{'s' if len(same) > 1 else ''})"
@@ -367,6 +395,19 @@ class Estimator:
             return None, f"not in probe.json ({exc})"
         stale = self.stale(part.student) if part.student else []
         return seconds / 60, f"probe (stale: probed with {', '.join(stale)}; rerun `run.py probe`)" if stale else "probe"
+
+    def autoattack_minutes(self, part: Part) -> float | None:
+        """The separate AutoAttack evaluation of ``part`` alone: other seeds' measured seconds per image, scaled to
+        its n (AutoAttack's time follows the images that stay robust, so this is rough), else the probe's."""
+        assert part.student is not None
+        ev = self.cfg["eval"]
+        n = per_student(ev["autoattack_n"], part.student)
+        per_image = self.aa_per_image.get(self.row(part))
+        if per_image:
+            return statistics.median(per_image) * n / 60
+        if self.probe is None:
+            return None
+        return self.eval_seconds(part.student, ev["autoattack"], n) / 60
 
     def stale(self, student: str) -> list[str]:
         """The student settings the probe ran with that differ from comparison.yaml's now (none: up to date)."""
@@ -655,7 +696,7 @@ def run_part(cfg: Settings, part: Part) -> str:
     with part_lock(REPO / folder) as locked:
         if not locked:
             return "busy"
-        if is_done(cfg, part.id):
+        if is_done(cfg, part):
             return "done"
         steps = steps_of(cfg, part)
         seconds: dict[str, float] = {}
@@ -671,7 +712,7 @@ def run_all(cfg: Settings, parts: list[Part], *, jobs: int, max_minutes: float |
     """Run ``parts`` (plan order, ``jobs`` at a time, dependencies first); exit status 0 when all finished."""
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
     selected = {p.id for p in parts}
-    pending = [p for p in parts if not is_done(cfg, p.id)]
+    pending = [p for p in parts if not is_done(cfg, p)]
     failed: dict[str, str] = {}
     running: dict[Future[str], Part] = {}
     say(f"{len(pending)} part(s) to run, {len(parts) - len(pending)} already done; {jobs} at a time")
@@ -684,7 +725,7 @@ def run_all(cfg: Settings, parts: list[Part], *, jobs: int, max_minutes: float |
             for part in list(pending):
                 if len(running) >= jobs:
                     break
-                blocked = [d for d in part.deps if not is_done(cfg, d)]
+                blocked = [d for d in part.deps if read_result(cfg, d) is None]  # needs its checkpoint, no more
                 if any(d in failed for d in blocked) or any(d not in selected for d in blocked):
                     failed[part.id] = f"needs {', '.join(blocked)} (not done)"
                     say(f"{part.id}: skipped, {failed[part.id]}")
@@ -891,13 +932,16 @@ def label(name: str) -> str:
     return ATTACK_LABELS.get(name, name)
 
 
-def row_stats(results: dict[int, dict[str, Any]], columns: list[str]) -> dict[str, list[tuple[int, float]]]:
-    """Per column, the (seed, accuracy) pairs of the finished seeds that evaluated it."""
+def row_stats(results: dict[int, dict[str, Any]], columns: list[str],
+              want_n: dict[str, int] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Per column, the (seed, accuracy) pairs of the finished seeds that evaluated it (on ``want_n[column]``
+    images where given: an evaluation on another n, from an earlier comparison.yaml, is left out)."""
     out: dict[str, list[tuple[int, float]]] = {c: [] for c in columns}
     for seed, res in sorted(results.items()):
         for c in columns:
-            if c in res["eval"]["attacks"]:
-                out[c].append((seed, res["eval"]["attacks"][c]["acc"]))
+            got = res["eval"]["attacks"].get(c)
+            if got is not None and (want_n is None or c not in want_n or got["n"] == want_n[c]):
+                out[c].append((seed, got["acc"]))
     return out
 
 
@@ -932,9 +976,9 @@ def table_setup(cfg: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def table_row(name: str, res: dict[int, dict[str, Any]], want: list[int], columns: list[str],
-              extra: str = "") -> tuple[str, dict[str, Any]]:
+              extra: str = "", want_n: dict[str, int] | None = None) -> tuple[str, dict[str, Any]]:
     """One Markdown row (mean ± std per column) and its table.json entry."""
-    stats = row_stats(res, columns)
+    stats = row_stats(res, columns, want_n)
     entry = {"seeds": sorted(res), "missing_seeds": [s for s in want if s not in res],
              **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])} for c in columns}}
     line = (f"| {name} |{extra} {seeds_text(sorted(res), want)} | "
@@ -945,8 +989,10 @@ def table_row(name: str, res: dict[int, dict[str, Any]], want: list[int], column
 def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
     """One table per student: a row per method, a column per attack."""
     columns, seeds, ev, pgd = attack_columns(cfg), list(cfg["seeds"]), cfg["eval"], pgd_attack(cfg)
+    plan = {p.id: p for p in build_plan(cfg)}
     lines: list[str] = []
     for student, spec in cfg["students"].items():
+        aa_n = per_student(ev["autoattack_n"], student)
         own = cfg.fill(spec.get("overrides") or [])
         lines += [f"## {student}: {spec['name']} width {spec['width']}", "",
                   *([f"Trained with base.yaml plus `{' '.join(own)}` (this student's own settings).", ""] if own else []),
@@ -960,7 +1006,8 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
             warned = [f"- {ids[s]}: {w.split(' used on clean inputs)')[0]} used on clean inputs)"
                       for s, r in res.items() for w in r["eval"].get("warnings") or []]
             collapsed += warned
-            line, tj["main"][student][method] = table_row(method + (" ⚠" if warned else ""), res, seeds, columns)
+            line, tj["main"][student][method] = table_row(method + (" ⚠" if warned else ""), res, seeds, columns,
+                                                          want_n={ev["autoattack"]: aa_n})
             tj["main"][student][method]["warnings"] = warned
             without = {s: r["eval"]["by_class"]["attacks"][pgd]["without_most_predicted"] for s, r in res.items()
                        if (r["eval"].get("by_class") or {}).get("attacks", {}).get(pgd)}
@@ -968,9 +1015,11 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
                 "per_seed": without}
             line += f" {pct(list(without.values()))} |"
             lines.append(line)
-        aa_n = per_student(ev["autoattack_n"], student)
+        short = [f"{pid} ({what})" for m in cfg["methods"] for s in ev["autoattack_seeds"]
+                 if (r := results.get(pid := train_part_id(student, m, s))) and (what := lacking(cfg, plan[pid], r))]
         lines += ["", f"{label(ev['autoattack'])}: seeds {ev['autoattack_seeds']}, n = {aa_n}"
-                  + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + ".", ""]
+                  + (f" (not {ev['n']}: the budget, see README.md)" if aa_n != int(ev["n"]) else "") + "."
+                  + (f" Not in the column yet ⚠: {', '.join(short)}." if short else ""), ""]
         if collapsed:
             lines += ["⚠ `rkd eval` warnings: a model that ignores classes or favours one looks more robust than "
                       "it is (full text: `eval.warnings` in each part's JSON):", "",
@@ -1032,7 +1081,8 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
         over = ", ".join(f"`{i.removeprefix('student.method.')}`" for i in items) or "(base.yaml)"
         res = {s: results[i] for s, i in ids.items() if i in results}
         warned = any(r["eval"].get("warnings") for r in res.values())
-        line, entry = table_row(name + (" ⚠" if warned else ""), res, want, a_cols, extra=f" {over} |")
+        line, entry = table_row(name + (" ⚠" if warned else ""), res, want, a_cols, extra=f" {over} |",
+                                want_n={columns[-1]: per_student(cfg["eval"]["autoattack_n"], student)})
         tj["ablations"][name] = {"overrides": items, **entry}
         lines.append(line)
     return lines
@@ -1088,6 +1138,7 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
     machines = {json.dumps(r["machine"], sort_keys=True) for r in results.values()}
     versions = {json.dumps(r.get("versions"), sort_keys=True) for r in results.values() if r.get("versions")}
     missing = [p.id for p in plan if p.id not in results]
+    incomplete = [f"{p.id} ({what})" for p in plan if p.id in results and (what := lacking(cfg, p, results[p.id]))]
     lines: list[str] = []
     trained = {pid: json.dumps({"data": r["recipe"]["data"], "train": r["recipe"]["train"],
                                 "steps": r["recipe"]["method"].get("steps"),
@@ -1104,7 +1155,8 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
               f"- Compute: {total_s / 3600:.2f} core-hours over {len(results)} part(s) (sum of the wall times of "
               "the commands that finished; time lost in killed commands is not counted).",
               f"- Machine: {'; '.join(machines) or '–'}", f"- Versions: {'; '.join(versions) or '–'}",
-              f"- Missing parts ({len(missing)}): {', '.join(missing) or 'none'}", "",
+              f"- Missing parts ({len(missing)}): {', '.join(missing) or 'none'}",
+              f"- Incomplete parts ({len(incomplete)}; `run` completes them): {', '.join(incomplete) or 'none'}", "",
               "<details><summary>Every part: accuracies (95% Wilson interval), time and commands</summary>", ""]
     for pid, res in results.items():
         tj["parts"][pid] = {k: res.get(k) for k in ("group", "student", "method", "variant", "seed", "deploy",
@@ -1128,7 +1180,7 @@ def table_runs(cfg: Settings, plan: list[Part], results: dict[str, dict[str, Any
 def table(cfg: Settings) -> int:
     """Aggregate the finished parts into table.md and table.json."""
     plan = build_plan(cfg)
-    results = {p.id: json.loads((REPO / result_path(cfg, p.id)).read_text()) for p in plan if is_done(cfg, p.id)}
+    results = {p.id: rec for p in plan if (rec := read_result(cfg, p.id)) is not None}
     tj: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-table",
                           "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": cfg.smoke,
                           "columns": attack_columns(cfg), "main": {}, "paired": {}, "ablations": {}, "deploy": {},
@@ -1161,7 +1213,7 @@ def show_plan(cfg: Settings, jobs: int) -> int:
     print(f"{'part':34} {'group':9} {'est. min':>8}  {'status':8} source")
     for part in plan:
         m, source = est.minutes(part)
-        done = is_done(cfg, part.id)
+        done = is_done(cfg, part)
         if m is None:
             unknown.append(part.id)
         elif not done:
@@ -1169,7 +1221,7 @@ def show_plan(cfg: Settings, jobs: int) -> int:
         text = f"{m:8.1f}" if m is not None else f"{'?':>8}"
         extra = f" (after {', '.join(part.deps)})" if part.deps and not done else ""
         print(f"{part.id:34} {part.group:9} {text}  {'done' if done else 'todo':8} {source}{extra}")
-    todo = [p for p in plan if not is_done(cfg, p.id)]
+    todo = [p for p in plan if not is_done(cfg, p)]
     teacher = REPO / cfg["teacher"]["checkpoint"]
     print(f"\nteacher: {cfg['teacher']['checkpoint']} "
           f"{'present' if teacher.exists() else 'MISSING: the teacher part trains it first'}")
@@ -1204,7 +1256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = Settings.load(args.config, smoke=args.smoke, data_root=args.data_root)
     os.chdir(REPO)
     if args.command == "plan" and args.ids:
-        print(" ".join(p.id for p in build_plan(cfg) if not is_done(cfg, p.id)
+        print(" ".join(p.id for p in build_plan(cfg) if not is_done(cfg, p)
                        and (args.student is None or p.student == args.student)
                        and (args.group is None or p.group == args.group)))
         return 0
