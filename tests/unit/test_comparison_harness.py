@@ -1,0 +1,78 @@
+"""benchmarks/method_comparison/run.py: which parts are complete, and what adding AutoAttack to finished parts runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "method_comparison" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("method_comparison_run", RUN_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def cfg(harness: ModuleType, tmp_path: Path) -> Any:
+    """The smoke settings on seeds 0-2 with AutoAttack asked of seeds 0 and 1, results in a temporary folder."""
+    cfg = harness.Settings.load(harness.CONFIG, smoke=True)
+    cfg.raw["results_dir"] = str(tmp_path)
+    cfg.raw["seeds"] = [0, 1, 2]
+    cfg.raw["eval"]["autoattack_seeds"] = [0, 1]
+    return cfg
+
+
+def record(attacks: dict[str, tuple[float, int]]) -> dict[str, Any]:
+    return {"eval": {"attacks": {k: {"acc": acc, "n": n} for k, (acc, n) in attacks.items()}}}
+
+
+def test_autoattack_is_its_own_command_on_its_own_state(harness: ModuleType, cfg: Any) -> None:
+    parts = {p.id: p for p in harness.build_plan(cfg)}
+    aa, aa_n = cfg["eval"]["autoattack"], cfg["eval"]["autoattack_n"]["r18"]
+    steps = harness.steps_of(cfg, parts["r18-ard-s1"])
+    assert [s.name for s in steps] == ["distill", "eval", "eval_aa"]
+    assert aa not in steps[1].args[steps[1].args.index("--attacks") + 1]
+    last = steps[2].args
+    assert last[last.index("--attacks") + 1] == aa and last[last.index("--n") + 1] == str(aa_n)
+    assert last[last.index("--aa-state") + 1].endswith(f"eval-aa-n{aa_n}.aa-state")  # a state per n
+    # the same part before AutoAttack was asked of its seed: the same first two commands, so asking for it later
+    # finds them recorded as done and runs only the AutoAttack command
+    cfg.raw["eval"]["autoattack_seeds"] = [0]
+    before = harness.steps_of(cfg, {p.id: p for p in harness.build_plan(cfg)}["r18-ard-s1"])
+    assert [s.text for s in before] == [s.text for s in steps[:2]]
+
+
+def test_a_result_without_the_asked_autoattack_is_incomplete(harness: ModuleType, cfg: Any) -> None:
+    parts = {p.id: p for p in harness.build_plan(cfg)}
+    aa, aa_n = cfg["eval"]["autoattack"], cfg["eval"]["autoattack_n"]["r18"]
+    part, other_seed = parts["r18-ard-s1"], parts["r18-ard-s2"]
+    assert harness.lacking(cfg, part, None) == "not run"
+    assert "not run" in harness.lacking(cfg, part, record({"clean": (0.5, 32)}))
+    assert f"n = {aa_n // 2}, not {aa_n}" in harness.lacking(cfg, part, record({aa: (0.1, aa_n // 2)}))
+    assert harness.lacking(cfg, part, record({aa: (0.1, aa_n)})) is None
+    assert harness.lacking(cfg, other_seed, record({"clean": (0.5, 32)})) is None  # not asked of seed 2
+
+    path = Path(cfg["results_dir"]) / "r18-ard-s1.json"
+    assert not harness.is_done(cfg, part)
+    path.write_text(json.dumps(record({"clean": (0.5, 32)})))
+    assert not harness.is_done(cfg, part)
+    path.write_text(json.dumps(record({"clean": (0.5, 32), aa: (0.1, aa_n)})))
+    assert harness.is_done(cfg, part)
+
+
+def test_table_cells_leave_out_evaluations_on_another_n(harness: ModuleType) -> None:
+    results = {0: record({"aa": (0.10, 1000)}), 1: record({"aa": (0.30, 200)}), 2: record({"aa": (0.20, 1000)})}
+    assert harness.row_stats(results, ["aa"], {"aa": 1000}) == {"aa": [(0, 0.10), (2, 0.20)]}
+    assert harness.row_stats(results, ["aa"]) == {"aa": [(0, 0.10), (1, 0.30), (2, 0.20)]}
