@@ -632,8 +632,18 @@ def class_breakdown(report: dict[str, Any]) -> dict[str, Any] | None:
                         for name in report["per_sample"]}}
 
 
-def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[str, float]) -> dict[str, Any]:
-    """The part's result record, read from the reports its commands wrote."""
+def same_checkpoint_by_class(previous: dict[str, Any] | None, report: dict[str, Any]) -> dict[str, Any] | None:
+    """``previous``'s per-class breakdown when it evaluated the checkpoint and images ``report`` did (else None)."""
+    ev = (previous or {}).get("eval") or {}
+    same = ev.get("checkpoint_sha256") == report["model"]["sha256"] and ev.get("data") == report["data"]
+    return ev.get("by_class") if same else None
+
+
+def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[str, float],
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part's result record, read from the reports its commands wrote; ``previous`` (the part's earlier record,
+    when a later comparison.yaml asked more of it) supplies what an older report lacks: the per-class section of
+    an evaluation of the same checkpoint, from before ``rkd eval`` wrote one."""
     run = REPO / part_dir(cfg, part.id)
     rec: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-part", "part": part.id,
@@ -662,7 +672,7 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
             "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],
                      "attacks": summarize_attacks(report), "worst_case": report["worst_case"],
                      "checkpoint_sha256": report["model"]["sha256"], "warnings": report.get("warnings", []),
-                     "by_class": class_breakdown(report),
+                     "by_class": class_breakdown(report) or same_checkpoint_by_class(previous, report),
                      "report": str(part_dir(cfg, part.id) / "eval.json")},
             "versions": report.get("versions"), "device": report.get("device"),
         }
@@ -703,7 +713,7 @@ def run_part(cfg: Settings, part: Part) -> str:
         for step in steps:
             say(f"{part.id}: {step.text}")
             seconds[step.name] = run_step(step, folder)
-        record = collect_result(cfg, part, steps, seconds)
+        record = collect_result(cfg, part, steps, seconds, previous=read_result(cfg, part.id))
         atomic_write(REPO / result_path(cfg, part.id), json.dumps(record, indent=1) + "\n")
         return "done"
 

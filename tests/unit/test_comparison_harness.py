@@ -76,3 +76,12 @@ def test_table_cells_leave_out_evaluations_on_another_n(harness: ModuleType) -> 
     results = {0: record({"aa": (0.10, 1000)}), 1: record({"aa": (0.30, 200)}), 2: record({"aa": (0.20, 1000)})}
     assert harness.row_stats(results, ["aa"], {"aa": 1000}) == {"aa": [(0, 0.10), (2, 0.20)]}
     assert harness.row_stats(results, ["aa"]) == {"aa": [(0, 0.10), (1, 0.30), (2, 0.20)]}
+
+
+def test_a_recollected_part_keeps_the_per_class_section_of_the_same_evaluation(harness: ModuleType) -> None:
+    data = {"dataset": "cifar10", "n": 1000, "indices_sha256": "a"}
+    previous = {"eval": {"checkpoint_sha256": "c1", "data": data, "by_class": {"most_predicted": 6}}}
+    assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c1"}, "data": data}) == {"most_predicted": 6}
+    assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c2"}, "data": data}) is None  # retrained
+    assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c1"}, "data": data | {"n": 500}}) is None
+    assert harness.same_checkpoint_by_class(None, {"model": {"sha256": "c1"}, "data": data}) is None
