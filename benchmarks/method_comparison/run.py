@@ -1039,10 +1039,12 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
 
 def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
     """adv_path minus each baseline, paired by seed (same data subset, initialisation seed and test images), per
-    student: the mean difference, its sample std over seeds and how many seeds adv_path wins."""
-    columns = [c for c in cfg["eval"]["attacks"].split(",") if c]
+    student: the mean difference, its sample std over seeds and how many seeds adv_path wins (AutoAttack over the
+    seeds where both ran it on the configured n)."""
+    columns = attack_columns(cfg)
     seeds, lines = list(cfg["seeds"]), []
     for student in cfg["students"]:
+        want_n = {columns[-1]: per_student(cfg["eval"]["autoattack_n"], student)}
         ours = {s: results.get(train_part_id(student, "adv_path", s)) for s in seeds}
         rows, tj["paired"][student] = [], {}
         for method in cfg["methods"]:
@@ -1054,9 +1056,15 @@ def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str
                 continue
             entry, cells = {"seeds": both}, []
             for c in columns:
-                diffs = [ours[s]["eval"]["attacks"][c]["acc"] - theirs[s]["eval"]["attacks"][c]["acc"] for s in both]
+                a = dict(row_stats({s: ours[s] for s in both}, [c], want_n)[c])
+                b = dict(row_stats({s: theirs[s] for s in both}, [c], want_n)[c])
+                paired = [s for s in both if s in a and s in b]
+                if not paired:
+                    cells.append("–")
+                    continue
+                diffs = [a[s] - b[s] for s in paired]
                 wins = sum(d > 0 for d in diffs)
-                entry[c] = cell(diffs) | {"per_seed": dict(zip(both, diffs, strict=True)), "adv_path_wins": wins}
+                entry[c] = cell(diffs) | {"per_seed": dict(zip(paired, diffs, strict=True)), "adv_path_wins": wins}
                 sign = "+" if statistics.fmean(diffs) >= 0 else ""
                 cells.append(f"{sign}{pct(diffs)} ({wins}/{len(diffs)})")
             tj["paired"][student][method] = entry
