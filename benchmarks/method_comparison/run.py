@@ -985,6 +985,13 @@ def table_setup(cfg: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def fewer_seeds(values: Sequence[tuple[int, float]], res: dict[int, dict[str, Any]]) -> str:
+    """`` (seeds 0,1)`` after a cell computed over fewer seeds than its row has (nothing otherwise)."""
+    if len(values) >= len(res) or len(values) < 2:  # a single seed is already marked with its dagger
+        return ""
+    return f" (seeds {','.join(str(s) for s, _ in values)})"
+
+
 def table_row(name: str, res: dict[int, dict[str, Any]], want: list[int], columns: list[str],
               extra: str = "", want_n: dict[str, int] | None = None) -> tuple[str, dict[str, Any]]:
     """One Markdown row (mean ± std per column) and its table.json entry."""
@@ -992,7 +999,7 @@ def table_row(name: str, res: dict[int, dict[str, Any]], want: list[int], column
     entry = {"seeds": sorted(res), "missing_seeds": [s for s in want if s not in res],
              **{c: cell([v for _, v in stats[c]]) | {"per_seed": dict(stats[c])} for c in columns}}
     line = (f"| {name} |{extra} {seeds_text(sorted(res), want)} | "
-            + " | ".join(pct([v for _, v in stats[c]]) for c in columns) + " |")
+            + " | ".join(pct([v for _, v in stats[c]]) + fewer_seeds(stats[c], res) for c in columns) + " |")
     return line, entry
 
 

@@ -85,3 +85,10 @@ def test_a_recollected_part_keeps_the_per_class_section_of_the_same_evaluation(h
     assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c2"}, "data": data}) is None  # retrained
     assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c1"}, "data": data | {"n": 500}}) is None
     assert harness.same_checkpoint_by_class(None, {"model": {"sha256": "c1"}, "data": data}) is None
+
+
+def test_a_cell_over_fewer_seeds_than_its_row_says_which(harness: ModuleType) -> None:
+    results = {s: record({"aa": (0.1, 1000)}) for s in (0, 1, 2)}
+    assert harness.fewer_seeds([(0, 0.1), (2, 0.2)], results) == " (seeds 0,2)"
+    assert harness.fewer_seeds([(0, 0.1), (1, 0.1), (2, 0.2)], results) == ""
+    assert harness.fewer_seeds([(0, 0.1)], results) == ""  # one seed: pct() marks it with a dagger
