@@ -985,6 +985,11 @@ def table_setup(cfg: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def autoattack_n(cfg: Settings, student: str) -> dict[str, int]:
+    """``want_n`` for row_stats: the AutoAttack column counts only evaluations on the student's configured n."""
+    return {cfg["eval"]["autoattack"]: per_student(cfg["eval"]["autoattack_n"], student)}
+
+
 def fewer_seeds(values: Sequence[tuple[int, float]], res: dict[int, dict[str, Any]]) -> str:
     """`` (seeds 0,1)`` after a cell computed over fewer seeds than its row has (nothing otherwise)."""
     if len(values) >= len(res) or len(values) < 2:  # a single seed is already marked with its dagger
@@ -1024,7 +1029,7 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
                       for s, r in res.items() for w in r["eval"].get("warnings") or []]
             collapsed += warned
             line, tj["main"][student][method] = table_row(method + (" ⚠" if warned else ""), res, seeds, columns,
-                                                          want_n={ev["autoattack"]: aa_n})
+                                                          want_n=autoattack_n(cfg, student))
             tj["main"][student][method]["warnings"] = warned
             without = {s: r["eval"]["by_class"]["attacks"][pgd]["without_most_predicted"] for s, r in res.items()
                        if (r["eval"].get("by_class") or {}).get("attacks", {}).get(pgd)}
@@ -1051,7 +1056,7 @@ def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str
     columns = attack_columns(cfg)
     seeds, lines = list(cfg["seeds"]), []
     for student in cfg["students"]:
-        want_n = {columns[-1]: per_student(cfg["eval"]["autoattack_n"], student)}
+        want_n = autoattack_n(cfg, student)
         ours = {s: results.get(train_part_id(student, "adv_path", s)) for s in seeds}
         rows, tj["paired"][student] = [], {}
         for method in cfg["methods"]:
@@ -1107,7 +1112,7 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
         res = {s: results[i] for s, i in ids.items() if i in results}
         warned = any(r["eval"].get("warnings") for r in res.values())
         line, entry = table_row(name + (" ⚠" if warned else ""), res, want, a_cols, extra=f" {over} |",
-                                want_n={columns[-1]: per_student(cfg["eval"]["autoattack_n"], student)})
+                                want_n=autoattack_n(cfg, student))
         tj["ablations"][name] = {"overrides": items, **entry}
         lines.append(line)
     return lines
