@@ -11,9 +11,10 @@ schemes:
 - ``cpu``: ``QuantType.QUInt8`` asymmetric activations, symmetric ``QInt8`` per-channel weights: the form
   ONNX Runtime's x86 kernels run fast (symmetric int8 activations ran slower than FP32 on the 2-core dev CPU).
 
-Calibration ``entropy`` (KL-divergence threshold search, as TensorRT's entropy calibrator) computes the ranges
+Calibration ``entropy`` (KL-divergence threshold search, as TensorRT's entropy calibrator) collects histograms
 with ONNX Runtime's own ``calibrate.create_calibrator(..., CalibrationMethod.Entropy, extra_options={"num_bins":
-2048, "num_quantized_bins": 128})`` and hands them to ``quantize_static`` as ``TensorQuantOverrides`` (``rmin``,
+2048, "num_quantized_bins": 128})``, searches their thresholds with :mod:`rkd.quantize.kl_threshold` (ONNX
+Runtime's search, same results, several times faster) and hands the ranges to ``quantize_static`` as ``TensorQuantOverrides`` (``rmin``,
 ``rmax`` per tensor): ``quantize_static`` cannot set the histogram sizes, and its defaults (128 bins, 128 quantized
 bins) leave the full observed range as the only candidate threshold, i.e. exactly MinMax (byte-identical files).
 
@@ -39,6 +40,7 @@ import numpy as np
 from rkd.atomic import atomic_write
 from rkd.errors import UsageError
 from rkd.quantize.calibration import ImageCalibrationReader
+from rkd.quantize.kl_threshold import entropy_thresholds
 from rkd.registry import did_you_mean
 
 SCHEMES: tuple[str, ...] = ("trt", "cpu")
@@ -222,7 +224,8 @@ def entropy_ranges(
 ) -> dict[str, tuple[float, float]]:
     """Each activation's (rmin, rmax) by ONNX Runtime's entropy calibrator (KL threshold search on a histogram of
     :data:`ENTROPY_BINS` bins quantized to :data:`ENTROPY_QUANTIZED_BINS`; the threshold is clipped to the observed
-    min/max, so a ReLU output keeps rmin 0).
+    min/max, so a ReLU output keeps rmin 0). ONNX Runtime collects the histograms; the search is
+    :func:`rkd.quantize.kl_threshold.entropy_thresholds` (ONNX Runtime's, same results, faster).
 
     Args:
         model_path: the pre-processed float ONNX file.
@@ -245,8 +248,8 @@ def entropy_ranges(
     reader = ImageCalibrationReader(calib, input_name, batch_size=_CALIB_BATCH, expected_chw=expected_chw)
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress lines
         calibrator.collect_data(reader)
-        data = calibrator.compute_data()
-    return {name: (float(td.range_value[0]), float(td.range_value[1])) for name, td in data.items()}
+    # calibrator.compute_data() would search the same thresholds, several times slower (see kl_threshold)
+    return entropy_thresholds(calibrator.collector.histogram_dict, ENTROPY_QUANTIZED_BINS)
 
 
 def _version(package: str) -> str | None:
