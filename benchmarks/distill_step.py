@@ -124,12 +124,13 @@ class Bench:
     device: torch.device
     channels_last: bool
     seed: int
+    amp: str = "auto"  # the training loop's train.amp: auto (bf16 on CUDA only), off, bf16
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on CUDA (the training loop's ``amp: auto``), nothing on CPU."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The training loop's autocast for ``amp``: bf16 on CUDA with ``auto``, bf16 anywhere with ``bf16``."""
+        if self.amp == "off" or (self.amp == "auto" and self.device.type != "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -663,15 +664,18 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = ""
+    cpu_model, flags = "", []
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not cpu_model:
                 cpu_model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
     return {
         "processor": platform.processor(),
         "cpu_model": cpu_model,
+        "cpu_flags": flags,  # the vector/matrix extensions that decide fp32 vs bf16 vs int8 speed
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

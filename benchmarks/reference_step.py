@@ -22,6 +22,10 @@ steps:
 - ``rkd+compile``: the same with ``train.compile_attack`` on (``method.attack_model =
   compile_attack_model(student)``, as ``rkd.train.loop`` does). It is compiled before the timing starts; the
   compile time is reported.
+- ``rkd+bf16`` (``--bf16``): rkd's step with ``train.amp: bf16`` (the step's forward, attack and teacher calls
+  under ``torch.autocast("cpu", torch.bfloat16)``, as ``rkd.train.loop`` runs it): not the same arithmetic,
+  so it is reported beside the fp32 variants, with its loss against rkd fp32 (check d). CPUs with AMX-BF16 or
+  AVX512-BF16 run bf16 convolutions natively; others emulate them and may be slower.
 - ablations (``--ablations``, timed over ``--ablation-rounds`` rounds): the reference with one of rkd's
   changes: ``+frozen`` (parameters frozen during the attack), ``+channels_last`` (models and inputs
   channels_last), ``+no_grad_zero_weight`` (ARD: the forward of a term of weight 0 under ``no_grad``, so no
@@ -31,7 +35,8 @@ Before timing, per student and method, the losses are checked to agree: (a) rkd 
 the attack start drawn from identically seeded generators: loss, x_adv and the student's gradients compared
 (for ARD also (a'): the start drawn with rkd's arithmetic, bitwise equal; the published draw differs by an
 ulp); (b) rkd, NCHW and channels_last (as timed), with the reference's x_adv injected in place of its attack;
-(c) rkd+compile against rkd eager, same generator seed, loss compared (this call also compiles).
+(c) rkd+compile against rkd eager, same generator seed, loss compared (this call also compiles); (d) with
+``--bf16``, rkd+bf16 against rkd fp32, same generator seed, loss compared.
 
 How: every variant runs once as a warm-up, then ``--rounds`` rounds (ablations: the first
 ``--ablation-rounds`` of them); inside a round each variant runs once, in an order reversed every other round,
@@ -56,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -475,12 +481,27 @@ def compile_check(rkd: DistillMethod, rkd_compiled: DistillMethod, bench: Bench,
     for key, method in (("eager", rkd), ("compiled", rkd_compiled)):
         method.generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        loss = method(bench.x, bench.y).loss.detach().item()
+        with bench.autocast():
+            loss = method(bench.x, bench.y).loss.detach().float().item()
         out[f"loss_{key}"] = loss
         out[f"seconds_{key}_first_call"] = time.perf_counter() - start
         method.generator = None
     out["abs_diff"] = abs(out["loss_eager"] - out["loss_compiled"])
     out["what"] = "rkd+compile against rkd eager, as timed, same attack-start generator seed (loss only)"
+    return out
+
+
+def bf16_check(fp32: DistillMethod, bf16: DistillMethod, bench: Bench, bench_bf16: Bench, seed: int) -> dict[str, Any]:
+    """(d) rkd+bf16 against rkd fp32, same generator seed (loss only; x_adv may differ: PGD's sign steps)."""
+    out: dict[str, Any] = {}
+    for key, method, b in (("fp32", fp32, bench), ("bf16", bf16, bench_bf16)):
+        method.generator = torch.Generator().manual_seed(seed)
+        with b.autocast():
+            out[f"loss_{key}"] = method(b.x, b.y).loss.detach().float().item()
+        method.generator = None
+    out["abs_diff"] = abs(out["loss_fp32"] - out["loss_bf16"])
+    out["rel_diff"] = out["abs_diff"] / max(abs(out["loss_fp32"]), 1e-12)
+    out["what"] = "rkd+bf16 (train.amp: bf16) against rkd fp32, as timed, same attack-start generator seed"
     return out
 
 
@@ -610,6 +631,17 @@ def bench_student(
                 kind="main",
                 what=f"rkd's {name} with train.compile_attack",
             )
+        if args.bf16:
+            bf16_bench = dataclasses.replace(timed_bench, amp="bf16")
+            half, half_opt = build_method(bf16_bench, name)
+            fp32_twin, _ = build_method(timed_bench, name)
+            checks[name]["bf16_vs_fp32"] = bf16_check(fp32_twin, half, timed_bench, bf16_bench, args.seed + 11)
+            variants[f"{name}/rkd+bf16"] = Variant(
+                step=lambda m=half, o=half_opt, b=bf16_bench: train_step(b, m, o),
+                rounds=args.rounds,
+                kind="main",
+                what=f"rkd's {name} with train.amp: bf16 (bf16 autocast on CPU)",
+            )
         c = checks[name]["same_start_noise"]
         log(f"  loss rkd {c['loss_rkd']:.8f} reference {c['loss_reference']:.8f} |diff| {c['abs_diff']:.2e}")
 
@@ -640,6 +672,8 @@ def bench_student(
             if args.compile
             else {}
         )
+        if args.bf16:
+            extra["rkd_over_rkd_bf16"] = ratios(times.wall, rkd_key, f"{name}/rkd+bf16")
         results[name] = {"checks": checks[name], "variants": per_variant, **extra}
     return {"student": student.label(), "methods": results}
 
@@ -659,6 +693,7 @@ CHECKS = (
     ("injected_x_adv_nchw", "(b) x_adv injected, NCHW"),
     ("injected_x_adv_channels_last", "(b) x_adv injected, channels_last"),
     ("compiled_vs_eager", "(c) compiled vs eager"),
+    ("bf16_vs_fp32", "(d) bf16 autocast vs fp32"),
 )
 CHANGE_TEXT = {
     "frozen": "parameters frozen during the attack (rkd's `pgd` switches `requires_grad` off): the attack's "
@@ -667,6 +702,8 @@ CHANGE_TEXT = {
     "convolution and batch-norm kernels instead of the NCHW ones",
     "no_grad_zero_weight": "a loss term of weight 0 computed under `no_grad` (ARD at alpha = 1: the clean "
     "forward runs for its batch-norm statistics, but no backward through the student runs for it)",
+    "bf16": "`train.amp: bf16`: the step's convolutions and matrix products in bfloat16 (oneDNN; native on "
+    "CPUs with AMX-BF16 or AVX512-BF16), a different arithmetic from the fp32 reference (check d)",
     "compile": "`train.compile_attack`: the attack's forward (and, through AOTAutograd, its input-gradient "
     "backward) compiled by torch.compile/Inductor (fused elementwise and batch-norm kernels)",
 }
@@ -712,6 +749,12 @@ def explain(method: dict[str, Any]) -> list[str]:
             f"  - compile: rkd+compile is {_cell(r, 2)}x faster than rkd eager (per-round rkd / rkd+compile): "
             f"{CHANGE_TEXT['compile']}."
         )
+    if "rkd+bf16" in v:
+        r = method.get("rkd_over_rkd_bf16")
+        lines.append(
+            f"  - bf16: rkd+bf16 is {_cell(r, 2)}x faster than rkd fp32 (per-round rkd / rkd+bf16): "
+            f"{CHANGE_TEXT['bf16']}."
+        )
     return lines
 
 
@@ -721,8 +764,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# rkd's training step vs the published research code's step (ARD, RSLAD)",
         "",
-        f"{report['date']}; {report['machine']['cpu_model'] or report['machine']['processor']}, "
-        f"{report['threads']} thread(s); torch {report['torch']}; CPU.",
+        f"{report['date']}; {report['machine']['cpu_model'] or report['machine']['processor']}"
+        + (f" ({', '.join(report['machine']['cpu_flags'])})" if report["machine"].get("cpu_flags") else "")
+        + f", {report['threads']} thread(s); torch {report['torch']}; CPU.",
         f"Teacher {cfg['teacher']}, batch {b}, m = {cfg['steps']} attack steps; {cfg['rounds']} rounds after "
         f"{cfg['warmup']} warm-up (ablations: the first {cfg['ablation_rounds']}); median [min, max].",
         "All variants of a student run interleaved in the same rounds of one run (order reversed every other "
@@ -763,7 +807,9 @@ def markdown(report: dict[str, Any]) -> str:
         "(RSLAD: bitwise the same start; ARD: the published `x + U(-eps, eps)` and rkd's `u * 2 eps - eps + x` "
         "differ by an ulp); (a') ARD with the start drawn by rkd's arithmetic (bitwise the same start); "
         "(b) rkd with the reference's x_adv injected in place of its attack, NCHW and channels_last (as "
-        "timed), against the reference's loss; (c) rkd+compile vs rkd eager as timed, same seed. Gradients: "
+        "timed), against the reference's loss; (c) rkd+compile vs rkd eager as timed, same seed; (d) rkd+bf16 vs "
+        "rkd fp32 as timed, same seed (a different arithmetic: its loss differs by bf16 rounding and by the "
+        "x_adv the rounding leads to). Gradients: "
         "the student's parameter gradients after backward, max |diff| and ||diff|| / ||grad|| over all "
         "parameters. The sign steps of PGD turn a rounding difference in a near-zero input gradient into a "
         "whole step of 2/255, and in ARD's train-mode attack batch-norm statistics couple the samples, so "
@@ -785,6 +831,12 @@ def markdown(report: dict[str, Any]) -> str:
                         f"{c['loss_eager']:.8f} (eager) | {c['abs_diff']:.2e} | | | |"
                     )
                     continue
+                if key == "bf16_vs_fp32":
+                    lines.append(
+                        f"| {st['student']} | {name} | {tag} | {c['loss_bf16']:.8f} | "
+                        f"{c['loss_fp32']:.8f} (fp32) | {c['abs_diff']:.2e} ({c['rel_diff']:.1%}) | | | |"
+                    )
+                    continue
                 adv = (
                     f"{c['x_adv_max_abs_diff']:.2e} ({c['x_adv_fraction_differing']:.1e})"
                     if "x_adv_max_abs_diff" in c
@@ -800,7 +852,7 @@ def markdown(report: dict[str, Any]) -> str:
         for name, m in st["methods"].items():
             target = report["target_speedup"]
             parts = []
-            for label in ("rkd", "rkd+compile"):
+            for label in ("rkd", "rkd+compile", "rkd+bf16"):
                 if label in m["variants"]:
                     r = m["variants"][label]["speedup_over_reference"]
                     verdict = "meets" if r["median"] >= target else "below"
@@ -889,6 +941,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out rkd+compile")
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time rkd with train.amp: bf16 (bf16 autocast on CPU; a different arithmetic, check d)",
+    )
+    p.add_argument(
         "--no-channels-last",
         dest="channels_last",
         action="store_false",
@@ -952,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "ablation_rounds": min(args.rounds, args.ablation_rounds),
             "compile": args.compile,
             "channels_last": args.channels_last,
+            "bf16": args.bf16,
             "num_classes": args.num_classes,
             "seed": args.seed,
             "optimizer": f"SGD lr 0.1 momentum 0.9 weight decay {WEIGHT_DECAY} (both)",
