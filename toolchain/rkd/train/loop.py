@@ -1,9 +1,9 @@
 """The training loop, generic over :class:`~rkd.distill.DistillMethod`.
 
-SGD with a step-exact schedule; bf16 autocast and channels_last on CUDA; deterministic seeding; metrics JSONL;
-periodic clean + PGD evaluation on held-out training images; atomic checkpoints; ``resume`` continues a killed
-run from its last checkpoint (mid-epoch when ``checkpoint_every_steps`` is set); a NaN/inf loss stops the run
-with :class:`~rkd.errors.TrainingDiverged` and the last good checkpoint kept.
+SGD with a step-exact schedule; channels_last; bf16 autocast on CUDA (``amp: bf16`` also on CPU); deterministic
+seeding; metrics JSONL; periodic clean + PGD evaluation on held-out training images; atomic checkpoints;
+``resume`` continues a killed run from its last checkpoint (mid-epoch when ``checkpoint_every_steps`` is set); a
+NaN/inf loss stops the run with :class:`~rkd.errors.TrainingDiverged` and the last good checkpoint kept.
 """
 
 from __future__ import annotations
