@@ -143,3 +143,6 @@ def test_env_reports_versions_and_runtimes() -> None:
     assert info["runtimes"]["onnxruntime"]["available"] is True
     trt = info["runtimes"]["tensorrt"]
     assert trt["available"] or "tensorrt" in trt["why"]
+    assert isinstance(info["host"]["cpu_extensions"], list) and info["host"]["cpu_capability"]
+    res = _run("env")
+    assert res.exit_code == 0 and "torch kernels" in res.output

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
+from pathlib import Path
 from typing import Any
 
 _PACKAGES = ("rkd", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "pyautoattack", "tensorrt")
+#: The x86 extensions that decide how fast fp32 (AVX2/AVX-512), int8 (VNNI, AMX-INT8) and bf16 (AVX512-BF16,
+#: AMX-BF16) kernels run in torch (oneDNN) and ONNX Runtime, as /proc/cpuinfo names them.
+CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -30,9 +35,39 @@ def device_description(device: str) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(idx)
         info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(idx)))
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        info.update(cpu_description())
         info["torch_threads"] = torch.get_num_threads()
     return info
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's model, core count, torch's kernel level (``torch.backends.cpu.get_cpu_capability()``) and which
+    of :data:`CPU_EXTENSIONS` it has (from ``/proc/cpuinfo``, or ``cpuinfo``; empty where there is none).
+
+    ``amx_bf16`` or ``avx512_bf16`` is what makes ``train.amp: bf16`` pay off on a CPU; ``avx512_vnni`` or
+    ``amx_int8`` what makes ONNX Runtime's INT8 kernels fast.
+    """
+    import torch
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_extensions": [f for f in CPU_EXTENSIONS if f in flags],
+    }
 
 
 def runtime_availability() -> dict[str, dict[str, Any]]:

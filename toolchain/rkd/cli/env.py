@@ -15,7 +15,7 @@ from rkd.cli._common import handle_errors, out
 def env(json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """Show versions of rkd and its libraries, the devices, and which runtimes can run on this machine."""
     with handle_errors():
-        from rkd.environment import device_description, package_versions, runtime_availability
+        from rkd.environment import CPU_EXTENSIONS, device_description, package_versions, runtime_availability
 
         versions, runtimes = package_versions(), runtime_availability()
         if json_out:
@@ -35,3 +35,7 @@ def env(json_out: Annotated[bool, typer.Option("--json", help="Print JSON instea
             detail = info.get("why") or ", ".join(info.get("providers", info.get("devices", [])))
             rt.add_row(name, "yes" if info["available"] else "[red]no[/]", escape(detail))
         out.print(rt)
+        host = device_description("cpu")
+        extensions = ", ".join(host["cpu_extensions"]) or "none of " + ", ".join(CPU_EXTENSIONS)
+        out.print(f"cpu: {escape(str(host['cpu']))}, {host['cpu_cores']} cores, torch kernels "
+                  f"{host['cpu_capability']}, extensions: {extensions}")
