@@ -85,12 +85,11 @@ def main() -> None:
             "throughput_ratio_vs_torch": statistics.median(thr[name]) / base_thr,
             "file": str(path), "file_bytes": path.stat().st_size,
         }
-    from rkd.environment import package_versions
+    from rkd.environment import cpu_description, package_versions
 
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": args.runs, "batch": args.batch,
-        "threads": args.threads, "machine": {"processor": platform.processor() or platform.machine(),
-                                             "python": platform.python_version()},
+        "threads": args.threads, "machine": {**cpu_description(), "python": platform.python_version()},
         "versions": package_versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
