@@ -38,3 +38,11 @@ def test_cpu_description_without_cpuinfo_falls_back_to_platform() -> None:
 def test_device_description_on_cpu_records_the_cpu() -> None:
     info = device_description("cpu")
     assert {"cpu", "cpu_cores", "cpu_capability", "cpu_extensions", "torch_threads"} <= info.keys()
+
+
+def test_cpu_runs_bf16_from_flags() -> None:
+    from rkd.environment import cpu_runs_bf16
+
+    assert cpu_runs_bf16(_INTEL) is True
+    assert cpu_runs_bf16(_OLD_AMD) is False
+    assert cpu_runs_bf16("model name\t: Apple M2\n") is None  # no flags line: unknown

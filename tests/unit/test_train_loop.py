@@ -175,3 +175,32 @@ def test_a_method_that_backpropagates_itself_trains_like_one_that_does_not(tmp_p
         finals.append(flat(load_checkpoint(res.checkpoint)[0]))
     moved = float((finals[0] - start).norm())
     assert moved > 1e-3 and float((finals[1] - finals[0]).norm()) < 1e-4 * moved
+
+
+class _Events:
+    """A progress sink that keeps the one-line events."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_start(self, **_: object) -> None:
+        pass
+
+    def on_step(self, **_: object) -> None:
+        pass
+
+    def on_event(self, message: str) -> None:
+        self.events.append(message)
+
+    def on_end(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(tmp_path: Path, data, monkeypatch, native,
+                                                          warned) -> None:
+    monkeypatch.setattr("rkd.environment.cpu_runs_bf16", lambda: native)
+    sink = _Events()
+    res = _fit(_method(), data, tmp_path, _cfg(epochs=1, amp="bf16", eval_every=0), progress=sink)
+    assert res.checkpoint.exists()
+    assert any("AMX-BF16" in e for e in sink.events) is warned

@@ -70,6 +70,21 @@ def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
     }
 
 
+def cpu_runs_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16); None where /proc/cpuinfo lists no flags
+    (not Linux x86). Without them oneDNN emulates bf16, usually slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((line.partition(":")[2].split() for line in cpuinfo.splitlines()
+                  if line.partition(":")[0].strip() == "flags"), None)
+    if flags is None:
+        return None
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def runtime_availability() -> dict[str, dict[str, Any]]:
     """Which inference runtimes can run here, and why not when they cannot (``rkd env``)."""
     import importlib.util

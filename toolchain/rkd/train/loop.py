@@ -135,6 +135,12 @@ def fit(
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     pos = Position()
+    if dev.type == "cpu" and cfg.amp == "bf16":
+        from rkd.environment import cpu_runs_bf16
+
+        if cpu_runs_bf16() is False:
+            sink.on_event("warning: train.amp is bf16 but this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 is "
+                          "emulated and usually slower than fp32; set train.amp: off (rkd env lists the extensions)")
     if resume and state_path.exists():
         pos = load_train_state(state_path, model=student, optimizer=optimizer, fingerprint=fingerprint)
         sink.on_event(f"resumed at epoch {pos.epoch + 1}, step {pos.step_in_epoch} of {steps_per_epoch}")
