@@ -84,7 +84,7 @@ def main() -> None:
 
     from rkd.data import load_dataset
     from rkd.data.subsets import select_indices
-    from rkd.environment import package_versions
+    from rkd.environment import cpu_description, package_versions
 
     train = load_dataset("cifar10", "train", root=args.data_root)
     calib = train.to_float(select_indices(len(train), args.calib_n, seed=args.seed, mode="random")).numpy()
@@ -94,8 +94,7 @@ def main() -> None:
         rows.append(_measure(label, Path(path), calib, args.repeats))
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "calib_n": args.calib_n, "seed": args.seed,
-        "repeats": args.repeats, "machine": {"processor": platform.processor() or platform.machine(),
-                                             "python": platform.python_version()},
+        "repeats": args.repeats, "machine": {**cpu_description(), "python": platform.python_version()},
         "versions": package_versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

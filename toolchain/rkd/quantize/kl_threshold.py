@@ -2,7 +2,7 @@
 computed exactly as ONNX Runtime's ``HistogramCollector.get_entropy_threshold`` does, only faster.
 
 ONNX Runtime's implementation sums bins with Python's built-in ``sum`` and merges them in Python loops: on a
-MobileNetV2 it spends about 85% of a ``--calibration entropy`` run there. :func:`entropy_threshold` takes the same
+MobileNetV2 it spent about 85% of an ``rkd quantize --method entropy`` run there. :func:`entropy_threshold` takes the same
 histogram and returns the same thresholds (the tests compare the two on the same histograms): the outlier counts
 come from a cumulative sum, the bin merging from a reshape, and each candidate's smoothing and KL divergence from
 ONNX Runtime's own ``smooth_distribution`` and ``entropy``, so the float32 arithmetic that picks the minimum is the
