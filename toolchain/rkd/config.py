@@ -212,7 +212,7 @@ class TrainConfig(StrictModel):
     milestones: list[int] | None = None  # epochs; default: 1/2 and 3/4 of the run (100, 150 of 200)
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
-    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU; bf16: also on CPU (AMX)
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU
     compile_attack: bool = False  # torch.compile the model used by the inner attack
     eval_every: int = Field(1, ge=0)  # epochs between held-out evaluations (0: only at the end)
