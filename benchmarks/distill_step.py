@@ -664,18 +664,13 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model, flags = "", []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu_model:
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
+    from rkd.environment import cpu_description
+
+    cpu = cpu_description()
     return {
         "processor": platform.processor(),
-        "cpu_model": cpu_model,
-        "cpu_flags": flags,  # the vector/matrix extensions that decide fp32 vs bf16 vs int8 speed
+        "cpu_model": cpu["cpu"],
+        "cpu_flags": cpu["cpu_extensions"],  # the vector/matrix extensions that decide fp32 vs bf16 vs int8 speed
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
