@@ -203,11 +203,8 @@ def build_plan(cfg: Settings) -> list[Part]:
         parts += [main_part(s, m, seed) for s in cfg["students"] for m in cfg["methods"]]
     abl = cfg["ablations"]
     student = abl["student"]
-    extra = abl.get("extra_seeds") or {}
-    for seed in sorted({*abl["seeds"], *(s for v in extra.values() for s in v)}):
+    for seed in abl["seeds"]:
         for variant, items in abl["variants"].items():
-            if seed not in abl["seeds"] and seed not in extra.get(variant, []):
-                continue
             over = [*student_overrides(cfg, student), "student.method.name=adv_path", f"seed={seed}",
                     *cfg.fill(items)]
             parts.append(Part(id=train_part_id(student, "adv_path", seed, variant), group="ablation",
@@ -1049,6 +1046,28 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
     return lines
 
 
+def paired_cells(ours: dict[int, dict[str, Any]], theirs: dict[int, dict[str, Any]], columns: list[str],
+                 want_n: dict[str, int] | None, wins_key: str) -> tuple[dict[str, Any], list[str]]:
+    """``ours`` minus ``theirs`` per column over the seeds both finished: the table.json entry and the Markdown
+    cells (mean ± std of the differences in points, and in brackets the seeds where ``ours`` is higher)."""
+    both = sorted(s for s in ours if s in theirs)
+    entry: dict[str, Any] = {"seeds": both}
+    cells = []
+    for c in columns:
+        a = dict(row_stats({s: ours[s] for s in both}, [c], want_n)[c])
+        b = dict(row_stats({s: theirs[s] for s in both}, [c], want_n)[c])
+        paired = [s for s in both if s in a and s in b]
+        if not paired:
+            cells.append("–")
+            continue
+        diffs = [a[s] - b[s] for s in paired]
+        wins = sum(d > 0 for d in diffs)
+        entry[c] = cell(diffs) | {"per_seed": dict(zip(paired, diffs, strict=True)), wins_key: wins}
+        sign = "+" if statistics.fmean(diffs) >= 0 else ""
+        cells.append(f"{sign}{pct(diffs)} ({wins}/{len(diffs)})")
+    return entry, cells
+
+
 def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
     """adv_path minus each baseline, paired by seed (same data subset, initialisation seed and test images), per
     student: the mean difference, its sample std over seeds and how many seeds adv_path wins (AutoAttack over the
@@ -1057,30 +1076,17 @@ def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str
     seeds, lines = list(cfg["seeds"]), []
     for student in cfg["students"]:
         want_n = autoattack_n(cfg, student)
-        ours = {s: results.get(train_part_id(student, "adv_path", s)) for s in seeds}
+        ours = {s: r for s in seeds if (r := results.get(train_part_id(student, "adv_path", s)))}
         rows, tj["paired"][student] = [], {}
         for method in cfg["methods"]:
             if method == "adv_path":
                 continue
-            theirs = {s: results.get(train_part_id(student, method, s)) for s in seeds}
-            both = [s for s in seeds if ours[s] and theirs[s]]
-            if not both:
+            theirs = {s: r for s in seeds if (r := results.get(train_part_id(student, method, s)))}
+            entry, cells = paired_cells(ours, theirs, columns, want_n, "adv_path_wins")
+            if not entry["seeds"]:
                 continue
-            entry, cells = {"seeds": both}, []
-            for c in columns:
-                a = dict(row_stats({s: ours[s] for s in both}, [c], want_n)[c])
-                b = dict(row_stats({s: theirs[s] for s in both}, [c], want_n)[c])
-                paired = [s for s in both if s in a and s in b]
-                if not paired:
-                    cells.append("–")
-                    continue
-                diffs = [a[s] - b[s] for s in paired]
-                wins = sum(d > 0 for d in diffs)
-                entry[c] = cell(diffs) | {"per_seed": dict(zip(paired, diffs, strict=True)), "adv_path_wins": wins}
-                sign = "+" if statistics.fmean(diffs) >= 0 else ""
-                cells.append(f"{sign}{pct(diffs)} ({wins}/{len(diffs)})")
             tj["paired"][student][method] = entry
-            rows.append(f"| {method} | {','.join(map(str, both))} | " + " | ".join(cells) + " |")
+            rows.append(f"| {method} | {','.join(map(str, entry['seeds']))} | " + " | ".join(cells) + " |")
         if rows:
             lines += [f"### {student}: adv_path minus each baseline, paired by seed", "",
                       "Points of accuracy, mean ± std over the seeds both finished (same training subset, "
@@ -1090,31 +1096,49 @@ def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str
     return lines
 
 
+def distill_seconds(res: dict[int, dict[str, Any]]) -> str:
+    """Mean ``rkd distill`` wall seconds over the finished seeds (``–`` when none recorded it)."""
+    secs = [r["timing"]["distill_s"] for r in res.values() if (r.get("timing") or {}).get("distill_s")]
+    return f"{statistics.fmean(secs):.0f}" if secs else "–"
+
+
 def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
-    """adv_path's default row (from the main parts) and one row per ablation variant."""
+    """adv_path's default row (from the main parts), one row per ablation variant, and each variant minus the
+    default, paired by seed."""
     abl, columns = cfg["ablations"], attack_columns(cfg)
     a_seeds, student = list(abl["seeds"]), abl["student"]
     a_cols = columns if abl.get("autoattack") else columns[:-1]
+    want_n = autoattack_n(cfg, student)
     fewer = "" if len(a_seeds) >= len(cfg["seeds"]) else ": fewer seeds than the main table"
-    if abl.get("extra_seeds"):
-        fewer += "; " + ", ".join(f"{v} also on seeds {s}" for v, s in abl["extra_seeds"].items())
     lines = [f"## Ablations of adv_path ({student}, seeds {a_seeds}{fewer})", "",
-             "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
-             "|---|---|---|" + "---|" * len(a_cols)]
+             "`distill s`: mean wall seconds of `rkd distill` over the seeds (one thread, two parts at a time on "
+             "the 2-core machine: compare within this table, not as a benchmark).", "",
+             "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " | distill s |",
+             "|---|---|---|" + "---|" * (len(a_cols) + 1)]
     variants: list[tuple[str, list[str], str | None]] = [("default", [], None)]
     variants += [(v, cfg.fill(items), v) for v, items in abl["variants"].items()]
-    extra = abl.get("extra_seeds") or {}
-    all_seeds = sorted({*a_seeds, *(s for v in extra.values() for s in v)})
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
     for name, items, variant in variants:
-        want = all_seeds if variant is None else sorted({*a_seeds, *extra.get(variant, [])})
-        ids = {s: train_part_id(student, "adv_path", s, variant) for s in want}
+        ids = {s: train_part_id(student, "adv_path", s, variant) for s in a_seeds}
         over = ", ".join(f"`{i.removeprefix('student.method.')}`" for i in items) or "(base.yaml)"
-        res = {s: results[i] for s, i in ids.items() if i in results}
+        runs[name] = res = {s: results[i] for s, i in ids.items() if i in results}
         warned = any(r["eval"].get("warnings") for r in res.values())
-        line, entry = table_row(name + (" ⚠" if warned else ""), res, want, a_cols, extra=f" {over} |",
-                                want_n=autoattack_n(cfg, student))
+        line, entry = table_row(name + (" ⚠" if warned else ""), res, a_seeds, a_cols, extra=f" {over} |",
+                                want_n=want_n)
         tj["ablations"][name] = {"overrides": items, **entry}
-        lines.append(line)
+        lines.append(line + f" {distill_seconds(res)} |")
+    rows = []
+    for name, _, _ in variants[1:]:
+        entry, cells = paired_cells(runs[name], runs["default"], a_cols, want_n, "variant_higher")
+        if entry["seeds"]:
+            tj["ablations"][name]["minus_default"] = entry
+            rows.append(f"| {name} | {','.join(map(str, entry['seeds']))} | " + " | ".join(cells) + " |")
+    if rows:
+        lines += ["", f"### {student}: each variant minus the default, paired by seed", "",
+                  "Points of accuracy, mean ± std over the seeds both finished; in brackets, the seeds where the "
+                  "variant is higher.", "",
+                  "| variant | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
+                  "|---|---|" + "---|" * len(a_cols), *rows]
     return lines
 
 

@@ -92,3 +92,16 @@ def test_a_cell_over_fewer_seeds_than_its_row_says_which(harness: ModuleType) ->
     assert harness.fewer_seeds([(0, 0.1), (2, 0.2)], results) == " (seeds 0,2)"
     assert harness.fewer_seeds([(0, 0.1), (1, 0.1), (2, 0.2)], results) == ""
     assert harness.fewer_seeds([(0, 0.1)], results) == ""  # one seed: pct() marks it with a dagger
+
+
+def test_paired_cells_subtract_by_seed_and_count_the_seeds_ahead(harness: ModuleType) -> None:
+    ours = {0: record({"pgd20": (0.10, 1000)}), 1: record({"pgd20": (0.12, 1000)}), 2: record({"pgd20": (0.2, 1000)})}
+    theirs = {0: record({"pgd20": (0.11, 1000)}), 1: record({"pgd20": (0.08, 1000)})}  # seed 2 not finished
+    entry, cells = harness.paired_cells(ours, theirs, ["pgd20"], None, "wins")
+    assert entry["seeds"] == [0, 1]
+    assert entry["pgd20"]["per_seed"] == pytest.approx({0: -0.01, 1: 0.04})
+    assert entry["pgd20"]["wins"] == 1
+    assert cells == ["+1.5 ± 3.5 (1/2)"]
+    # an evaluation on another n is not paired with one on the configured n
+    entry, cells = harness.paired_cells(ours, theirs, ["pgd20"], {"pgd20": 500}, "wins")
+    assert cells == ["–"] and "pgd20" not in entry
