@@ -78,14 +78,14 @@ def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=['robust_acc>=1.01']"],
+        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=['robust_acc>1']"],
                             catch_exceptions=False)
     finally:
         os.chdir(cwd)
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.output
     junit = (out / "verify" / "verify.junit.xml").read_text()
-    assert 'name="gate robust_acc&gt;=1.01"' in junit and "<failure" in junit
+    assert 'name="gate robust_acc&gt;1"' in junit and "<failure" in junit
 
 
 def test_a_run_killed_mid_distill_completes_with_resume(tmp_path: Path) -> None:

@@ -104,13 +104,13 @@ def test_verify_cli_on_an_int8_bundle_writes_every_report(
 
 def test_a_tightened_gate_fails_with_exit_1_and_junit_names_it(bundle: Path, tmp_path: Path) -> None:
     res = _run("--engine", str(bundle), "--data", DATA, "--n", "32", "--attacks", "pgd3", "--gate",
-               "robust_acc>=1.01", "--gate", "clean_acc>=0.5", "--report", str(tmp_path))
+               "robust_acc>1", "--gate", "clean_acc>=0.5", "--report", str(tmp_path))
     assert res.exit_code == 1, res.output
     root = ET.parse(tmp_path / "verify.junit.xml").getroot()
     assert root.get("failures") == "1" and root.get("tests") == "2"
     failed = [c for c in root.findall("testcase") if c.find("failure") is not None]
-    assert [c.get("name") for c in failed] == ["gate robust_acc>=1.01"]
-    assert "required >= 1.01" in failed[0].find("failure").get("message")
+    assert [c.get("name") for c in failed] == ["gate robust_acc>1"]
+    assert "required > 1" in failed[0].find("failure").get("message")
     assert "FAIL" in (tmp_path / "verify.md").read_text()
 
 
@@ -291,6 +291,27 @@ def test_gates_parse_and_judge() -> None:
         check_gate_metrics([parse_gate("robust>=0.4")], ["pgd20"], has_reference=True)
     with pytest.raises(UsageError, match="needs the float reference"):
         check_gate_metrics([parse_gate("drop.clean_acc<=0.01")], ["pgd20"], has_reference=False)
+    # transfer runs on the engine only: no drop is defined for it
+    with pytest.raises(UsageError, match="does not measure transfer_acc"):
+        check_gate_metrics([parse_gate("drop.transfer_acc<=0.01")], ["pgd20", "transfer"], has_reference=True,
+                           reference_attacks=["pgd20"])
+    check_gate_metrics([parse_gate("transfer_acc>=0.1")], ["pgd20", "transfer"], has_reference=True,
+                       reference_attacks=["pgd20"])
+    with pytest.raises(UsageError, match="this run has none; add e.g. pgd20"):
+        check_gate_metrics([parse_gate("agreement.adversarial>=0.9")], ["square"], has_reference=True,
+                           gradient_attacks=False)
+
+
+@pytest.mark.parametrize("text,hint", [("drop.robust_acc<=3", "write 0.03 or 3%"), ("robust_acc>=40", "write 0.4 or 40%"),
+                                       ("agreement.clean>=1.5", r"outside \[0, 1\]"), ("clean_acc>=-0.1", "outside"),
+                                       ("warnings<=-1", "outside"), ("drop.clean_acc<=300%", "outside")])
+def test_a_gate_threshold_outside_its_metric_range_is_refused(text: str, hint: str) -> None:
+    """Accuracies are fractions: 'drop.robust_acc<=3' (meant as 3 points) would always pass."""
+    with pytest.raises(UsageError, match=hint):
+        parse_gate(text)
+    for fine in ("drop.robust_acc<=0.03", "drop.robust_acc<=3%", "drop.clean_acc>=-0.05", "warnings<=2",
+                 "lower.robust_acc>=0", "robust_acc<=1"):
+        parse_gate(fine)
 
 
 def test_transfer_covers_the_reference_errors_and_counts_what_it_cannot() -> None:

@@ -72,7 +72,22 @@ def parse_gate(text: str, source: str = "command line") -> Gate:
         raise UsageError(f"gate '{text}': '{number}' is not a number") from None
     if percent:
         value /= 100.0
+    low, high = threshold_range(metric)
+    if not (low <= value <= high) or math.isnan(value):
+        hint = f": write {value / 100:g} or {value:g}%" if high == 1.0 and 1.0 < abs(value) <= 100.0 else ""
+        raise UsageError(f"gate '{text.strip()}': {value:g} is outside [{low:g}, {high:g}], the range of "
+                         f"{metric}; accuracies are fractions{hint}")
     return Gate(metric=metric, op=op, threshold=value, text=text.strip().replace(" ", ""), source=source)
+
+
+def threshold_range(metric: str) -> tuple[float, float]:
+    """The values a gate on ``metric`` can sensibly compare with: accuracies and agreements in [0, 1], a drop
+    (float minus engine) in [-1, 1], a warning count from 0."""
+    if metric == "warnings":
+        return 0.0, math.inf
+    if metric.startswith("drop."):
+        return -1.0, 1.0
+    return 0.0, 1.0
 
 
 def _base(metric: str) -> str:
@@ -82,14 +97,29 @@ def _base(metric: str) -> str:
     return metric
 
 
-def check_gate_metrics(gates: Sequence[Gate], attack_names: Sequence[str], *, has_reference: bool) -> None:
+def check_gate_metrics(
+    gates: Sequence[Gate], attack_names: Sequence[str], *, has_reference: bool,
+    reference_attacks: Sequence[str] | None = None, gradient_attacks: bool = True,
+) -> None:
     """Fail before any attack runs when a gate names a metric this run will not produce.
 
+    Args:
+        attack_names: the engine's attacks (with ``transfer`` when it runs).
+        has_reference: whether a float reference runs (``drop.`` gates need it).
+        reference_attacks: the reference's own attacks (``drop.`` is defined on these; default: all of
+            ``attack_names``).
+        gradient_attacks: whether a white-box attack runs (``agreement.adversarial`` is measured on its outputs).
+
     Raises:
-        UsageError: an unknown metric (with the available ones), or a drop gate without a float reference.
+        UsageError: an unknown metric (with the available ones), or a gate on a value this run will not measure.
     """
     available = {"clean_acc", "robust_acc"} | {f"{a}_acc" for a in attack_names}
+    on_reference = {"clean_acc", "robust_acc"} | {f"{a}_acc" for a in (
+        attack_names if reference_attacks is None else reference_attacks)}
     for gate in gates:
+        if gate.metric == "agreement.adversarial" and not gradient_attacks:
+            raise UsageError(f"gate '{gate.text}': agreement.adversarial is measured on the white-box attacks' "
+                             "outputs and this run has none; add e.g. pgd20 to --attacks")
         if gate.metric in _SPECIAL:
             continue
         base = _base(gate.metric)
@@ -104,6 +134,9 @@ def check_gate_metrics(gates: Sequence[Gate], attack_names: Sequence[str], *, ha
             )
         if gate.metric.startswith("drop.") and not has_reference:
             raise UsageError(f"gate '{gate.text}' needs the float reference: verify a bundle file or pass --reference")
+        if gate.metric.startswith("drop.") and base not in on_reference:
+            raise UsageError(f"gate '{gate.text}': the float reference does not measure {base} (a drop compares "
+                             f"the same attack on both); gate on {', '.join(sorted('drop.' + m for m in on_reference))}")
 
 
 def metric_value(report: Mapping[str, Any], metric: str) -> float | None:

@@ -240,8 +240,12 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                          device=request.device, batch_size=request.batch_size,
                          runtime_options=request.runtime_options)
     has_reference = target.reference is not None
-    names = [s.name for s in specs if s.kind != "clean"] + ([TRANSFER] if request.transfer and has_reference else [])
-    check_gate_metrics(request.gates, names, has_reference=has_reference)
+    same_model = target.kind == "checkpoint" and request.reference is None  # the model is its own reference
+    attack_names = [s.name for s in specs if s.kind != "clean"]
+    transfers = request.transfer and has_reference and not same_model
+    check_gate_metrics(request.gates, attack_names + ([TRANSFER] if transfers else []), has_reference=has_reference,
+                       reference_attacks=attack_names,
+                       gradient_attacks=any(s.kind != "clean" and s.uses_gradients for s in specs))
 
     data = load_dataset(request.dataset, request.split, root=request.data_root, **(request.data_options or {}))
     if request.n > len(data):
@@ -269,7 +273,6 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                     seed=request.seed, device=dev, keep_adv=True, autoattack_on="robust")
 
     reference: RobustnessResult | None = None
-    same_model = target.kind == "checkpoint" and request.reference is None
     if has_reference and not same_model:
         t0 = time.perf_counter()
         if log is not None:
