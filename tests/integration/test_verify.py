@@ -219,8 +219,10 @@ def test_a_killed_run_resumes_from_its_state_to_the_same_result(
     resumed = verify_artifact(request(tmp_path / "state"))
     assert resumed["per_sample"] == whole["per_sample"]
     assert resumed["timing"]["float_s"] < whole["timing"]["float_s"]  # finished work is not redone
-    with pytest.raises(UsageError, match="belongs to a run with other settings"):
-        verify_artifact(VerifyRequest(**{**request(tmp_path / "state").__dict__, "seed": 1}))
+    for change in ({"seed": 1}, {"batch_size": 8},
+                   {"data_options": {"n": 500, "seed": 1}}):  # other images at the same indices
+        with pytest.raises(UsageError, match="belongs to a run with other settings"):
+            verify_artifact(VerifyRequest(**{**request(tmp_path / "state").__dict__, **change}))
 
 
 def test_bad_input_is_exit_2_before_any_attack(bundle: Path, tmp_path: Path) -> None:
@@ -367,3 +369,26 @@ def test_transfer_attacks_from_the_samples_the_reference_gets_wrong(bundle: Path
     assert gap > 0 and details["from_reference_errors"] == gap and details["not_covered"] == 0
     transfer = torch.tensor(rep["per_sample"]["transfer"])
     assert bool((transfer <= engine_clean).all())
+
+
+def test_warnings_and_adversarial_agreement_look_only_at_what_was_attacked() -> None:
+    """Square alone: clean errors are not 'broken by Square'; AutoAttack's x_adv rows equal to x (nothing found,
+    or not attacked) are not adversarial inputs."""
+    from types import SimpleNamespace
+
+    from rkd.verify.suite import AttackOutcome, RobustnessResult, parse_attacks
+    from rkd.verify.verification import TRANSFER, _perturbed, _warnings
+
+    clean = torch.tensor([True, False, False, True])
+    result = RobustnessResult({"clean": AttackOutcome("clean", clean, 0.0),
+                               "square": AttackOutcome("square", clean.clone(), 0.0, {}),
+                               TRANSFER: AttackOutcome(TRANSFER, clean.clone(), 0.0, {})}, 8 / 255, "linf", 0, 4)
+    target = SimpleNamespace(warnings=[], threat_model=None)
+    assert _warnings(target, result, parse_attacks("square"), {}, 0, 2, VerifyRequest(artifact="x"), 8 / 255) == []
+    result.outcomes["square"].correct[0] = False
+    warned = _warnings(target, result, parse_attacks("square"), {}, 0, 2, VerifyRequest(artifact="x"), 8 / 255)
+    assert len(warned) == 1 and "Square (no gradients) broke 1 sample(s)" in warned[0]
+    x = torch.rand(4, 3, 2, 2)
+    x_adv = x.clone()
+    x_adv[2] += 0.01
+    assert torch.equal(_perturbed(x_adv, x), x_adv[2:3])

@@ -695,6 +695,11 @@ def test_autoattack_state_resume(model: nn.Module, data: Data, tmp_path: Path) -
         run_autoattack(model, x, y, eps=2 / 255, attacks=["apgd-ce"], state_path=state)
     with pytest.raises(UsageError, match="another run"):
         run_autoattack(model, x.flip(0), y.flip(0), eps=AA_EPS, attacks=["apgd-ce"], state_path=state)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(UsageError, match=r"another run.*model_sha256"):  # another model's result is not reused
+        run_autoattack(other, x, y, eps=AA_EPS, attacks=["apgd-ce"], state_path=state)
 
 
 class Interruptible(nn.Module):

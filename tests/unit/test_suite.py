@@ -132,3 +132,93 @@ def test_by_class_of_a_collapsed_classifier() -> None:
     assert bc["most_predicted"] == 3 and bc["support"] == [6] * 10
     assert bc["acc"]["pgd5"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6
     assert bc["without_most_predicted"] == {"clean": 0.0, "pgd5": 0.0, "worst_case": 0.0}
+
+
+class _Engine:
+    """A runtime around a torch model whose logits ``post(x, z)`` may change (an engine that misbehaves)."""
+
+    def __init__(self, model: torch.nn.Module, post) -> None:
+        self.model, self.post = model, post
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.post(x, self.model(x.detach().float()))
+
+
+def test_predicted_class_gives_no_class_for_non_finite_rows() -> None:
+    from rkd.attacks.predictions import NO_CLASS, predicted_class
+
+    z = torch.tensor([[0.0, 2.0, 1.0], [float("nan")] * 3, [5.0, float("nan"), 0.0], [1.0, float("inf"), 0.0]])
+    assert predicted_class(z).tolist() == [1, NO_CLASS, NO_CLASS, NO_CLASS]
+
+
+def test_an_engine_returning_nan_under_attack_is_not_robust() -> None:
+    """argmax of an all-NaN row is class 0: without the check every class-0 sample would stay 'robust'."""
+    from rkd.verify.engine_model import EngineModel
+
+    model = train_tiny_classifier()
+    data = load_dataset("synthetic", "test", n=64)
+    x = data.to_float()
+    with torch.inference_mode():
+        y = model(x).argmax(1)  # every sample clean-correct
+    assert int((y == 0).sum()) > 0
+
+    def nan_off_the_clean_images(xin: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        clean = (xin.unsqueeze(1) == x.unsqueeze(0)).flatten(2).all(2).any(1)
+        return torch.where(clean.unsqueeze(1), z, torch.full_like(z, float("nan")))
+
+    engine = EngineModel(_Engine(model, nan_off_the_clean_images), model)
+    res = evaluate_robustness(engine, x, y, attacks="fgsm,pgd3", eps=8 / 255)
+    assert bool(res.outcomes["clean"].correct.all())
+    assert int(res.worst_case.sum()) == 0
+    assert any("non-finite logits" in w for w in res.warnings)
+
+
+def test_a_fooling_iterate_counts_when_the_path_moves_on() -> None:
+    """An engine attacked through a surrogate whose gradient points elsewhere: PGD passes through points that
+    fool the engine and ends where it does not. The verifier's scoring counts the path; the protocol's does
+    not."""
+    from rkd.verify.engine_model import EngineModel
+
+    n, eps = 32, 8 / 255
+    x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    y = torch.zeros(n, dtype=torch.long)
+
+    class Surrogate(torch.nn.Module):  # the gradient pushes every pixel up
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.zeros(len(z)), self.w * z.flatten(1).sum(1)], 1)
+
+    def wrong_below_the_clean_mean(xin: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        nearest = (xin.unsqueeze(1) - x.unsqueeze(0)).abs().flatten(2).amax(2).argmin(1)
+        below = (xin - x[nearest]).flatten(1).mean(1) < 0  # only the random start can be below
+        return torch.stack([(~below).float(), below.float()], 1)
+
+    engine = EngineModel(_Engine(torch.nn.Identity(), wrong_below_the_clean_mean), Surrogate())
+    last = evaluate_robustness(engine, x, y, attacks="pgd5", eps=eps, keep_adv=True)
+    path = evaluate_robustness(engine, x, y, attacks="pgd5", eps=eps, keep_adv=True, score_every_iterate=True)
+    broken = ~path.outcomes["pgd5"].correct
+    assert bool(last.outcomes["pgd5"].correct.all())  # the final iterate never fools
+    assert 0 < int(broken.sum()) < n  # the random starts below the clean mean did
+    assert path.outcomes["pgd5"].details["broken_only_before_the_last_step"] == int(broken.sum())
+    x_adv = path.outcomes["pgd5"].x_adv
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+    with torch.inference_mode():  # the kept example of a broken sample fools the engine
+        assert bool((engine(x_adv[broken]).argmax(1) != 0).all())
+
+
+def test_two_autoattack_type_attacks_keep_two_state_files(tmp_path) -> None:
+    model = train_tiny_classifier()
+    data = load_dataset("synthetic", "test", n=8)
+    x, y = data.to_float(), data.y
+    state = tmp_path / "engine.autoattack.safetensors"
+    kw = dict(attacks="aa-custom:apgd-ce,aa-custom:apgd-dlr", eps=2 / 255, keep_adv=True, autoattack_on="robust",
+              batch_size=8, autoattack_state=state)
+    first = evaluate_robustness(model, x, y, **kw)
+    assert state.is_file() and (tmp_path / "engine.autoattack.aa-custom_apgd-dlr.safetensors").is_file()
+    again = evaluate_robustness(model, x, y, **kw)  # both resume from their own files
+    for name in ("aa-custom:apgd-ce", "aa-custom:apgd-dlr"):
+        assert torch.equal(first.outcomes[name].correct, again.outcomes[name].correct)

@@ -50,6 +50,8 @@ from rkd.attacks.checks import (
     frozen_parameters,
     model_device,
 )
+from rkd.attacks.predictions import predicted_class
+from rkd.data.subsets import samples_sha256
 from rkd.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -169,17 +171,19 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size
     preds = []
     with torch.no_grad():
         for chunk in x.split(batch_size):
-            preds.append(model(chunk.to(device)).argmax(dim=1).to(x.device))
+            preds.append(predicted_class(model(chunk.to(device))).to(x.device))
     if not preds:
         return torch.empty(0, dtype=torch.long, device=x.device)
     return torch.cat(preds)
 
 
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+def _model_sha256(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers (shapes, dtypes, values, in order; not their names, so a
+    wrapper around the same model matches): a state file made for another model is refused."""
     h = hashlib.sha256()
-    h.update(str(tuple(x.shape)).encode())
-    h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    h.update(y.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    for t in model.state_dict().values():
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -369,7 +373,9 @@ def run_autoattack(
             "attacks": names,
             "seed": seed,
             "n": n,
-            "inputs_sha256": _fingerprint(x, y) if path is not None else "",
+            "inputs_sha256": samples_sha256(x, y) if path is not None else "",
+            "model_sha256": _model_sha256(model) if path is not None else "",
+            "batch_size": batch_size,
         }
         if path is not None and path.exists():
             state = _State.load(path, config, x_adv)

@@ -25,6 +25,7 @@ from rkd.attacks.checks import (
 )
 from rkd.attacks.compiled import compiled_forward
 from rkd.attacks.losses import LossFn, resolve_loss
+from rkd.attacks.predictions import predicted_class
 from rkd.errors import UsageError
 
 NORMS = ("linf", "l2")
@@ -39,11 +40,17 @@ class AttackResult:
     Attributes:
         x_adv: the final iterate x_m, shaped like x.
         path: with ``return_path=True`` the iterates x_1..x_m after each step, shaped (steps, N, C, H, W)
-            (``path[-1]`` equals ``x_adv``; the start x_0 is not included); else None.
+            (``path[-1]`` is x_m; the start x_0 is not included); else None.
+        misclassified: with ``keep_misclassified=True`` a bool (N,): the model misclassified one of the
+            iterates x_0..x_{m-1} (x_m is not evaluated); else None.
+        first_misclassified: with ``keep_misclassified=True`` the first such iterate per sample (x_m where
+            there is none), shaped like x; else None.
     """
 
     x_adv: torch.Tensor
     path: torch.Tensor | None = None
+    misclassified: torch.Tensor | None = None
+    first_misclassified: torch.Tensor | None = None
 
 
 def _noise(kind: str, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -118,6 +125,7 @@ def pgd(
     step_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     compiled: bool = False,
     x_init: torch.Tensor | None = None,
+    keep_misclassified: bool = False,
 ) -> AttackResult:
     """Projected gradient descent (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
     Attacks").
@@ -160,6 +168,11 @@ def pgd(
             all models of one architecture (see :mod:`rkd.attacks.compiled`). Measured 1.2-2.9x per step on
             the 2-core CPU for MobileNetV2-class models; the first call compiles for tens of seconds (set
             ``TORCHINDUCTOR_CACHE_DIR``). Off by default.
+        keep_misclassified: untargeted, built-in loss only: also return, per sample, the first iterate of
+            x_0..x_{m-1} the model misclassified (its forward value is computed for the gradient anyway, so
+            this costs no model call). An attack on a model whose gradients come from elsewhere (an engine
+            behind a surrogate) can pass through a fooling point and leave it; a verifier then counts the
+            whole path, as AutoAttack's APGD keeps its best point.
 
     Returns:
         :class:`AttackResult` with ``x_adv`` and, with ``return_path``, ``path`` (steps, N, C, H, W);
@@ -185,6 +198,8 @@ def pgd(
     elif isinstance(y, torch.Tensor) and (y.dim() == 0 or y.shape[0] != x.shape[0]):
         raise UsageError(f"y must have {x.shape[0]} rows to match x; got shape {tuple(y.shape)}")
 
+    if keep_misclassified and (targeted or step_fn is not None or not builtin):
+        raise UsageError("keep_misclassified needs an untargeted attack on the built-in ce or cw loss")
     path = _alloc_path(steps, x) if return_path else None
     if x.shape[0] == 0:
         if path is not None:
@@ -206,11 +221,24 @@ def pgd(
         else:
             x_adv = _start(x, start, norm, eps, lower, upper, generator)
 
+    fooled = fooled_at = None
+    if keep_misclassified:
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        fooled_at = torch.empty_like(x)
     with frozen_parameters(model):
         for k in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                objective = step_fn(x_adv) if step_fn is not None else loss_fn(forward(x_adv), y)
+                if step_fn is not None:
+                    objective = step_fn(x_adv)
+                else:
+                    logits = forward(x_adv)
+                    objective = loss_fn(logits, y)
+                    if fooled is not None and fooled_at is not None:
+                        with torch.no_grad():
+                            new = (predicted_class(logits.detach()) != y) & ~fooled
+                            fooled_at[new] = x_adv.detach()[new]
+                            fooled |= new
                 if objective.dim() > 0:
                     objective = objective.sum()
                 (grad,) = torch.autograd.grad(objective, x_adv)
@@ -228,6 +256,10 @@ def pgd(
                 if path is not None:
                     path[k].copy_(x_new)
             x_adv = x_new
+    if fooled is not None and fooled_at is not None:
+        final = path[-1] if path is not None else x_adv
+        first = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), fooled_at, final)
+        return AttackResult(x_adv=final, path=path, misclassified=fooled, first_misclassified=first)
     if path is not None:
         return AttackResult(x_adv=path[-1], path=path)
     return AttackResult(x_adv=x_adv, path=None)

@@ -11,7 +11,7 @@ from rkd.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, default_data_root
 from rkd.data.datasets import DATASETS, SPLITS, dataset_options, load_dataset, parse_data_arg
 from rkd.data.loader import BatchLoader
 from rkd.data.npz import read_npz
-from rkd.data.subsets import indices_sha256, select_indices, split_holdout
+from rkd.data.subsets import indices_sha256, samples_sha256, select_indices, split_holdout
 
 __all__ = [
     "BatchLoader",
@@ -25,6 +25,7 @@ __all__ = [
     "dataset_options",
     "default_data_root",
     "indices_sha256",
+    "samples_sha256",
     "load_dataset",
     "parse_data_arg",
     "random_crop_flip",

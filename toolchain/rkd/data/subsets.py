@@ -52,6 +52,14 @@ def indices_sha256(indices: torch.Tensor | np.ndarray | Sequence[int]) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
+def samples_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
+    """Hex sha256 of a batch's shape, float32 pixels and int64 labels: which images, not only which indices."""
+    h = hashlib.sha256(str(tuple(x.shape)).encode())
+    h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(y.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def split_holdout(data: ImageArrays, n_holdout: int, seed: int) -> tuple[ImageArrays, ImageArrays]:
     """Split a training set into ``(train, held_out)``: ``n_holdout`` seeded random rows held out, disjoint,
     each part in the original row order (for periodic evaluation during training)."""

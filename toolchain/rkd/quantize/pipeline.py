@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rkd.attacks.predictions import predicted_class
 from rkd.data import indices_sha256, load_dataset, select_indices
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
@@ -169,8 +170,8 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Clean and PGD accuracy of the float model and the INT8 engine, and surrogate/engine agreement."""
     t0 = time.perf_counter()
-    f_pred = _predict(model, x, batch_size).argmax(1)
-    q_pred = engine.predict(x).argmax(1)
+    f_pred = predicted_class(_predict(model, x, batch_size))
+    q_pred = predicted_class(engine.predict(x))
     f_clean, q_clean = f_pred == y, q_pred == y
     result: dict[str, Any] = {
         "float": {"clean": _acc(f_clean)}, "int8": {"clean": _acc(q_clean)},
@@ -186,7 +187,7 @@ def _evaluate(
         if len(idx):
             x_adv = _pgd_adv(model, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, seed=seed,
                              batch_size=batch_size)
-            f_rob[idx] = _predict(model, x_adv, batch_size).argmax(1) == y[idx]
+            f_rob[idx] = predicted_class(_predict(model, x_adv, batch_size)) == y[idx]
         seconds[f"float_{name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         q_rob = torch.zeros_like(q_clean)
@@ -195,7 +196,7 @@ def _evaluate(
         if len(idx):
             x_adv = _pgd_adv(wrapped, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, seed=seed,
                              batch_size=batch_size)
-            q_rob[idx] = engine.predict(x_adv).argmax(1) == y[idx]
+            q_rob[idx] = predicted_class(engine.predict(x_adv)) == y[idx]
             result["agreement"][name] = agreement(surrogate, engine, x_adv, batch_size=batch_size)
         else:
             result["agreement"][name] = None

@@ -9,6 +9,7 @@ interval.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import zlib
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rkd.attacks.predictions import NO_CLASS, predicted_class
 from rkd.errors import UsageError
 from rkd.stats import wilson_interval
 
@@ -186,6 +188,38 @@ class RobustnessResult:
         }
 
 
+def autoattack_state_paths(path: str | Path | None, names: Sequence[str]) -> dict[str, Path]:
+    """One AutoAttack state file per AutoAttack-type attack: ``path`` for the first, and beside it
+    ``<stem>.<name><suffix>`` for each further one (one file cannot hold two attack sets)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    out = {}
+    for i, name in enumerate(names):
+        safe = re.sub(r"[^a-zA-Z0-9_.-]+", "_", name)
+        out[name] = path if i == 0 else path.with_name(f"{path.stem}.{safe}{path.suffix}")
+    return out
+
+
+def _earlier_fooling_iterates(
+    model: nn.Module, misclassified: torch.Tensor, first: torch.Tensor, x_adv: torch.Tensor, ok: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where the final iterate is still classified right (``ok``) but an earlier one was not, re-score that
+    earlier iterate on the model and, when it fools it again, make it the sample's adversarial example."""
+    sel = (misclassified.cpu() & ok).nonzero().flatten()
+    if not len(sel):
+        return x_adv, ok, 0
+    with torch.inference_mode():
+        pred = predicted_class(model(first[sel.to(first.device)])).cpu()
+    take = sel[pred != y.cpu()[sel]]
+    if len(take):
+        x_adv, ok = x_adv.clone(), ok.clone()
+        x_adv[take.to(x_adv.device)] = first[take.to(first.device)].to(x_adv.dtype)
+        ok[take] = False
+    return x_adv, ok, int(len(take))
+
+
 def _attack_seed(seed: int, name: str) -> int:
     """A per-attack seed, independent of the order attacks run in."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
@@ -195,7 +229,7 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.d
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            out.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
+            out.append(predicted_class(model(x[i : i + batch_size].to(device))).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -207,7 +241,9 @@ def predict_correct(
 
 
 def class_counts(pred: torch.Tensor, y: torch.Tensor) -> list[int]:
-    """How often each class is predicted (length: the largest class index in ``pred`` or ``y``, plus one)."""
+    """How often each class is predicted (length: the largest class index in ``pred`` or ``y``, plus one); rows
+    without a prediction (non-finite logits, ``NO_CLASS``) are not counted."""
+    pred = pred[pred != NO_CLASS]
     size = int(max(int(pred.max()) if pred.numel() else 0, int(y.max()) if y.numel() else 0)) + 1
     return torch.bincount(pred.cpu().long(), minlength=size).tolist()
 
@@ -272,6 +308,7 @@ def evaluate_robustness(
     keep_adv: bool = False,
     autoattack_on: str = "clean",
     attack_errors: bool = False,
+    score_every_iterate: bool = False,
     done: Mapping[str, AttackOutcome] | None = None,
     on_outcome: Callable[[AttackOutcome], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -293,6 +330,11 @@ def evaluate_robustness(
         attack_errors: also run FGSM, PGD and CW from the samples the model gets wrong on the clean input, to
             have their adversarial examples (``keep_adv``) for transfer to another model; they still count as
             non-robust. AutoAttack skips them either way.
+        score_every_iterate: FGSM, PGD and CW count a sample as broken when the model misclassified any of
+            their iterates (re-scored on the model), not only the last: the per-sample worst case over the path
+            (``rkd verify``; an engine attacked through a surrogate's gradients can pass through a fooling point
+            and leave it). ``x_adv`` is then the final iterate where it fools, else the first fooling one.
+            Off: the literature's protocol (the final iterate), as ``rkd eval`` reports it.
         done: outcomes already measured (a resumed run): reused, not recomputed.
         on_outcome: called with each newly measured outcome (to save it).
         log: receives one line per finished attack.
@@ -300,8 +342,10 @@ def evaluate_robustness(
     from rkd.attacks import run_autoattack
     from rkd.attacks.pgd import pgd
 
-    if not 0.0 < eps <= 1.0:
+    if norm == "linf" and not 0.0 < eps <= 1.0:
         raise UsageError(f"eps must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise UsageError(f"eps must be positive and finite, got {eps:g}")
     if autoattack_on not in ("clean", "robust"):
         raise UsageError(f"autoattack_on must be 'clean' or 'robust', got {autoattack_on!r}")
     specs = parse_attacks(attacks) if isinstance(attacks, str) else attacks
@@ -317,12 +361,15 @@ def evaluate_robustness(
         pred = _predict(model, x, batch_size, dev)
         clean = pred == y
         outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0, x_adv=x if keep_adv else None,
-                                          details={"predicted": class_counts(pred, y)})
+                                          details={"predicted": class_counts(pred, y),
+                                                   "non_finite": int((pred == NO_CLASS).sum())})
         if on_outcome is not None:
             on_outcome(outcomes["clean"])
     clean = outcomes["clean"].correct
     idx = torch.arange(n) if attack_errors else clean.nonzero().flatten()  # attack only what it gets right
     robust_so_far = clean.clone()
+    aa_states = autoattack_state_paths(autoattack_state, [s.name for s in specs if s.kind == "autoattack"])
+    along_path = score_every_iterate and not attack_errors  # from a wrong sample, x_0 already "fools"
     for spec in specs:
         if spec.kind == "clean":
             continue
@@ -342,7 +389,7 @@ def evaluate_robustness(
                 res = run_autoattack(
                     model, x[target].contiguous(), y[target], eps=eps, norm="Linf" if norm == "linf" else "L2",
                     version=version, attacks=None if version == "standard" else list(spec.subattacks),
-                    batch_size=batch_size, seed=seed, device=dev, state_path=autoattack_state, log=log,
+                    batch_size=batch_size, seed=seed, device=dev, state_path=aa_states.get(spec.name), log=log,
                 )
                 correct[target] = res.robust.cpu()
                 details = _autoattack_details(res, target, n)
@@ -363,13 +410,22 @@ def evaluate_robustness(
                     xb, yb = x[b].to(dev), y[b].to(dev)
                     x_init = starts[b].to(dev) if starts is not None else None
                     if spec.kind == "fgsm":
-                        x_adv = pgd(model, xb, yb, eps=eps, alpha=eps, steps=1, norm="linf", start="zero").x_adv
+                        res = pgd(model, xb, yb, eps=eps, alpha=eps, steps=1, norm=norm, start="zero",
+                                  keep_misclassified=along_path)
                     else:
-                        x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, norm=norm,
-                                    start="random", generator=gen, x_init=x_init,
-                                    loss="cw" if spec.kind == "cw" else "ce").x_adv
+                        res = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=spec.steps, norm=norm,
+                                  start="random", generator=gen, x_init=x_init,
+                                  loss="cw" if spec.kind == "cw" else "ce", keep_misclassified=along_path)
+                    x_adv = res.x_adv
                     with torch.inference_mode():
-                        ok = (model(x_adv).argmax(1) == yb).cpu()
+                        pred = predicted_class(model(x_adv)).cpu()
+                    ok = pred == yb.cpu()
+                    details["non_finite"] = details.get("non_finite", 0) + int((pred == NO_CLASS).sum())
+                    if res.misclassified is not None and res.first_misclassified is not None:
+                        x_adv, ok, k = _earlier_fooling_iterates(model, res.misclassified, res.first_misclassified,
+                                                                 x_adv, ok, yb)
+                        details["broken_only_before_the_last_step"] = (
+                            details.get("broken_only_before_the_last_step", 0) + k)
                     correct[b] = ok & clean[b]
                     if x_adv_all is not None:
                         if restart == 0:
@@ -385,8 +441,14 @@ def evaluate_robustness(
         if log is not None:
             log(f"{spec.name}: {int(correct.sum())}/{n} robust ({time.perf_counter() - t0:.1f} s)")
     collapsed = class_coverage_warning(outcomes["clean"].details.get("predicted") or [], y)
-    return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n,
-                            warnings=[collapsed] if collapsed else [], labels=y.cpu())
+    warnings = [collapsed] if collapsed else []
+    non_finite = {k: int(o.details.get("non_finite") or 0) for k, o in outcomes.items()}
+    if any(non_finite.values()):
+        where = ", ".join(f"{k} {v}" for k, v in non_finite.items() if v)
+        warnings.append(f"the model returned non-finite logits (NaN/inf) on some inputs ({where}); they count as "
+                        "wrong, and the attacks' gradients there are meaningless")
+    return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=n, warnings=warnings,
+                            labels=y.cpu())
 
 
 def _autoattack_details(res: Any, idx: torch.Tensor, n: int) -> dict[str, Any]:

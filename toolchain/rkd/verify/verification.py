@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rkd.data import indices_sha256, load_dataset, select_indices
+from rkd.attacks.predictions import predicted_class
+from rkd.data import indices_sha256, load_dataset, samples_sha256, select_indices
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
 from rkd.verify.engine_model import EngineModel
@@ -78,7 +79,7 @@ class VerifyRequest:
 
 
 def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
-    return runtime.predict(x).argmax(1).cpu()
+    return predicted_class(runtime.predict(x)).cpu()
 
 
 def _transfer_outcome(
@@ -139,14 +140,22 @@ def _agreement(surrogate: nn.Module, runtime: Any, x: torch.Tensor, batch_size: 
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
 
 
+def _perturbed(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x_adv`` an attack moved: AutoAttack leaves ``x`` where it did not run or found nothing, and
+    clean inputs would pull the adversarial agreement towards the clean one."""
+    return x_adv[(x_adv != x).flatten(1).any(1)]
+
+
 def _zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device) -> int:
-    """Samples whose cross-entropy input gradient through ``model`` is exactly zero (AutoAttack's check)."""
+    """Samples whose cross-entropy input gradient through ``model`` is exactly zero (AutoAttack's check) or not
+    finite (an attack's sign step cannot use it either)."""
     zeros = 0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(dev).requires_grad_(True)
         loss = nn.functional.cross_entropy(model(xb), y[i:i + batch_size].to(dev), reduction="sum")
         (grad,) = torch.autograd.grad(loss, xb)
-        zeros += int((grad.flatten(1).abs().amax(1) == 0).sum())
+        flat = grad.flatten(1)
+        zeros += int(((flat.abs().amax(1) == 0) | ~torch.isfinite(flat).all(1)).sum())
     return zeros
 
 
@@ -159,7 +168,7 @@ def _warnings(
     if tm and (tm.get("norm") != request.norm or abs(float(tm.get("eps", eps)) - eps) > 1e-9):
         out.append(f"threat model differs from the bundle's ({tm.get('norm')} eps={float(tm.get('eps')):.5g}): "
                    f"verifying {request.norm} eps={eps:.5g}")
-    gradient = torch.ones(engine.n, dtype=torch.bool)
+    gradient = engine.outcomes["clean"].correct.clone()  # robust to every gradient attack (none: clean-correct)
     for spec in specs:
         if spec.kind != "clean" and spec.uses_gradients and spec.name in engine.outcomes:
             gradient &= engine.outcomes[spec.name].correct
@@ -182,8 +191,9 @@ def _warnings(
             out.append(f"transfer from the float model broke {extra} sample(s) the white-box attacks on the engine did "
                        "not: the surrogate's gradients are weaker than the float model's")
     if zero_grads:
-        out.append(f"zero input gradient through the surrogate on {zero_grads} of {attacked} clean-correct samples: "
-                   "gradient attacks cannot move them (gradient masking); trust Square and transfer there")
+        out.append(f"zero or non-finite input gradient through the surrogate on {zero_grads} of {attacked} "
+                   "clean-correct samples: gradient attacks cannot move them (gradient masking); trust Square and "
+                   "transfer there")
     clean_agree = (agreement.get("clean") or {}).get("top1_agreement")
     if clean_agree is not None and clean_agree < request.min_clean_agreement:
         out.append(f"engine/surrogate top-1 agreement on clean inputs is {clean_agree:.1%} "
@@ -213,7 +223,7 @@ def _curve(
             else:
                 res = evaluate_robustness(model, x, y, attacks=spec, eps=value, alpha=min(request.alpha, value / 4),
                                           norm=request.norm, batch_size=request.batch_size, seed=request.seed,
-                                          device=request.device)
+                                          device=request.device, score_every_iterate=True)
             rows[label].append(res.accuracy("worst_case"))
         if log is not None:
             log(f"curve eps={value:.4g}: engine {rows['engine'][-1]:.1%}")
@@ -266,11 +276,15 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
         "reference": (target.info["reference"] or {}).get("sha256"), "indices_sha256": indices_sha256(idx),
         "dataset": request.dataset, "split": request.split, "eps": eps, "alpha": request.alpha,
         "norm": request.norm, "seed": request.seed, "attacks": [s.name for s in specs], "transfer": request.transfer,
+        # which images (not only which indices), and what computes: a state from other data, another execution
+        # provider or other batches (AutoAttack's chunks) is refused, not silently reused
+        "samples_sha256": samples_sha256(x, y), "device": request.device,
+        "runtime_options": request.runtime_options, "batch_size": request.batch_size,
     }
     state = VerifyState(request.state, settings)
     timing: dict[str, float] = {}
     suite_kw = dict(eps=eps, alpha=request.alpha, norm=request.norm, batch_size=request.batch_size,
-                    seed=request.seed, device=dev, keep_adv=True, autoattack_on="robust")
+                    seed=request.seed, device=dev, keep_adv=True, autoattack_on="robust", score_every_iterate=True)
 
     reference: RobustnessResult | None = None
     if has_reference and not same_model:
@@ -316,8 +330,9 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     t0 = time.perf_counter()
     clean_ok = engine.outcomes["clean"].correct
     attacked = clean_ok.nonzero().flatten()
-    adv = [o.x_adv[attacked] for s in specs if s.kind != "clean" and s.uses_gradients
+    adv = [_perturbed(o.x_adv[attacked], x[attacked]) for s in specs if s.kind != "clean" and s.uses_gradients
            for o in [engine.outcomes[s.name]] if o.x_adv is not None]
+    adv = [a for a in adv if len(a)]
     agreement = {
         "clean": _agreement(target.surrogate, target.runtime, x, request.batch_size),
         "adversarial": _agreement(target.surrogate, target.runtime, torch.cat(adv), request.batch_size) if adv else None,
