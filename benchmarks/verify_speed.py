@@ -79,7 +79,7 @@ def main() -> None:
             ap.error("give --engine or --report")
         folder = Path(args.out + ".report")
         cmd = [sys.executable, "-m", "rkd", "verify", "--engine", args.engine, "--n", str(args.n),
-               "--attacks", "pgd20,autoattack", "--report", str(folder), "--state", str(folder) + ".state"]
+               "--attacks", "pgd20,autoattack", "--report", str(folder), "--state", str(folder) + ".state", "--no-gates"]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         subprocess.run(cmd, check=False, env=os.environ.copy())

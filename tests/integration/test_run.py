@@ -88,6 +88,18 @@ def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
     assert 'name="gate robust_acc&gt;1"' in junit and "<failure" in junit
 
 
+def test_a_verify_section_without_gates_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    out = tmp_path / "ungated"
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=[]"], catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 2 and "verify.gates is empty, so verify could not fail" in " ".join(res.output.split())
+    assert not (out / "student").exists()
+
+
 def test_a_run_killed_mid_distill_completes_with_resume(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

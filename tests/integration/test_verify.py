@@ -225,8 +225,23 @@ def test_a_killed_run_resumes_from_its_state_to_the_same_result(
             verify_artifact(VerifyRequest(**{**request(tmp_path / "state").__dict__, **change}))
 
 
+def test_no_gates_measures_without_a_verdict(bundle: Path, tmp_path: Path) -> None:
+    res = _run("--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--n", "16", "--attacks", "fgsm",
+               "--no-gates", "--report", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "MEASURED (no gates)" in res.output
+    rep = json.loads((tmp_path / "verify.json").read_text())
+    assert rep["verdict"] == "no gates" and rep["gates"] == []
+    assert "measured, no gates" in (tmp_path / "verify.md").read_text()
+
+
 def test_bad_input_is_exit_2_before_any_attack(bundle: Path, tmp_path: Path) -> None:
     base = ["--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--report", str(tmp_path)]
+    no_gate = _run(*base)  # a run that could not fail is no check: refused
+    assert no_gate.exit_code == 2 and "no gate to judge the artifact against" in " ".join(no_gate.output.split())
+    both = _run(*base, "--no-gates", "--gate", "clean_acc>=0.5")
+    assert both.exit_code == 2 and "--no-gates with gates" in both.output
+    base += ["--gate", "clean_acc>=0"]
     cases = [
         (["--gate", "robust_acc=>0.4"], "not METRIC OP VALUE"),
         (["--gate", "autoattack_acc>=0.4", "--attacks", "pgd5"], "add 'autoattack' to --attacks"),
@@ -235,6 +250,7 @@ def test_bad_input_is_exit_2_before_any_attack(bundle: Path, tmp_path: Path) -> 
          "gates were set for n >= 1000"),
         (["--attacks", "pgd"], "unknown attack 'pgd'"),
         (["--eps", "8"], "(0, 1]"),
+        (["--norm", "l2"], "give --eps for the l2 ball"),  # the bundle's eps is an L-inf radius
     ]
     for extra, message in cases:
         res = _run(*base, *extra)

@@ -222,3 +222,17 @@ def test_two_autoattack_type_attacks_keep_two_state_files(tmp_path) -> None:
     again = evaluate_robustness(model, x, y, **kw)  # both resume from their own files
     for name in ("aa-custom:apgd-ce", "aa-custom:apgd-dlr"):
         assert torch.equal(first.outcomes[name].correct, again.outcomes[name].correct)
+
+
+def test_l2_suite_stays_in_the_l2_ball() -> None:
+    """FGSM, PGD and CW all attack in the suite's norm (FGSM was L-inf with the L2 radius)."""
+    model = train_tiny_classifier()
+    data = load_dataset("synthetic", "test", n=32)
+    x, y = data.to_float(), data.y
+    res = evaluate_robustness(model, x, y, attacks="fgsm,pgd3,cw5", eps=0.5, alpha=0.2, norm="l2", keep_adv=True,
+                              score_every_iterate=True)
+    for name in ("fgsm", "pgd3", "cw5"):
+        delta = (res.outcomes[name].x_adv - x).flatten(1)
+        assert float(delta.norm(dim=1).max()) <= 0.5 + 1e-5, name
+        assert float(delta.abs().max()) > 8 / 255  # an L2 step, not an L-inf one of radius 0.5 either
+    evaluate_robustness(model, x[:2], y[:2], attacks="fgsm", eps=1.5, norm="l2")  # L2 radii may exceed 1

@@ -156,6 +156,11 @@ class Pipeline:
             load_profile(recipe.deploy.profile, base=profile_base) if recipe.deploy is not None else None)
         if recipe.verify is not None and recipe.deploy is None:
             raise RecipeError(f"{recipe.name}: a verify section needs a deploy section (what to verify)")
+        verify_cfg = recipe.verify or (self.profile.verify if self.profile is not None else None)
+        if verify_cfg is not None and not verify_cfg.gates and not verify_cfg.fail_on_warnings:
+            where = "verify.gates" if recipe.verify is not None else f"profile {recipe.deploy.profile}'s verify.gates"
+            raise RecipeError(f"{recipe.name}: {where} is empty, so verify could not fail: name at least one gate "
+                              "(e.g. 'drop.robust_acc<=0.03'), or set fail_on_warnings")
         self.record = _Record(self.run_dir)
         self.stages: list[StageResult] = []
 

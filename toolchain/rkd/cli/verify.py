@@ -12,6 +12,13 @@ from rich.table import Table
 from rkd.cli._common import class_table, console, handle_errors, out
 
 
+class Norm(str, Enum):
+    """The attacks' ball."""
+
+    linf = "linf"
+    l2 = "l2"
+
+
 class Sample(str, Enum):
     """Which samples: the first n, or a seeded random subset."""
 
@@ -47,7 +54,8 @@ def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
     for g in rep["gates"]:
         mark = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
         out.print(f"{mark} {g['gate']}  ({g['message']}; {g['source']})", highlight=False)
-    verdict = "[bold green]PASS[/]" if rep["passed"] else "[bold red]FAIL[/]"
+    verdict = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]",
+               "no gates": "[bold]MEASURED[/] (no gates)"}[rep["verdict"]]
     out.print(f"{verdict}  report: {paths['json']}  junit: {paths['junit']}", highlight=False)
 
 
@@ -74,6 +82,7 @@ def verify(
                                                    "pgd20,autoattack].")] = None,
     eps: Annotated[Optional[str], typer.Option(help="Radius on [0,1] inputs, e.g. 8/255 \\[default: profile's, "
                                                "else the bundle's threat model].")] = None,
+    norm: Annotated[Optional[Norm], typer.Option(help="Threat model \\[default: the bundle's, else linf].")] = None,
     alpha: Annotated[str, typer.Option(help="PGD/CW step size.")] = "2/255",
     seed: Annotated[int, typer.Option(help="Seeds random starts, AutoAttack and the random sample.")] = 0,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="A gate, e.g. 'robust_acc>=0.40', "
@@ -101,6 +110,8 @@ def verify(
                                         "auto = cuda for TensorRT engines, cpu otherwise.")] = "auto",
     by_class: Annotated[bool, typer.Option("--by-class", help="Also print the engine's accuracy per class (always "
                                            "in the reports).")] = False,
+    no_gates: Annotated[bool, typer.Option("--no-gates", help="Measure without a verdict (exit 0 whatever the "
+                                           "numbers); without it a run with no gate is a usage error.")] = False,
 ) -> None:
     """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
 
@@ -143,6 +154,7 @@ def verify(
             engine, cfg, source=f"profile {prof.name}" if prof else "command line",
             required_n=prof.verify.n if prof and prof.verify.gates else None,
             dataset=dataset, data_options=options, data_root=data_root, split=split, eps_text=eps, alpha=alpha_v,
+            norm=norm.value if norm is not None else None,
             seed=seed, batch_size=batch_size, device=_device(device, engine), state=state,
             curve_eps=curve_values if curve else None, surrogate=surrogate, reference=reference,
             profile={"name": prof.name, "runtime": prof.runtime, "precision": prof.precision} if prof else None,
@@ -150,6 +162,9 @@ def verify(
         if not transfer:
             request.transfer = False
         request.gates += extra
+        if no_gates and (request.gates or request.fail_on_warnings):
+            raise UsageError("--no-gates with gates (--gate, the profile's or --fail-on-warnings): drop one of them")
+        request.require_gates = not no_gates
         rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
         folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
         paths = write_reports(rep, folder, junit=junit)

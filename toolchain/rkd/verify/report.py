@@ -67,7 +67,8 @@ def junit_xml(report: Mapping[str, Any]) -> str:
 def markdown(report: Mapping[str, Any]) -> str:
     """A Markdown summary: verdict, gates, per-attack table (engine vs float), agreement, warnings."""
     artifact = report.get("artifact") or {}
-    verdict = "PASS" if report.get("passed") else "FAIL"
+    verdict = {"no gates": "measured, no gates"}.get(report.get("verdict", ""),
+                                                    "PASS" if report.get("passed") else "FAIL")
     lines = [
         f"## rkd verify: {verdict}",
         "",

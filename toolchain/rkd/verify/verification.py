@@ -12,7 +12,9 @@ Beside the engine's numbers: the float reference's on the same samples and the d
 agreement on clean and adversarial inputs, and warnings in the spirit of AutoAttack's checks (Square or
 transfer breaking what the gradient attacks could not = gradient masking or a weak surrogate; zero
 gradients; low agreement). AutoAttack runs only on samples still robust after the cheaper attacks before it
-(same worst case, less work; its row is then cumulative and says so).
+(same worst case, less work; its row is then cumulative and says so). FGSM, PGD and CW count every iterate
+whose engine logits misclassify (``score_every_iterate``); non-finite logits count as wrong. A run that could not
+fail (no gate) is refused when ``require_gates`` is set (the CLI without ``--no-gates``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class VerifyRequest:
     eps: float | None = None  # None: the bundle's threat model, else 8/255
     eps_text: str | None = None
     alpha: float = 2 / 255
-    norm: str = "linf"
+    norm: str | None = None  # None: the bundle's threat model, else linf
     seed: int = 0
     batch_size: int = 256
     device: str = "cpu"
@@ -76,6 +78,7 @@ class VerifyRequest:
     min_adversarial_agreement: float = MIN_ADVERSARIAL_AGREEMENT
     profile: dict[str, Any] | None = None
     runtime_options: dict[str, Any] | None = None  # passed to the runtime (e.g. ONNX Runtime providers)
+    require_gates: bool = False  # refuse a run that could not fail (rkd verify without --no-gates)
 
 
 def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
@@ -161,13 +164,13 @@ def _zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
 def _warnings(
     target: VerifyTarget, engine: RobustnessResult, specs: Sequence[AttackSpec], agreement: dict[str, Any],
-    zero_grads: int, attacked: int, request: VerifyRequest, eps: float,
+    zero_grads: int, attacked: int, request: VerifyRequest, eps: float, norm: str = "linf",
 ) -> list[str]:
     out = list(target.warnings) + list(engine.warnings)
     tm = target.threat_model
-    if tm and (tm.get("norm") != request.norm or abs(float(tm.get("eps", eps)) - eps) > 1e-9):
+    if tm and (tm.get("norm") != norm or abs(float(tm.get("eps", eps)) - eps) > 1e-9):
         out.append(f"threat model differs from the bundle's ({tm.get('norm')} eps={float(tm.get('eps')):.5g}): "
-                   f"verifying {request.norm} eps={eps:.5g}")
+                   f"verifying {norm} eps={eps:.5g}")
     gradient = engine.outcomes["clean"].correct.clone()  # robust to every gradient attack (none: clean-correct)
     for spec in specs:
         if spec.kind != "clean" and spec.uses_gradients and spec.name in engine.outcomes:
@@ -207,7 +210,7 @@ def _warnings(
 
 def _curve(
     target: VerifyTarget, engine_model: nn.Module, x: torch.Tensor, y: torch.Tensor, request: VerifyRequest,
-    log: Callable[[str], None] | None,
+    log: Callable[[str], None] | None, norm: str = "linf",
 ) -> dict[str, Any]:
     """Accuracy against eps for the float reference and the engine (one PGD attack per eps, step
     min(alpha, eps/4))."""
@@ -222,7 +225,7 @@ def _curve(
                                           seed=request.seed, device=request.device)
             else:
                 res = evaluate_robustness(model, x, y, attacks=spec, eps=value, alpha=min(request.alpha, value / 4),
-                                          norm=request.norm, batch_size=request.batch_size, seed=request.seed,
+                                          norm=norm, batch_size=request.batch_size, seed=request.seed,
                                           device=request.device, score_every_iterate=True)
             rows[label].append(res.accuracy("worst_case"))
         if log is not None:
@@ -256,6 +259,21 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     check_gate_metrics(request.gates, attack_names + ([TRANSFER] if transfers else []), has_reference=has_reference,
                        reference_attacks=attack_names,
                        gradient_attacks=any(s.kind != "clean" and s.uses_gradients for s in specs))
+    if request.require_gates and not request.gates and not request.fail_on_warnings:
+        raise UsageError("no gate to judge the artifact against, so the run could not fail: add --gate (e.g. "
+                         "'drop.robust_acc<=0.03'), --profile with gates or --fail-on-warnings, or --no-gates "
+                         "to only measure")
+
+    tm = target.threat_model or {}
+    norm = request.norm or str(tm.get("norm", "linf"))
+    if norm not in ("linf", "l2"):
+        raise UsageError(f"norm must be linf or l2, got {norm!r}")
+    eps = request.eps
+    if eps is None:
+        if tm.get("norm", "linf") != norm:
+            raise UsageError(f"verifying {norm} but the bundle's threat model is {tm.get('norm')} "
+                             f"eps={float(tm.get('eps', 0)):.5g}: give --eps for the {norm} ball")
+        eps = float(tm.get("eps", 8 / 255))
 
     data = load_dataset(request.dataset, request.split, root=request.data_root, **(request.data_options or {}))
     if request.n > len(data):
@@ -264,9 +282,6 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     if target.num_classes is not None and target.num_classes != len(data.classes):
         raise CheckpointError(f"'{target.path.name}' predicts {target.num_classes} classes but {request.dataset} has "
                               f"{len(data.classes)}: verify it on the data set it was trained for")
-    eps = request.eps
-    if eps is None:
-        eps = float((target.threat_model or {}).get("eps", 8 / 255))
     idx = select_indices(len(data), request.n, seed=request.seed, mode=request.sample)
     x, y = data.to_float(idx), data.y[idx]
     dev = torch.device(request.device)
@@ -275,7 +290,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
         "artifact_sha256": target.info["artifact"].get("sha256"), "surrogate": target.info["surrogate"].get("sha256"),
         "reference": (target.info["reference"] or {}).get("sha256"), "indices_sha256": indices_sha256(idx),
         "dataset": request.dataset, "split": request.split, "eps": eps, "alpha": request.alpha,
-        "norm": request.norm, "seed": request.seed, "attacks": [s.name for s in specs], "transfer": request.transfer,
+        "norm": norm, "seed": request.seed, "attacks": [s.name for s in specs], "transfer": request.transfer,
         # which images (not only which indices), and what computes: a state from other data, another execution
         # provider or other batches (AutoAttack's chunks) is refused, not silently reused
         "samples_sha256": samples_sha256(x, y), "device": request.device,
@@ -283,7 +298,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     }
     state = VerifyState(request.state, settings)
     timing: dict[str, float] = {}
-    suite_kw = dict(eps=eps, alpha=request.alpha, norm=request.norm, batch_size=request.batch_size,
+    suite_kw = dict(eps=eps, alpha=request.alpha, norm=norm, batch_size=request.batch_size,
                     seed=request.seed, device=dev, keep_adv=True, autoattack_on="robust", score_every_iterate=True)
 
     reference: RobustnessResult | None = None
@@ -339,19 +354,19 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     }
     zero_grads = _zero_gradients(engine_model, x[attacked], y[attacked], request.batch_size, dev) if len(attacked) else 0
     timing["checks_s"] = time.perf_counter() - t0
-    warnings = _warnings(target, engine, specs, agreement, zero_grads, len(attacked), request, eps)
+    warnings = _warnings(target, engine, specs, agreement, zero_grads, len(attacked), request, eps, norm)
 
     curve = None
     if request.curve_eps:
         t0 = time.perf_counter()
-        curve = _curve(target, engine_model, x, y, request, log)
+        curve = _curve(target, engine_model, x, y, request, log, norm)
         timing["curve_s"] = time.perf_counter() - t0
 
     body = engine.to_dict()
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "rkd-verify",
-        "eps": eps, "eps_text": request.eps_text or f"{eps * 255:g}/255", "norm": request.norm, "alpha": request.alpha,
+        "eps": eps, "eps_text": request.eps_text or (f"{eps * 255:g}/255" if norm == "linf" else f"{eps:g}"), "norm": norm, "alpha": request.alpha,
         "n": engine.n, "seed": request.seed,
         "clean_acc": body["clean_acc"], "robust_acc": body["robust_acc"],
         **({"autoattack_acc": body["autoattack_acc"]} if "autoattack_acc" in body else {}),
@@ -377,7 +392,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     report["gates"] = gates
     report["fail_on_warnings"] = request.fail_on_warnings
     report["passed"] = all(g["passed"] for g in gates) and not warn_fail
-    report["verdict"] = "pass" if report["passed"] else "fail"
+    judged = bool(gates) or request.fail_on_warnings
+    report["verdict"] = ("pass" if report["passed"] else "fail") if judged else "no gates"
     report["per_sample"] = body["per_sample"]
     report["data"] = {"dataset": request.dataset, "split": request.split, "n": len(idx), "sample": request.sample,
                       "indices_sha256": indices_sha256(idx), "first_indices": idx[:10].tolist()}
