@@ -153,6 +153,13 @@ def test_cli_export_refuses_overwrite_and_force_replaces(checkpoint: Path, tmp_p
     assert res.exit_code == 0, res.output
     read_manifest(out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (out / "notes.txt").write_text("mine")  # --force replaces a bundle, never files that are not its own
+    res = _run(*args, "--force")
+    assert res.exit_code == 2 and "holds files that are not its bundle's" in " ".join(res.output.split())
+    assert (out / "notes.txt").read_text() == "mine"
+    run_dir = checkpoint.parent  # the checkpoint's own folder: not a bundle, never replaced
+    res = _run("export", str(checkpoint), "--parity-data", "synthetic", "--out", str(run_dir), "--force")
+    assert res.exit_code == 2 and "is not an rkd bundle" in res.output and checkpoint.is_file()
 
 
 def test_cli_trt_without_tensorrt_exits_3(checkpoint: Path, tmp_path: Path) -> None:

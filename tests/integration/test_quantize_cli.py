@@ -147,6 +147,12 @@ def test_quantize_cli_refuses_a_bundle_of_another_checkpoint(synthetic_ckpt: Pat
     res = _run(str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "32", "--eval-n", "0",
                "--out", str(out))
     assert res.exit_code == 2 and "exported from another checkpoint" in res.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = _run(str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "32", "--eval-n", "0",
+               "--out", str(out), "--force", "--exclude", "NoSuchNode")  # fails after the re-export
+    assert res.exit_code == 2 and "cannot exclude node 'NoSuchNode'" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old bundle is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # and nothing left beside it
     res = _run(str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "32", "--eval-n", "0",
                "--out", str(out), "--force")
     assert res.exit_code == 0, res.output
@@ -172,3 +178,17 @@ def test_surrogate_agrees_with_int8_on_real_cifar10(cifar10_root: Path, tmp_path
         quantize_onnx(path, q, calib, scheme=scheme)
         result = agreement(build_surrogate(q), q, x)
         assert result["n"] == 500 and result["top1_agreement"] >= 0.99, (scheme, result)
+
+
+def test_quantize_never_replaces_a_folder_that_is_not_a_bundle(synthetic_ckpt: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    args = [str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "32", "--eval-n", "0", "--out", str(run_dir)]
+    for extra in ([], ["--force"]):
+        res = _run(*args, *extra)
+        assert res.exit_code == 2 and "is not an rkd bundle" in res.output, res.output
+        assert [p.name for p in run_dir.iterdir()] == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    res = _run(*args[:-1], str(fresh), "--exclude", "NoSuchNode")
+    assert res.exit_code == 2 and not fresh.exists()  # a failed first quantization leaves no half bundle

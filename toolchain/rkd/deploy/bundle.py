@@ -50,6 +50,32 @@ def _refuse_existing(out_dir: Path) -> None:
     raise UsageError(f"bundle directory '{out_dir}' exists: pass --force to replace it")
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace ``out_dir`` unless it is empty or an rkd bundle holding only its own files: ``--force``
+    replaces a bundle, never a folder of other files (a run directory, a checkpoint's folder).
+
+    Raises:
+        UsageError: ``out_dir`` holds files that are not an rkd bundle's.
+    """
+    if not out_dir.is_dir():
+        return
+    manifest = out_dir / MANIFEST_NAME
+    listed: set[str] = set()
+    if manifest.is_file():
+        try:
+            record = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict) and record.get("format") == FORMAT:
+            listed = {MANIFEST_NAME, *(record.get("files") or {})}
+    others = [p.relative_to(out_dir).as_posix() for p in sorted(out_dir.rglob("*"))
+              if (p.is_file() or p.is_symlink()) and p.relative_to(out_dir).as_posix() not in listed]
+    if others:
+        what = "is not an rkd bundle" if not listed else "holds files that are not its bundle's"
+        raise UsageError(f"'{out_dir}' {what} (e.g. '{others[0]}', {len(others)} file(s)); --force replaces only "
+                         "a bundle: choose another --out")
+
+
 @contextlib.contextmanager
 def stage_bundle(out_dir: str | Path, *, force: bool) -> Iterator[Path]:
     """Build a bundle in a temp directory beside ``out_dir``; on success rename it into place.
@@ -70,6 +96,7 @@ def stage_bundle(out_dir: str | Path, *, force: bool) -> Iterator[Path]:
             raise UsageError(f"'{out_dir}' exists and is not a directory; choose another --out")
         if not force:
             _refuse_existing(out_dir)
+        check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
     os.chmod(staging, default_mode(directory=True))
@@ -89,6 +116,7 @@ def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
         return
     if not force:
         _refuse_existing(out_dir)
+    check_replaceable(out_dir)
     old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.old")
     os.rename(out_dir, old)
     try:
@@ -98,6 +126,12 @@ def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
         raise
     fsync_dir(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def install_bundle(staged: str | Path, out_dir: str | Path, *, force: bool) -> None:
+    """Move a complete bundle built elsewhere on the same file system (``staged``) to ``out_dir``; an existing
+    ``out_dir`` is replaced only with ``force`` and only when it is a bundle (:func:`check_replaceable`)."""
+    _commit(Path(staged), Path(out_dir), force=force)
 
 
 def _bundle_files(bundle_dir: Path) -> list[str]:

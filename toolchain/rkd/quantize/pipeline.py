@@ -8,9 +8,11 @@ ships, not against the float model. Everything measured goes into the bundle man
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from rkd.attacks.predictions import predicted_class
 from rkd.data import indices_sha256, load_dataset, select_indices
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
-from rkd.deploy.bundle import read_manifest, update_bundle, utc_now
+from rkd.deploy.bundle import check_replaceable, install_bundle, read_manifest, update_bundle, utc_now
 from rkd.errors import DataError, RkdError, UsageError
 from rkd.models import load_checkpoint
 from rkd.quantize import ort_static
@@ -107,26 +109,27 @@ def _refuse_synthetic(name: str, trained_on: str | None, purpose: str, flag: str
         )
 
 
-def _prepare_bundle(
-    checkpoint: Path, bundle: Path, ck_sha: str, *, force: bool, export: Callable[[bool], None]
-) -> str:
-    """Make sure ``bundle`` is a bundle of ``checkpoint``; returns what was done (``exported``/``reused``)."""
+def _bundle_action(checkpoint: Path, bundle: Path, ck_sha: str, *, force: bool) -> str:
+    """What ``bundle`` needs before ``checkpoint`` can be quantized into it: ``exported`` (none yet),
+    ``re-exported`` (another checkpoint's, or a damaged one, replaced with ``force``) or ``reused``. Changes
+    nothing: a (re-)export is built apart and installed only when the whole quantization succeeded.
+
+    Raises:
+        UsageError: a folder that is not an rkd bundle (never replaced), another checkpoint's bundle or one
+            already quantized, without ``force``.
+    """
     if not bundle.exists():
-        export(False)
         return "exported"
     if not (bundle / "manifest.json").is_file():
-        if not force:
-            raise UsageError(
-                f"'{bundle}' exists and is not an rkd bundle; choose another --out or pass --force"
-            )
-        export(True)
-        return "re-exported"
+        if not bundle.is_dir() or any(bundle.iterdir()):
+            raise UsageError(f"'{bundle}' exists and is not an rkd bundle; choose another --out")
+        return "exported"
+    check_replaceable(bundle)
     try:
         manifest = read_manifest(bundle, verify=True)
     except RkdError:
         if not force:
             raise
-        export(True)
         return "re-exported"
     source = (manifest.get("source") or {}).get("sha256")
     if source != ck_sha:
@@ -135,7 +138,6 @@ def _prepare_bundle(
                 f"bundle '{bundle}' was exported from another checkpoint (sha256 {str(source)[:12]}..., "
                 f"this one {ck_sha[:12]}...); choose another --out or pass --force to re-export it"
             )
-        export(True)
         return "re-exported"
     if FLOAT_NAME not in manifest["files"]:
         raise UsageError(f"bundle '{bundle}' has no {FLOAT_NAME}; re-export it with rkd export --force")
@@ -322,7 +324,6 @@ def quantize_checkpoint(
             unreadable checkpoint or a corrupt bundle.
     """
     from rkd.deploy.export import export_bundle
-    from rkd.deploy.runtimes import OnnxRuntime
 
     started = time.perf_counter()
     checkpoint, bundle = Path(checkpoint), Path(bundle)
@@ -376,10 +377,38 @@ def quantize_checkpoint(
             f"--calib-n {calib_n} but the calibration data has only {len(calib_set)} training images"
         )
 
-    def export(replace: bool) -> None:
-        export_bundle(checkpoint, bundle, force=replace, parity_data=eval_data, data_root=data_root)
+    bundle_action = _bundle_action(checkpoint, bundle, ck_sha, force=force)
+    with contextlib.ExitStack() as cleanup:
+        target = bundle
+        if bundle_action != "reused":  # export apart; installed only once everything below succeeded
+            bundle.parent.mkdir(parents=True, exist_ok=True)
+            apart = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".export", dir=bundle.parent))
+            cleanup.callback(shutil.rmtree, apart, ignore_errors=True)
+            bundle = apart / bundle.name
+            export_bundle(checkpoint, bundle, parity_data=eval_data, data_root=data_root)
+        section = _quantize_bundle(
+            model, checkpoint, bundle, ck_sha, calib_set, eval_data, calib_data, data_root, started,
+            profile=profile, method=method, calib_n=calib_n, eval_n=eval_n, steps=steps, seed=seed,
+            batch_size=batch_size, device=device, debug_layers=debug_layers, nodes_to_exclude=nodes_to_exclude,
+            qat=qat, qat_method=qat_method, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_train_n=qat_train_n,
+            qat_steps=qat_steps, qat_teacher=qat_teacher, teacher_model=teacher_model, eps=eps, alpha=alpha,
+            bundle_action=bundle_action)
+        if bundle != target:
+            install_bundle(bundle, target, force=True)
+    return section
 
-    bundle_action = _prepare_bundle(checkpoint, bundle, ck_sha, force=force, export=export)
+
+def _quantize_bundle(
+    model: nn.Module, checkpoint: Path, bundle: Path, ck_sha: str, calib_set: ImageArrays,
+    eval_data: tuple[str, dict[str, Any]], calib_data: tuple[str, dict[str, Any]], data_root: str | None,
+    started: float, *, profile: str, method: str, calib_n: int, eval_n: int, steps: int, seed: int,
+    batch_size: int, device: str, debug_layers: bool, nodes_to_exclude: Sequence[str] | None, qat: bool,
+    qat_method: str, qat_epochs: int, qat_lr: float, qat_train_n: int | None, qat_steps: int | None,
+    qat_teacher: str | Path | None, teacher_model: nn.Module | None, eps: float, alpha: float, bundle_action: str,
+) -> dict[str, Any]:
+    """Quantize the float model of ``bundle`` (a bundle of ``checkpoint``) and add the INT8 files to it."""
+    from rkd.deploy.runtimes import OnnxRuntime
+
     manifest = read_manifest(bundle, verify=True)
     input_shape = manifest["input"]["shape"]
     _check_shape(calib_set, input_shape, "calibration")
