@@ -146,3 +146,39 @@ def test_env_reports_versions_and_runtimes() -> None:
     assert isinstance(info["host"]["cpu_extensions"], list) and info["host"]["cpu_capability"]
     res = _run("env")
     assert res.exit_code == 0 and "torch kernels" in res.output
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    """Exit 1 means a failed gate to CI: --debug must not turn a usage error into it."""
+    res = _run("--debug", "eval", str(tmp_path / "nope.safetensors"), "--data", "synthetic")
+    assert res.exit_code == 2
+    assert "Traceback" in res.output and "checkpoint not found" in res.output
+
+
+def test_outputs_that_cannot_be_written_are_exit_2_before_any_work(tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    a_folder = tmp_path / "adir"
+    a_folder.mkdir()
+    ckpt = str(tmp_path / "missing.safetensors")  # the output check comes first: no model is needed
+    for extra, message in ((["--report", str(a_folder)], "is a folder; give a file path"),
+                           (["--report", str(a_file / "r.json")], "is a file, so the path cannot be created"),
+                           (["--aa-state", str(a_folder)], "is a folder; give a file path")):
+        res = _run("eval", ckpt, "--data", "synthetic", "--n", "8", *extra)
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), (extra, res.output)
+    res = _run("eval", ckpt, "--data", "synthetic", "--batch-size", "0")
+    assert res.exit_code == 2
+
+
+def test_a_recipe_that_is_not_utf8_is_a_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\xff\xfe\x00bad")
+    res = _run("teacher", str(bad))
+    assert res.exit_code == 2 and "not UTF-8 text" in res.output
+
+
+def test_named_profiles_resolve_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rkd.config import load_profile
+
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("x86-cpu-int8").verify.gates

@@ -235,6 +235,21 @@ def test_no_gates_measures_without_a_verdict(bundle: Path, tmp_path: Path) -> No
     assert "measured, no gates" in (tmp_path / "verify.md").read_text()
 
 
+def test_a_reference_or_surrogate_of_another_classifier_is_refused(bundle: Path, tmp_path: Path) -> None:
+    from rkd.models import create_model
+
+    other = save_checkpoint(create_model("tiny_cnn", num_classes=5), tmp_path / "five.safetensors")
+    base = ["--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--n", "8", "--attacks", "fgsm",
+            "--gate", "drop.robust_acc<=0.03", "--report", str(tmp_path / "r")]
+    for flag in ("--reference", "--surrogate"):
+        res = _run(*base, flag, str(other))
+        assert res.exit_code == 2, res.output
+        assert f"{flag} '{other}' scores 5 classes but the engine 10" in " ".join(res.output.split())
+    assert not (tmp_path / "r").exists()
+    res = _run(*base, "--attacks", "")
+    assert res.exit_code == 2 and "the attack list is empty" in res.output
+
+
 def test_bad_input_is_exit_2_before_any_attack(bundle: Path, tmp_path: Path) -> None:
     base = ["--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--report", str(tmp_path)]
     no_gate = _run(*base)  # a run that could not fail is no check: refused

@@ -524,6 +524,10 @@ def _read_yaml(p: Path, what: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise RecipeError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: not UTF-8 text; {what} is a YAML file") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{p}: is a folder; give {what} file") from None
     if raw is None:
         raise RecipeError(f"{p}: the file is empty; {what} is a YAML mapping of sections")
     if not isinstance(raw, dict):
@@ -531,22 +535,35 @@ def _read_yaml(p: Path, what: str) -> Any:
     return raw
 
 
+def profile_folders(base: str | Path | None = None) -> list[Path]:
+    """Where named profiles are looked up, in order: ``export/`` under ``base`` (default: the current directory),
+    then the shipped ``export/`` of this source tree (``pip install -e``), so a recipe runs from any directory."""
+    folders = [Path(base or ".") / PROFILE_DIRS[0]]
+    shipped = Path(__file__).resolve().parents[2] / PROFILE_DIRS[0]
+    if shipped.is_dir() and all(f.resolve() != shipped for f in folders if f.is_dir()):
+        folders.append(shipped)
+    return folders
+
+
 def find_profile(name_or_path: str | Path, base: str | Path | None = None) -> Path:
-    """The profile file: a path as given, else ``export/<name>.yaml`` under ``base`` (default: the current
-    directory)."""
+    """The profile file: a path as given, else ``<name>.yaml`` in the first of :func:`profile_folders` that has
+    it."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if p.is_file():
             return p
         raise RecipeError(f"{p}: export profile not found")
-    folder = Path(base or ".") / PROFILE_DIRS[0]
-    cand = folder / f"{p.name}.yaml"
-    if cand.is_file():
-        return cand
-    names = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+    folders = profile_folders(base)
+    for folder in folders:
+        cand = folder / f"{p.name}.yaml"
+        if cand.is_file():
+            return cand
+    names = sorted({f.stem for folder in folders if folder.is_dir() for f in folder.glob("*.yaml")})
     hint = did_you_mean(str(name_or_path), names)
-    listing = f"; profiles in {folder}: {', '.join(names)}" if names else f"; no {folder}/ folder here"
-    raise RecipeError(f"export profile '{name_or_path}' not found{hint}{listing} (or give a path to a .yaml)")
+    searched = ", ".join(f"{f}/" for f in folders)
+    listing = f"; profiles: {', '.join(names)}" if names else ""
+    raise RecipeError(f"export profile '{name_or_path}' not found in {searched}{hint}{listing} (or give a path to "
+                      "a .yaml)")
 
 
 def load_profile(name_or_path: str | Path, base: str | Path | None = None) -> ExportProfile:

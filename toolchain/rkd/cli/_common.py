@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -28,14 +31,15 @@ STATE = {"debug": False}
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Map rkd errors to one line on stderr and their exit code; anything else is an internal error (4)."""
+    """Map rkd errors to one line on stderr and their exit code; anything else is an internal error (4). With
+    ``--debug`` the traceback comes first, and the exit code stays the same (1 means only a failed gate)."""
     try:
         yield
     except typer.Exit:
         raise
     except RkdError as exc:
         if STATE["debug"]:
-            raise
+            traceback.print_exc()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -43,13 +47,39 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, exit 4
         if STATE["debug"]:
-            raise
+            traceback.print_exc()
         console.print(
             f"[bold red]internal error:[/] {exc.__class__.__name__}: {escape(str(exc))} "
             "(rerun with --debug for the traceback)",
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(4) from None
+
+
+def check_output_path(path: Path | None, option: str, *, folder: bool) -> None:
+    """Refuse, before any work, an output the run could not write: a file where a folder is wanted (or the
+    reverse), a file on the way, or a folder that is not writable. Nothing is created here.
+
+    Raises:
+        UsageError: naming ``option``, the path and what to do.
+    """
+    from rkd.errors import UsageError
+
+    if path is None:
+        return
+    if str(path).strip() in ("", ".") and not folder:
+        raise UsageError(f"{option} '{path}' is not a file name")
+    if path.exists() and folder and not path.is_dir():
+        raise UsageError(f"{option} '{path}' is a file; give a folder")
+    if path.exists() and not folder and path.is_dir():
+        raise UsageError(f"{option} '{path}' is a folder; give a file path")
+    anchor = path if folder and path.is_dir() else path.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise UsageError(f"{option} '{path}': '{anchor}' is a file, so the path cannot be created")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} '{path}': '{anchor}' is not writable; choose another path")
 
 
 def setup_logging(verbose: bool) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import class_table, console, handle_errors, out
+from rkd.cli._common import check_output_path, class_table, console, handle_errors, out
 
 
 class Norm(str, Enum):
@@ -45,7 +45,7 @@ def eval_command(
     alpha: Annotated[str, typer.Option(help="PGD/CW step size.")] = "2/255",
     norm: Annotated[Norm, typer.Option(help="Threat-model norm.")] = Norm.linf,
     seed: Annotated[int, typer.Option(help="Seeds random starts and the random sample.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Attack batch size.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Attack batch size.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     report: Annotated[Optional[Path], typer.Option("--report", help="JSON report path "
                                                    "\\[default: CHECKPOINT's folder/<stem>.eval.json].")] = None,
@@ -76,6 +76,9 @@ def eval_command(
         if n < 1:
             raise UsageError(f"--n must be at least 1, got {n}")
         parse_attacks(attacks)  # fail fast on a typo, before loading anything
+        path = report or checkpoint.with_name(checkpoint.stem + ".eval.json")
+        check_output_path(path, "--report", folder=False)
+        check_output_path(aa_state, "--aa-state", folder=False)
         dataset, options = parse_data_arg(data)
         dev = resolve_device(device)
         net, info = load_model_for_eval(checkpoint, model=model, num_classes=num_classes, width=width, depth=depth,
@@ -86,7 +89,6 @@ def eval_command(
             device=dev, autoattack_state=str(aa_state) if aa_state else None,
         )
         rep = evaluate_model(net, request, model_info=info, log=lambda m: console.print(m, highlight=False))
-        path = report or checkpoint.with_name(checkpoint.stem + ".eval.json")
         atomic_write_text(path, json.dumps(rep, indent=2) + "\n")
         table = Table(title=f"{checkpoint.name}: {dataset} {split}, n={rep['n']}, {norm.value} eps={eps}, seed={seed}")
         for col in ("attack", "accuracy", "95% CI", "correct", "time"):

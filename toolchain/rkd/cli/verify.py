@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import class_table, console, handle_errors, out
+from rkd.cli._common import check_output_path, class_table, console, handle_errors, out
 
 
 class Norm(str, Enum):
@@ -105,7 +105,7 @@ def verify(
         = None,
     transfer: Annotated[bool, typer.Option("--transfer/--no-transfer", help="Attack with the float reference's "
                                            "adversarial examples too.")] = True,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per engine call.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per engine call.")] = 256,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for the surrogate and ONNX Runtime's provider; "
                                         "auto = cuda for TensorRT engines, cpu otherwise.")] = "auto",
     by_class: Annotated[bool, typer.Option("--by-class", help="Also print the engine's accuracy per class (always "
@@ -165,8 +165,11 @@ def verify(
         if no_gates and (request.gates or request.fail_on_warnings):
             raise UsageError("--no-gates with gates (--gate, the profile's or --fail-on-warnings): drop one of them")
         request.require_gates = not no_gates
-        rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
         folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
+        check_output_path(folder, "--report", folder=True)
+        check_output_path(junit, "--junit", folder=False)
+        check_output_path(state, "--state", folder=True)
+        rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
         paths = write_reports(rep, folder, junit=junit)
         render_report(rep, paths, by_class=by_class)
         if not rep["passed"]:

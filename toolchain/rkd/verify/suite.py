@@ -50,6 +50,9 @@ class AttackSpec:
 def parse_attacks(text: str | list[str]) -> list[AttackSpec]:
     """Parse ``"clean,fgsm,pgd20,cw,autoattack"``; ``clean`` is always evaluated (added when missing)."""
     names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not names:
+        raise UsageError("the attack list is empty: name at least one, e.g. pgd20,autoattack (or clean for clean "
+                         "accuracy alone)")
     specs: list[AttackSpec] = [AttackSpec("clean", "clean")]
     for name in names:
         m = _SPEC.match(name)

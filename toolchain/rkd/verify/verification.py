@@ -244,6 +244,9 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     """
     t_start = time.perf_counter()
     specs = parse_attacks(request.attacks)
+    if len(specs) == 1:
+        raise UsageError(f"--attacks '{request.attacks}' has no attack: robust accuracy would be clean accuracy; name "
+                         "at least one, e.g. pgd20,autoattack")
     if request.required_n is not None and request.n < request.required_n:
         raise UsageError(f"the gates were set for n >= {request.required_n} samples but --n is {request.n}: a gate on "
                          "fewer samples than it asks for is not a pass; raise --n")
@@ -285,6 +288,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     idx = select_indices(len(data), request.n, seed=request.seed, mode=request.sample)
     x, y = data.to_float(idx), data.y[idx]
     dev = torch.device(request.device)
+    _check_output_widths(target, x[:1], dev)
 
     settings = {
         "artifact_sha256": target.info["artifact"].get("sha256"), "surrogate": target.info["surrogate"].get("sha256"),
@@ -411,6 +415,24 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     report["versions"] = package_versions()
     report["device"] = device_description(request.device)
     return report
+
+
+def _check_output_widths(target: VerifyTarget, probe: torch.Tensor, dev: torch.device) -> None:
+    """The engine, its surrogate and the float reference must score the same classes (one image through each).
+
+    Raises:
+        CheckpointError: a surrogate or reference with another number of outputs than the engine.
+    """
+    engine = int(target.runtime.predict(probe).shape[1])
+    for what, model, info in (("--surrogate", target.surrogate, target.info["surrogate"]),
+                              ("--reference", target.reference, target.info["reference"])):
+        if model is None:
+            continue
+        with torch.inference_mode():
+            width = int(model(probe.to(dev)).shape[1])
+        if width != engine:
+            raise CheckpointError(f"{what} '{(info or {}).get('file')}' scores {width} classes but the engine {engine}: "
+                                  "give the float model of the same classifier")
 
 
 def _float_agreement(target: VerifyTarget, x: torch.Tensor, batch_size: int, dev: torch.device) -> torch.Tensor:
