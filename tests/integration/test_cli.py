@@ -52,6 +52,20 @@ def test_teacher_refuses_to_overwrite_and_resume_finishes(smoke_teacher: Path) -
     assert res.exit_code == 0, res.output
 
 
+def test_a_folder_holding_a_model_without_a_run_is_never_overwritten(smoke_teacher: Path, tmp_path: Path) -> None:
+    import shutil
+
+    kept = tmp_path / "downloaded"
+    kept.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy2(smoke_teacher / name, kept / name)
+    before = (kept / "model.safetensors").read_bytes()
+    for extra in ([], ["--resume"]):
+        res = _run("teacher", str(REPO / "recipes" / "smoke.yaml"), "--out", str(kept), *extra)
+        assert res.exit_code == 2 and "already holds a checkpoint" in res.output, res.output
+    assert (kept / "model.safetensors").read_bytes() == before
+
+
 def test_eval_reports_every_attack_with_intervals(smoke_teacher: Path, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     res = _run("eval", str(smoke_teacher / "model.safetensors"), "--data", "synthetic", "--n", "48",

@@ -111,6 +111,9 @@ def fit(
     state_path = run / STATE_FILE
     if state_path.exists() and not resume:
         raise UsageError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    if (run / FINAL_CHECKPOINT).exists() and not state_path.exists() and save_model:
+        raise UsageError(f"{run} already holds a checkpoint ({FINAL_CHECKPOINT}) and no run to resume: choose another "
+                         "--out (a new run never overwrites a model)")
     ctx.barrier()  # every rank has checked before rank 0 writes anything
     lock = None
     if ctx.is_main:
