@@ -88,6 +88,40 @@ def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
     assert 'name="gate robust_acc&gt;1"' in junit and "<failure" in junit
 
 
+def test_a_gate_the_verify_stage_cannot_judge_is_refused_before_anything_changes(finished: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    before = sorted(p.name for p in (out / "verify").iterdir())
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=['cw_acc>=0.1']"],
+                            catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 2 and "unknown metric 'cw_acc' (add 'cw' to the attacks)" in res.output, res.output
+    assert sorted(p.name for p in (out / "verify").iterdir()) == before  # the previous report is still there
+
+
+def test_a_failed_stage_keeps_its_previous_output_aside(finished: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    model = (out / "teacher" / "model.safetensors").read_bytes()
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:  # a changed teacher reruns from scratch and diverges at once
+        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "teacher.train.lr=1e30"],
+                            catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 4 and "no checkpoint was saved yet" in res.output, res.output
+    assert (out / "teacher.previous" / "model.safetensors").read_bytes() == model
+
+
 def test_a_verify_section_without_gates_is_refused_before_anything_runs(tmp_path: Path) -> None:
     out = tmp_path / "ungated"
     cwd = os.getcwd()

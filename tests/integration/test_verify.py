@@ -259,7 +259,7 @@ def test_bad_input_is_exit_2_before_any_attack(bundle: Path, tmp_path: Path) -> 
     base += ["--gate", "clean_acc>=0"]
     cases = [
         (["--gate", "robust_acc=>0.4"], "not METRIC OP VALUE"),
-        (["--gate", "autoattack_acc>=0.4", "--attacks", "pgd5"], "add 'autoattack' to --attacks"),
+        (["--gate", "autoattack_acc>=0.4", "--attacks", "pgd5"], "add 'autoattack' to the attacks"),
         (["--n", "501"], "more samples than"),
         (["--profile", str(Path(__file__).parents[2] / "export" / "x86-cpu-int8.yaml"), "--n", "100"],
          "gates were set for n >= 1000"),

@@ -157,6 +157,18 @@ class Pipeline:
         if recipe.verify is not None and recipe.deploy is None:
             raise RecipeError(f"{recipe.name}: a verify section needs a deploy section (what to verify)")
         verify_cfg = recipe.verify or (self.profile.verify if self.profile is not None else None)
+        if verify_cfg is not None:  # a gate the verify stage could not judge fails now, not after training
+            from rkd.verify.gates import check_gate_metrics, parse_gate
+            from rkd.verify.suite import parse_attacks
+
+            specs = parse_attacks(verify_cfg.attacks)
+            names = [s.name for s in specs if s.kind != "clean"]
+            try:
+                check_gate_metrics([parse_gate(g) for g in verify_cfg.gates],
+                                   names + (["transfer"] if verify_cfg.transfer else []), has_reference=True,
+                                   reference_attacks=names, gradient_attacks=any(s.uses_gradients for s in specs[1:]))
+            except UsageError as exc:
+                raise RecipeError(f"{recipe.name}: verify: {exc}") from None
         if verify_cfg is not None and not verify_cfg.gates and not verify_cfg.fail_on_warnings:
             where = "verify.gates" if recipe.verify is not None else f"profile {recipe.deploy.profile}'s verify.gates"
             raise RecipeError(f"{recipe.name}: {where} is empty, so verify could not fail: name at least one gate "
@@ -175,14 +187,26 @@ class Pipeline:
             return Path(entry["artifact"])
         entry = self.record.stage(name)
         resuming = self.resume and entry.get("key") == key and not entry.get("done")
+        aside: list[Path] = []
         if not resuming:
-            for path in clean or []:  # inputs changed: start this stage afresh
+            for path in clean or []:  # inputs changed: start this stage afresh, the previous output kept aside
                 if path.is_dir():
-                    shutil.rmtree(path)
+                    previous = path.with_name(path.name + ".previous")
+                    if previous.is_dir():
+                        shutil.rmtree(previous)
+                    path.rename(previous)
+                    aside.append(previous)
         self.record.set(name, {"key": key, "done": False})
         self.log(f"{name}: {'resuming' if resuming else 'running'}")
         t0 = time.perf_counter()
-        artifact, metrics = run(resuming)
+        try:
+            artifact, metrics = run(resuming)
+        except BaseException:
+            if aside:
+                self.log(f"{name}: failed; its previous output is kept in {', '.join(map(str, aside))}")
+            raise
+        for previous in aside:  # the new output is complete: the previous one goes
+            shutil.rmtree(previous, ignore_errors=True)
         seconds = time.perf_counter() - t0
         self.record.set(name, {"key": key, "done": True, "artifact": str(artifact), "sha256": file_sha256(artifact),
                                "metrics": metrics, "seconds": round(seconds, 2)})

@@ -175,9 +175,11 @@ def fit(
                 check = ctx.all_reduce_sum(loss.detach().clone()) if ctx.distributed else loss
                 if not torch.isfinite(check):
                     metrics.write({"event": "diverged", "epoch": epoch, "global_step": pos.global_step})
+                    kept = (f"the last good checkpoint is kept in {run}" if (run / STATE_FILE).exists()
+                            else "no checkpoint was saved yet")
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at epoch {epoch + 1}, step {pos.step_in_epoch + 1}; "
-                        f"the last good checkpoint is kept in {run} (lower the learning rate or check the data)"
+                        f"{kept} (lower the learning rate or check the data)"
                     )
                 if not out.backward_done:  # else the method accumulated the gradient itself (low memory)
                     optimizer.zero_grad(set_to_none=True)

@@ -126,7 +126,7 @@ def check_gate_metrics(
         if base not in available:
             hint = ""
             if base.endswith("_acc") and base[:-4] not in attack_names:
-                hint = f" (add '{base[:-4]}' to --attacks)"
+                hint = f" (add '{base[:-4]}' to the attacks)"
             raise UsageError(
                 f"gate '{gate.text}': unknown metric '{gate.metric}'{hint}; this run measures "
                 f"{', '.join(sorted(available))}, with lower./drop./worst_class. prefixes, agreement.clean, "
