@@ -196,3 +196,9 @@ def test_named_profiles_resolve_from_any_directory(tmp_path: Path, monkeypatch: 
 
     monkeypatch.chdir(tmp_path)
     assert load_profile("x86-cpu-int8").verify.gates
+
+
+def test_eval_refuses_foreign_model_flags_for_an_rkd_checkpoint(smoke_teacher: Path) -> None:
+    res = _run("eval", str(smoke_teacher / "model.safetensors"), "--data", "synthetic", "--n", "8",
+               "--std", "9,9,9", "--num-classes", "100")
+    assert res.exit_code == 2 and "--num-classes, --std describe a foreign state_dict" in res.output

@@ -223,6 +223,12 @@ def test_a_killed_run_resumes_from_its_state_to_the_same_result(
                    {"data_options": {"n": 500, "seed": 1}}):  # other images at the same indices
         with pytest.raises(UsageError, match="belongs to a run with other settings"):
             verify_artifact(VerifyRequest(**{**request(tmp_path / "state").__dict__, **change}))
+    (tmp_path / "state" / "meta.json").write_text("{not json")
+    with pytest.raises(UsageError, match="not a readable rkd verify state"):
+        verify_artifact(request(tmp_path / "state"))
+    (tmp_path / "state" / "meta.json").unlink()
+    with pytest.raises(UsageError, match="holds files but no meta.json"):  # whose outcomes they are is unknown
+        verify_artifact(request(tmp_path / "state"))
 
 
 def test_no_gates_measures_without_a_verdict(bundle: Path, tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ def test_method_without_a_name_says_so() -> None:
 
 def test_schema_version_mismatch() -> None:
     assert "schema_version 2" in _err({**BASE, "schema_version": 2})
+    assert "write the number 1 (no quotes)" in _err({**BASE, "schema_version": "1"})
 
 
 def test_fraction_parsing() -> None:

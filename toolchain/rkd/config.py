@@ -484,7 +484,8 @@ def format_validation_error(exc: ValidationError, source: str, root: type[BaseMo
         path = f"{path}.name" if path != "(top level)" else "name"
         return f"{source}: {path}: unknown method '{tag}'{did_you_mean(tag, tags)}; choose one of: {', '.join(tags)}"
     got = err.get("input")
-    got_text = f" (got {got!r})" if err["type"] != "missing" and not isinstance(got, (dict, list)) else ""
+    got_text = (f" (got {got!r})" if err["type"] != "missing" and not isinstance(got, (dict, list))
+                and "got " not in msg else "")
     return f"{source}: {path}: {msg}{got_text}{suffix}"
 
 
@@ -493,10 +494,7 @@ def validate_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping of sections, got {type(raw).__name__}")
     if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
-        raise RecipeError(
-            f"{source}: schema_version {raw['schema_version']!r} is not supported by this rkd "
-            f"(expected {SCHEMA_VERSION}); upgrade rkd or migrate the recipe"
-        )
+        raise RecipeError(f"{source}: {_schema_problem(raw['schema_version'])}; upgrade rkd or migrate the recipe")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -515,6 +513,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 PROFILE_DIRS = ("export",)
+
+
+def _schema_problem(value: Any) -> str:
+    """Why ``schema_version: value`` is refused (a quoted number is a string, not the version)."""
+    if isinstance(value, str) and value.strip() == str(SCHEMA_VERSION):
+        return f"schema_version is the string {value!r}; write the number {SCHEMA_VERSION} (no quotes)"
+    return f"schema_version {value!r} is not supported by this rkd (it reads {SCHEMA_VERSION})"
 
 
 def _read_yaml(p: Path, what: str) -> Any:
@@ -571,7 +576,7 @@ def load_profile(name_or_path: str | Path, base: str | Path | None = None) -> Ex
     p = find_profile(name_or_path, base)
     raw = _read_yaml(p, "an export profile")
     if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
-        raise RecipeError(f"{p}: schema_version {raw['schema_version']!r} is not supported (expected {SCHEMA_VERSION})")
+        raise RecipeError(f"{p}: {_schema_problem(raw['schema_version'])}")
     try:
         return ExportProfile.model_validate(raw)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ from torch import nn
 
 from rkd.data import indices_sha256, load_dataset, select_indices
 from rkd.environment import device_description, package_versions
-from rkd.errors import CheckpointError
+from rkd.errors import CheckpointError, UsageError
 from rkd.verify.suite import evaluate_robustness, parse_attacks
 
 REPORT_SCHEMA_VERSION = 1
@@ -99,6 +99,12 @@ def load_model_for_eval(
 
     path = Path(checkpoint)
     if model is None:
+        given = [flag for flag, value in (("--num-classes", num_classes), ("--width", None if width == 1.0 else width),
+                                           ("--depth", depth), ("--widen-factor", widen_factor), ("--mean", mean),
+                                           ("--std", std)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} describe a foreign state_dict (with --model); an rkd checkpoint "
+                             "records its own architecture and normalisation: drop them")
         net, sidecar = load_checkpoint(path)
         return net, {"checkpoint": str(path), "sha256": sidecar.get("sha256"), **sidecar.get("model", {})}
     if num_classes is None:

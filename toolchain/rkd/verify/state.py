@@ -46,13 +46,19 @@ class VerifyState:
             try:
                 record = json.loads(meta.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
-                record = {}
-            if record.get("format") != FORMAT or record.get("fingerprint") != self.key:
+                record = None
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise UsageError(f"--state '{self.path}' is not a readable rkd verify state (its meta.json is "
+                                 "damaged); delete it or pass another --state directory")
+            if record.get("fingerprint") != self.key:
                 raise UsageError(
-                    f"--state '{self.path}' belongs to a run with other settings (artifact, samples, attacks, eps or "
-                    "seed); delete it or pass another --state directory"
+                    f"--state '{self.path}' belongs to a run with other settings (artifact, images, attacks, threat "
+                    "model, seed, device or batch size); delete it or pass another --state directory"
                 )
         else:
+            if self.path.is_dir() and any(self.path.iterdir()):
+                raise UsageError(f"--state '{self.path}' holds files but no meta.json, so whose they are is unknown; "
+                                 "delete it or pass another --state directory")
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(meta, json.dumps({"format": FORMAT, "fingerprint": self.key,
                                                 "settings": settings}, indent=1, default=str) + "\n")
