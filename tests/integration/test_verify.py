@@ -429,3 +429,13 @@ def test_warnings_and_adversarial_agreement_look_only_at_what_was_attacked() -> 
     x_adv = x.clone()
     x_adv[2] += 0.01
     assert torch.equal(_perturbed(x_adv, x), x_adv[2:3])
+
+
+def test_a_tensorrt_engine_without_a_gpu_says_where_to_verify_it(tmp_path: Path) -> None:
+    engine = tmp_path / "model.x.int8.engine"
+    engine.write_bytes(b"not an engine")
+    res = _run("--engine", str(engine), "--device", "cpu", "--no-gates")
+    assert res.exit_code == 2 and "runs only on a CUDA GPU: drop --device cpu" in " ".join(res.output.split())
+    if not torch.cuda.is_available():
+        res = _run("--engine", str(engine), "--no-gates")
+        assert res.exit_code == 3 and "no CUDA GPU is visible here" in " ".join(res.output.split())

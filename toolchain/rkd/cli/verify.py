@@ -62,10 +62,20 @@ def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
 def _device(spec: str, engine: Path) -> str:
     from rkd.config import resolve_device
     from rkd.deploy.runtimes import ENGINE_SUFFIXES
+    from rkd.errors import MissingDependencyError, UsageError
 
-    if spec == "auto":
-        return resolve_device("cuda" if engine.suffix.lower() in ENGINE_SUFFIXES else "cpu")
-    return resolve_device(spec)
+    is_engine = engine.suffix.lower() in ENGINE_SUFFIXES
+    if is_engine and spec == "cpu":
+        raise UsageError(f"'{engine.name}' is a TensorRT engine, which runs only on a CUDA GPU: drop --device cpu "
+                         "(or verify the bundle's model.int8.onnx on the CPU)")
+    try:
+        return resolve_device("cuda" if spec == "auto" and is_engine else "cpu" if spec == "auto" else spec)
+    except MissingDependencyError:
+        if not is_engine:
+            raise
+        raise MissingDependencyError(f"'{engine.name}' is a TensorRT engine and no CUDA GPU is visible here: verify "
+                                     "it on the machine it was built for (or the bundle's model.int8.onnx on the "
+                                     "CPU)") from None
 
 
 def verify(
