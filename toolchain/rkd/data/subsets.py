@@ -65,7 +65,8 @@ def split_holdout(data: ImageArrays, n_holdout: int, seed: int) -> tuple[ImageAr
     each part in the original row order (for periodic evaluation during training)."""
     if not 0 < n_holdout < len(data):
         raise UsageError(
-            f"n_holdout must lie in [1, {len(data) - 1}] for {len(data)} samples, got {n_holdout}"
+            f"the held-out set (data.holdout) must be 0 (none) or in [1, {len(data) - 1}] for {len(data)} "
+            f"training samples, got {n_holdout}"
         )
     g = torch.Generator().manual_seed(derive_seed("split-holdout", seed))
     perm = torch.randperm(len(data), generator=g)

@@ -125,7 +125,7 @@ def export_bundle(
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if isinstance(parity_n, bool) or not isinstance(parity_n, int) or parity_n < 1:
-        raise UsageError(f"parity_n must be a positive integer, got {parity_n!r}")
+        raise UsageError(f"--parity-n must be a positive integer, got {parity_n!r}")
     model, sidecar = load_checkpoint(checkpoint, map_location="cpu")
     with stage_bundle(out_dir, force=force) as stage:  # refuses an existing out_dir before any slow work
         data = None

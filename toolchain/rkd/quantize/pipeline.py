@@ -331,21 +331,21 @@ def quantize_checkpoint(
         raise UsageError(f"unknown profile '{profile}'; choose {', '.join(SCHEMES)}")
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}'; choose {', '.join(METHODS)}")
-    _positive("calib_n", calib_n)
-    _positive("eval_n", eval_n, 0)
-    _positive("batch_size", batch_size)
+    _positive("--calib-n", calib_n)
+    _positive("--eval-n", eval_n, 0)
+    _positive("--batch-size", batch_size)
     steps = parse_eval_attacks(eval_attacks)
     teacher_model = None
     if qat:
         from rkd.quantize.qat import needs_teacher
 
-        _positive("qat_epochs", qat_epochs)
+        _positive("--epochs", qat_epochs)
         if qat_train_n is not None:
-            _positive("qat_train_n", qat_train_n)
+            _positive("--train-n", qat_train_n)
         if qat_steps is not None:
-            _positive("qat_steps", qat_steps)
+            _positive("--qat-steps", qat_steps)
         if not qat_lr > 0:
-            raise UsageError(f"qat_lr must be > 0, got {qat_lr!r}")
+            raise UsageError(f"--qat-lr must be > 0, got {qat_lr!r}")
         if needs_teacher(qat_method):
             if qat_teacher is None:
                 raise UsageError(f"--qat with method '{qat_method}' distils from a teacher: pass --teacher "
