@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import secrets
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -257,7 +258,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 def _torch_load_weights_only(path: Path, map_location: str | torch.device) -> Any:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy pickles before refusing them: one line is ours
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
         raise CheckpointError(
