@@ -48,14 +48,14 @@ def _register() -> None:
     from rkd.cli import run as run_cli
     from rkd.cli import verify as verify_cli
 
-    app.command("run", help=run_cli.__doc__, no_args_is_help=True)(run_cli.run)
-    app.command("teacher", help=teacher.__doc__, no_args_is_help=True)(teacher.teacher)
-    app.command("distill", help=distill.__doc__, no_args_is_help=True)(distill.distill)
-    app.command("eval", help=evaluate.__doc__, no_args_is_help=True)(evaluate.eval_command)
-    app.command("quantize", help=quantize_cli.__doc__, no_args_is_help=True)(quantize_cli.quantize)
-    app.command("export", help=export_cli.__doc__, no_args_is_help=True)(export_cli.export)
-    app.command("verify", help=verify_cli.__doc__, no_args_is_help=True)(verify_cli.verify)
-    app.command("env", help=env.__doc__)(env.env)
+    app.command("run", no_args_is_help=True)(run_cli.run)
+    app.command("teacher", no_args_is_help=True)(teacher.teacher)
+    app.command("distill", no_args_is_help=True)(distill.distill)
+    app.command("eval", no_args_is_help=True)(evaluate.eval_command)
+    app.command("quantize", no_args_is_help=True)(quantize_cli.quantize)
+    app.command("export", no_args_is_help=True)(export_cli.export)
+    app.command("verify", no_args_is_help=True)(verify_cli.verify)
+    app.command("env")(env.env)
 
 
 _register()

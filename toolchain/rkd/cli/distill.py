@@ -11,7 +11,7 @@ from rkd.cli._common import RichProgress, handle_errors, render_train_result
 
 
 def distill(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a 'student' section.", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'student' section.", show_default=False)],
     teacher: Annotated[
         Optional[Path], typer.Option(help="Teacher checkpoint \\[default: teacher.checkpoint, or the recipe's "
                                      "own teacher run].")

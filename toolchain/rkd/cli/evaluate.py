@@ -32,7 +32,7 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="rkd checkpoint (.safetensors with its .json sidecar), "
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="rkd checkpoint (.safetensors with its .json sidecar), "
                                                "or a plain state_dict with --model.", show_default=False)],
     data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,

@@ -24,7 +24,7 @@ def _metrics(metrics: dict) -> str:
 
 
 def run(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (teacher, student, deploy, verify sections).",
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML (teacher, student, deploy, verify sections).",
                                            show_default=False)],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: "
                                                       "--set student.train.epochs=1.")] = None,

@@ -11,7 +11,7 @@ from rkd.cli._common import RichProgress, handle_errors, render_train_result
 
 
 def teacher(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a 'teacher' section.", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'teacher' section.", show_default=False)],
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set teacher.train.epochs=1.")
     ] = None,
