@@ -184,6 +184,15 @@ def test_outputs_that_cannot_be_written_are_exit_2_before_any_work(tmp_path: Pat
     assert res.exit_code == 2
 
 
+def test_run_folders_that_cannot_be_created_are_exit_2(tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for cmd in ("teacher", "distill", "run"):
+        res = _run(cmd, str(REPO / "recipes" / "smoke.yaml"), "--out", str(a_file))
+        assert res.exit_code == 2 and "is a file; give a folder" in res.output, (cmd, res.output)
+    assert a_file.read_text() == "x"
+
+
 def test_a_recipe_that_is_not_utf8_is_a_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "binary.yaml"
     bad.write_bytes(b"\xff\xfe\x00bad")

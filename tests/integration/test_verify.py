@@ -223,6 +223,12 @@ def test_a_killed_run_resumes_from_its_state_to_the_same_result(
                    {"data_options": {"n": 500, "seed": 1}}):  # other images at the same indices
         with pytest.raises(UsageError, match="belongs to a run with other settings"):
             verify_artifact(VerifyRequest(**{**request(tmp_path / "state").__dict__, **change}))
+    damaged = next((tmp_path / "state").glob("engine--*.safetensors"))
+    good = damaged.read_bytes()
+    damaged.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UsageError, match="is damaged"):
+        verify_artifact(request(tmp_path / "state"))
+    damaged.write_bytes(good)
     (tmp_path / "state" / "meta.json").write_text("{not json")
     with pytest.raises(UsageError, match="not a readable rkd verify state"):
         verify_artifact(request(tmp_path / "state"))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rkd.cli._common import RichProgress, handle_errors, render_train_result
+from rkd.cli._common import RichProgress, check_output_path, handle_errors, render_train_result
 
 
 def distill(
@@ -40,6 +40,7 @@ def distill(
 
         rec = load_recipe(recipe, set_ or [])
         run_dir = out_dir or Path("runs") / rec.name / "student"
+        check_output_path(run_dir, "--out", folder=True)
         result = distill_student(rec, run_dir=run_dir, teacher=teacher, resume=resume, device=device,
                                  data_root=data_root, progress=RichProgress())
         if not current_context().is_main:

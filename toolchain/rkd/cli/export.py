@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import handle_errors, human_size, out
+from rkd.cli._common import check_output_path, handle_errors, human_size, out
 
 _TRT_HINT = "pip install 'rkd[tensorrt]' on a machine with NVIDIA's index, or use NVIDIA's PyTorch container"
 
@@ -114,6 +114,9 @@ def export(
 
         dataset, options = parse_data_arg(parity_data)
         bundle = out_dir or checkpoint.parent / "bundle"
+        if bundle.resolve() == Path.cwd().resolve() or not bundle.resolve().name:
+            raise UsageError(f"--out '{bundle}' is the current folder; give a bundle folder inside it")
+        check_output_path(bundle, "--out", folder=True)
         build = _engine_builder() if target is Target.trt else None
         if build is not None and not force and _reusable(bundle, checkpoint):
             out.print(f"reusing bundle {bundle} (exported from this checkpoint)", highlight=False)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import console, handle_errors, human_size, out
+from rkd.cli._common import check_output_path, console, handle_errors, human_size, out
 
 WORST_LAYERS = 10
 
@@ -178,6 +178,7 @@ def quantize(
                                  "CHECKPOINT (or choose a teacher-free --qat-method such as pgd_at)")
         dataset, options = parse_data_arg(calib_data)
         bundle = out_dir or checkpoint.parent / "bundle"
+        check_output_path(bundle, "--out", folder=True)
         section = quantize_checkpoint(
             checkpoint, bundle, profile=profile.value, calib_data=(dataset, options), calib_n=calib_n,
             data_root=data_root, method=method.value, eval_n=eval_n, eval_attacks=eval_attacks,

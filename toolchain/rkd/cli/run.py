@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import RichProgress, console, handle_errors, out
+from rkd.cli._common import RichProgress, check_output_path, console, handle_errors, out
 
 
 def _metrics(metrics: dict) -> str:
@@ -46,6 +46,7 @@ def run(
         from rkd.pipeline import Pipeline
 
         rec = load_recipe(recipe, set_ or [])
+        check_output_path(out_dir, "--out", folder=True)
         pipe = Pipeline(rec, run_dir=out_dir, data_root=data_root, device=device, resume=resume,
                         progress=RichProgress, log=lambda m: console.print(m, highlight=False))
         result = pipe.run()

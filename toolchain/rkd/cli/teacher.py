@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rkd.cli._common import RichProgress, handle_errors, render_train_result
+from rkd.cli._common import RichProgress, check_output_path, handle_errors, render_train_result
 
 
 def teacher(
@@ -31,6 +31,7 @@ def teacher(
 
         rec = load_recipe(recipe, set_ or [])
         run_dir = out_dir or Path("runs") / rec.name / "teacher"
+        check_output_path(run_dir, "--out", folder=True)
         result = train_teacher(rec, run_dir=run_dir, resume=resume, device=device, data_root=data_root,
                                progress=RichProgress())
         render_train_result(f"teacher '{rec.name}'", result)

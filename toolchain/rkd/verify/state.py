@@ -95,10 +95,15 @@ class VerifyState:
             file = self._file(suite, name)
             if not file.is_file():
                 continue
-            with safe_open(str(file), framework="pt") as f:
-                meta = f.metadata() or {}
-                correct = f.get_tensor("correct").bool()
-                x_adv = f.get_tensor("x_adv") if "x_adv" in f.keys() else None
-            out[name] = AttackOutcome(name, correct, json.loads(meta.get("seconds", "0")),
-                                      json.loads(meta.get("details", "{}")), x_adv)
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    meta = f.metadata() or {}
+                    correct = f.get_tensor("correct").bool()
+                    x_adv = f.get_tensor("x_adv") if "x_adv" in f.keys() else None
+                outcome = AttackOutcome(name, correct, json.loads(meta.get("seconds", "0")),
+                                        json.loads(meta.get("details", "{}")), x_adv)
+            except Exception as exc:  # noqa: BLE001 - a damaged file, whatever the library raises
+                raise UsageError(f"--state file '{file}' is damaged ({type(exc).__name__}); delete the --state "
+                                 "directory to start afresh") from None
+            out[name] = outcome
         return out
