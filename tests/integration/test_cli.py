@@ -211,3 +211,10 @@ def test_eval_refuses_foreign_model_flags_for_an_rkd_checkpoint(smoke_teacher: P
     res = _run("eval", str(smoke_teacher / "model.safetensors"), "--data", "synthetic", "--n", "8",
                "--std", "9,9,9", "--num-classes", "100")
     assert res.exit_code == 2 and "--num-classes, --std describe a foreign state_dict" in res.output
+
+
+def test_eval_on_an_exported_model_points_to_verify(tmp_path: Path) -> None:
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"x")
+    res = _run("eval", str(onnx_file), "--data", "synthetic")
+    assert res.exit_code == 2 and "rkd verify --engine" in " ".join(res.output.split())

@@ -88,7 +88,8 @@ def load_cifar(
         )
         raise DataError(
             f"{what}: put the python-version {human} archive's extracted `{folder}` folder under {root}, "
-            f"pass --data-root, or use --data npz:PATH ({type(e).__name__}: {cause})"
+            f"point --data-root at a folder that has it, or give npz:PATH as the data ({type(e).__name__}: "
+            f"{cause})"
         ) from None
     x = torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8))
     y = torch.as_tensor(ds.targets, dtype=torch.int64)

@@ -198,6 +198,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """
     path = Path(path)
     _require_file(path)
+    if path.suffix.lower() in (".onnx", ".engine", ".plan"):
+        raise CheckpointError(f"'{path}' is an exported model, not a checkpoint: measure it with rkd verify --engine "
+                              f"{path} (add --no-gates to only measure)")
     if path.suffix != ".safetensors":
         raise CheckpointError(
             f"'{path}' is not a .safetensors rkd checkpoint; for a plain .pt/.pth state_dict use "
