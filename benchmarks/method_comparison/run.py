@@ -1097,9 +1097,14 @@ def table_paired(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str
 
 
 def distill_seconds(res: dict[int, dict[str, Any]]) -> str:
-    """Mean ``rkd distill`` wall seconds over the finished seeds (``–`` when none recorded it)."""
-    secs = [r["timing"]["distill_s"] for r in res.values() if (r.get("timing") or {}).get("distill_s")]
-    return f"{statistics.fmean(secs):.0f}" if secs else "–"
+    """Mean ``rkd distill`` wall seconds over the finished seeds trained in one sitting (a resumed part's
+    recorded time is only its last segment's), with the seeds used when some were left out."""
+    secs = {s: r["timing"]["distill_s"] for s, r in sorted(res.items())
+            if (r.get("timing") or {}).get("distill_s") and (r.get("train") or {}).get("segments", 1) <= 1}
+    if not secs:
+        return "–"
+    mean = f"{statistics.fmean(secs.values()):.0f}"
+    return mean if len(secs) == len(res) else f"{mean} (seeds {','.join(map(str, secs))})"
 
 
 def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
@@ -1112,7 +1117,8 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
     fewer = "" if len(a_seeds) >= len(cfg["seeds"]) else ": fewer seeds than the main table"
     lines = [f"## Ablations of adv_path ({student}, seeds {a_seeds}{fewer})", "",
              "`distill s`: mean wall seconds of `rkd distill` over the seeds (one thread, two parts at a time on "
-             "the 2-core machine: compare within this table, not as a benchmark).", "",
+             "the 2-core machine: compare within this table, not as a benchmark; parts resumed after an "
+             "interruption are left out, their time is split).", "",
              "| variant | overrides | seeds | " + " | ".join(label(c) for c in a_cols) + " | distill s |",
              "|---|---|---|" + "---|" * (len(a_cols) + 1)]
     variants: list[tuple[str, list[str], str | None]] = [("default", [], None)]
