@@ -370,7 +370,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "rkd-verify",
-        "eps": eps, "eps_text": request.eps_text or (f"{eps * 255:g}/255" if norm == "linf" else f"{eps:g}"), "norm": norm, "alpha": request.alpha,
+        "eps": eps, "eps_text": request.eps_text or (f"{eps * 255:g}/255" if norm == "linf" else f"{eps:g}"),
+        "norm": norm, "alpha": request.alpha,
         "n": engine.n, "seed": request.seed,
         "clean_acc": body["clean_acc"], "robust_acc": body["robust_acc"],
         **({"autoattack_acc": body["autoattack_acc"]} if "autoattack_acc" in body else {}),
