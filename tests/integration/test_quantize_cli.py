@@ -192,3 +192,10 @@ def test_quantize_never_replaces_a_folder_that_is_not_a_bundle(synthetic_ckpt: P
     fresh = tmp_path / "fresh"
     res = _run(*args[:-1], str(fresh), "--exclude", "NoSuchNode")
     assert res.exit_code == 2 and not fresh.exists()  # a failed first quantization leaves no half bundle
+
+
+def test_an_unknown_device_is_refused_with_or_without_qat(synthetic_ckpt: Path, tmp_path: Path) -> None:
+    args = [str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "32", "--eval-n", "0",
+            "--out", str(tmp_path / "b"), "--device", "gpu"]
+    res = _run(*args)
+    assert res.exit_code == 2 and "unknown device 'gpu'" in res.output and not (tmp_path / "b").exists()

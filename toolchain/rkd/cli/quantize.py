@@ -3,6 +3,7 @@ bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 cle
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -176,6 +177,14 @@ def quantize(
             if needs_teacher(qat_method) and teacher is None:
                 raise UsageError(f"--qat with method '{qat_method}' distils from a teacher: pass --teacher "
                                  "CHECKPOINT (or choose a teacher-free --qat-method such as pgd_at)")
+        if qat:  # resolve it now: a missing GPU is exit 3 before the bundle is touched
+            from rkd.config import resolve_device
+
+            device = resolve_device(device)
+        elif device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+            from rkd.errors import UsageError
+
+            raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
         dataset, options = parse_data_arg(calib_data)
         bundle = out_dir or checkpoint.parent / "bundle"
         check_output_path(bundle, "--out", folder=True)
