@@ -218,3 +218,9 @@ def test_eval_on_an_exported_model_points_to_verify(tmp_path: Path) -> None:
     onnx_file.write_bytes(b"x")
     res = _run("eval", str(onnx_file), "--data", "synthetic")
     assert res.exit_code == 2 and "rkd verify --engine" in " ".join(res.output.split())
+
+
+def test_a_train_subset_larger_than_the_data_is_refused(tmp_path: Path) -> None:
+    res = _run("teacher", str(REPO / "recipes" / "smoke.yaml"), "--out", str(tmp_path / "t"),
+               "--set", "data.train_subset=100000")
+    assert res.exit_code == 2 and "data.train_subset is 100000 but" in " ".join(res.output.split())

@@ -9,6 +9,7 @@ from typing import Any
 
 from rkd.config import DataConfig, ModelConfig, StrictModel
 from rkd.data import ImageArrays, load_dataset, split_holdout
+from rkd.errors import UsageError
 
 
 @dataclass
@@ -34,6 +35,9 @@ def load_training_data(cfg: DataConfig, *, seed: int, root: str | None = None) -
     holdout: ImageArrays | None = None
     if cfg.holdout:
         data, holdout = split_holdout(data, cfg.holdout, seed)
+    if cfg.train_subset is not None and cfg.train_subset > len(data):
+        raise UsageError(f"data.train_subset is {cfg.train_subset} but {len(data)} training images are left after the "
+                         f"{cfg.holdout} held out (data.holdout): lower it, or drop it to train on all of them")
     if cfg.train_subset is not None and cfg.train_subset < len(data):
         import torch
 
