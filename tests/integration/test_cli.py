@@ -224,3 +224,13 @@ def test_a_train_subset_larger_than_the_data_is_refused(tmp_path: Path) -> None:
     res = _run("teacher", str(REPO / "recipes" / "smoke.yaml"), "--out", str(tmp_path / "t"),
                "--set", "data.train_subset=100000")
     assert res.exit_code == 2 and "data.train_subset is 100000 but" in " ".join(res.output.split())
+
+
+def test_an_l2_radius_above_one_is_accepted_and_a_linf_one_is_not(smoke_teacher: Path, tmp_path: Path) -> None:
+    base = ["eval", str(smoke_teacher / "model.safetensors"), "--data", "synthetic", "--n", "8", "--attacks", "pgd2",
+            "--report", str(tmp_path / "r.json")]
+    res = _run(*base, "--norm", "l2", "--eps", "1.5", "--alpha", "0.5")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["eps"] == 1.5
+    res = _run(*base, "--eps", "1.5")
+    assert res.exit_code == 2 and "(0, 1]" in res.output

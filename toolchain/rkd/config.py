@@ -7,6 +7,7 @@ A recipe names what to build; every knob has a default documented here and in ME
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from pathlib import Path
@@ -53,6 +54,17 @@ def parse_eps(value: Any) -> float:
     if not 0.0 < eps <= 1.0:
         raise ValueError(f"must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
     return eps
+
+
+def parse_radius(value: Any, norm: str) -> float:
+    """An attack radius or step for ``norm``: L-inf in (0, 1] (:func:`parse_eps`); L2 any positive finite value
+    (an L2 ball on [0,1] images may exceed 1, e.g. 1.5)."""
+    if norm == "linf":
+        return parse_eps(value)
+    r = parse_fraction(value)
+    if not (math.isfinite(r) and r > 0):
+        raise ValueError(f"must be positive and finite for an L2 radius, got {r:g}")
+    return r
 
 
 Fraction = Annotated[float, BeforeValidator(parse_fraction)]

@@ -63,14 +63,14 @@ def eval_command(
     """Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals."""
     with handle_errors():
         from rkd.atomic import atomic_write_text
-        from rkd.config import parse_eps, resolve_device
+        from rkd.config import parse_radius, resolve_device
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
         from rkd.verify.evaluate import EvalRequest, evaluate_model, load_model_for_eval
         from rkd.verify.suite import parse_attacks
 
         try:
-            eps_v, alpha_v = parse_eps(eps), parse_eps(alpha)
+            eps_v, alpha_v = parse_radius(eps, norm.value), parse_radius(alpha, norm.value)
         except ValueError as exc:
             raise UsageError(f"--eps/--alpha: {exc}") from None
         if n < 1:

@@ -131,7 +131,7 @@ def verify(
     with handle_errors():
         from pydantic import ValidationError
 
-        from rkd.config import VerifyConfig, load_profile, parse_eps
+        from rkd.config import VerifyConfig, load_profile, parse_eps, parse_radius
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
         from rkd.verify.gates import parse_gate
@@ -145,9 +145,12 @@ def verify(
                 cfg.n = n
             if attacks is not None:
                 cfg.attacks = attacks
-            if eps is not None:
+            l2_eps = None
+            if eps is not None and norm is Norm.l2:  # an L2 radius may exceed 1: set on the request below
+                l2_eps = parse_radius(eps, "l2")
+            elif eps is not None:
                 cfg.eps = parse_eps(eps)
-            alpha_v = parse_eps(alpha)
+            alpha_v = parse_radius(alpha, norm.value if norm is not None else "linf")
             curve_values = [0.0 if v.strip() in ("0", "0/255") else parse_eps(v) for v in curve_eps.split(",")]
         except ValidationError as exc:
             err = exc.errors()[0]
@@ -172,6 +175,8 @@ def verify(
         if not transfer:
             request.transfer = False
         request.gates += extra
+        if l2_eps is not None:
+            request.eps = l2_eps
         if no_gates and (request.gates or request.fail_on_warnings):
             raise UsageError("--no-gates with gates (--gate, the profile's or --fail-on-warnings): drop one of them")
         request.require_gates = not no_gates
