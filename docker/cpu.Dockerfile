@@ -8,6 +8,7 @@ COPY toolchain ./toolchain
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "torchvision>=0.19" \
  && pip install ".[dev]"
 COPY recipes ./recipes
+COPY export ./export
 COPY tests ./tests
 ENTRYPOINT ["rkd"]
 CMD ["--help"]

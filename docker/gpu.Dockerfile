@@ -11,6 +11,7 @@ RUN pip install --no-deps . \
         "onnxruntime>=1.18" "pyautoattack>=0.2.0" "pytest>=8" "pytest-timeout>=2.3" \
  && python -c "import torch, tensorrt; print(torch.__version__, tensorrt.__version__)"
 COPY recipes ./recipes
+COPY export ./export
 COPY tests ./tests
 ENTRYPOINT ["rkd"]
 CMD ["--help"]
