@@ -9,6 +9,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "t
  && pip install ".[dev]"
 COPY recipes ./recipes
 COPY export ./export
+COPY benchmarks ./benchmarks
 COPY tests ./tests
 ENTRYPOINT ["rkd"]
 CMD ["--help"]

@@ -12,6 +12,7 @@ RUN pip install --no-deps . \
  && python -c "import torch, tensorrt; print(torch.__version__, tensorrt.__version__)"
 COPY recipes ./recipes
 COPY export ./export
+COPY benchmarks ./benchmarks
 COPY tests ./tests
 ENTRYPOINT ["rkd"]
 CMD ["--help"]
