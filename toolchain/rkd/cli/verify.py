@@ -68,8 +68,9 @@ def _device(spec: str, engine: Path) -> str:
     if is_engine and spec == "cpu":
         raise UsageError(f"'{engine.name}' is a TensorRT engine, which runs only on a CUDA GPU: drop --device cpu "
                          "(or verify the bundle's model.int8.onnx on the CPU)")
+    wanted = spec if spec != "auto" else "cuda" if is_engine else "cpu"
     try:
-        return resolve_device("cuda" if spec == "auto" and is_engine else "cpu" if spec == "auto" else spec)
+        return resolve_device(wanted)
     except MissingDependencyError:
         if not is_engine:
             raise
