@@ -70,18 +70,28 @@ def test_a_second_run_skips_and_a_change_reruns_only_downstream(finished: Path, 
     assert changed == {"teacher": "skipped", "distill": "ran", "export": "ran", "quantize": "ran", "verify": "ran"}
 
 
-def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(finished, out)
+def _rkd_run(out: Path, *sets: str):
+    """``rkd run SMOKE --out OUT --set ...`` from the repository root (where the named profiles are)."""
+    args = ["run", SMOKE, "--out", str(out)]
+    for item in sets:
+        args += ["--set", item]
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=['robust_acc>1']"],
-                            catch_exceptions=False)
+        return runner.invoke(app, args, catch_exceptions=False)
     finally:
         os.chdir(cwd)
+
+
+def _copy(finished: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(finished, tmp_path / "copy"))
+
+
+def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
+    out = _copy(finished, tmp_path)
+    res = _rkd_run(out, "verify.gates=['robust_acc>1']")
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.output
     junit = (out / "verify" / "verify.junit.xml").read_text()
@@ -89,47 +99,24 @@ def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
 
 
 def test_a_gate_the_verify_stage_cannot_judge_is_refused_before_anything_changes(finished: Path, tmp_path: Path) -> None:
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(finished, out)
+    out = _copy(finished, tmp_path)
     before = sorted(p.name for p in (out / "verify").iterdir())
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=['cw_acc>=0.1']"],
-                            catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
+    res = _rkd_run(out, "verify.gates=['cw_acc>=0.1']")
     assert res.exit_code == 2 and "unknown metric 'cw_acc' (add 'cw' to the attacks)" in res.output, res.output
     assert sorted(p.name for p in (out / "verify").iterdir()) == before  # the previous report is still there
 
 
 def test_a_failed_stage_keeps_its_previous_output_aside(finished: Path, tmp_path: Path) -> None:
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(finished, out)
+    out = _copy(finished, tmp_path)
     model = (out / "teacher" / "model.safetensors").read_bytes()
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:  # a changed teacher reruns from scratch and diverges at once
-        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "teacher.train.lr=1e30"],
-                            catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
+    res = _rkd_run(out, "teacher.train.lr=1e30")  # a changed teacher reruns from scratch and diverges at once
     assert res.exit_code == 4 and "no checkpoint was saved yet" in res.output, res.output
     assert (out / "teacher.previous" / "model.safetensors").read_bytes() == model
 
 
 def test_a_verify_section_without_gates_is_refused_before_anything_runs(tmp_path: Path) -> None:
     out = tmp_path / "ungated"
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        res = runner.invoke(app, ["run", SMOKE, "--out", str(out), "--set", "verify.gates=[]"], catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
+    res = _rkd_run(out, "verify.gates=[]")
     assert res.exit_code == 2 and "verify.gates is empty, so verify could not fail" in " ".join(res.output.split())
     assert not (out / "student").exists()
 
