@@ -158,15 +158,13 @@ class Pipeline:
             raise RecipeError(f"{recipe.name}: a verify section needs a deploy section (what to verify)")
         verify_cfg = recipe.verify or (self.profile.verify if self.profile is not None else None)
         if verify_cfg is not None:  # a gate the verify stage could not judge fails now, not after training
-            from rkd.verify.gates import check_gate_metrics, parse_gate
+            from rkd.verify.gates import parse_gate
             from rkd.verify.suite import parse_attacks
+            from rkd.verify.verification import check_gates_measurable
 
-            specs = parse_attacks(verify_cfg.attacks)
-            names = [s.name for s in specs if s.kind != "clean"]
             try:
-                check_gate_metrics([parse_gate(g) for g in verify_cfg.gates],
-                                   names + (["transfer"] if verify_cfg.transfer else []), has_reference=True,
-                                   reference_attacks=names, gradient_attacks=any(s.uses_gradients for s in specs[1:]))
+                check_gates_measurable([parse_gate(g) for g in verify_cfg.gates], parse_attacks(verify_cfg.attacks),
+                                       has_reference=True, transfer=verify_cfg.transfer)
             except UsageError as exc:
                 raise RecipeError(f"{recipe.name}: verify: {exc}") from None
         if verify_cfg is not None and not verify_cfg.gates and not verify_cfg.fail_on_warnings:

@@ -81,6 +81,20 @@ class VerifyRequest:
     require_gates: bool = False  # refuse a run that could not fail (rkd verify without --no-gates)
 
 
+def check_gates_measurable(gates: Sequence[Gate], specs: Sequence[AttackSpec], *, has_reference: bool,
+                           transfer: bool) -> None:
+    """:func:`~rkd.verify.gates.check_gate_metrics` for a suite: the engine measures ``specs`` (plus transfer
+    when it runs), the float reference the same ``specs``.
+
+    Raises:
+        UsageError: a gate on a value this run will not measure.
+    """
+    names = [s.name for s in specs if s.kind != "clean"]
+    check_gate_metrics(gates, names + ([TRANSFER] if transfer else []), has_reference=has_reference,
+                       reference_attacks=names, gradient_attacks=any(s.kind != "clean" and s.uses_gradients
+                                                                     for s in specs))
+
+
 def _engine_predict(runtime: Any, x: torch.Tensor) -> torch.Tensor:
     return predicted_class(runtime.predict(x)).cpu()
 
@@ -257,11 +271,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                          runtime_options=request.runtime_options)
     has_reference = target.reference is not None
     same_model = target.kind == "checkpoint" and request.reference is None  # the model is its own reference
-    attack_names = [s.name for s in specs if s.kind != "clean"]
-    transfers = request.transfer and has_reference and not same_model
-    check_gate_metrics(request.gates, attack_names + ([TRANSFER] if transfers else []), has_reference=has_reference,
-                       reference_attacks=attack_names,
-                       gradient_attacks=any(s.kind != "clean" and s.uses_gradients for s in specs))
+    check_gates_measurable(request.gates, specs, has_reference=has_reference,
+                           transfer=request.transfer and has_reference and not same_model)
     if request.require_gates and not request.gates and not request.fail_on_warnings:
         raise UsageError("no gate to judge the artifact against, so the run could not fail: add --gate (e.g. "
                          "'drop.robust_acc<=0.03'), --profile with gates or --fail-on-warnings, or --no-gates "
