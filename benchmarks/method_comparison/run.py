@@ -209,7 +209,7 @@ def build_plan(cfg: Settings) -> list[Part]:
                     *cfg.fill(items)]
             parts.append(Part(id=train_part_id(student, "adv_path", seed, variant), group="ablation",
                               student=student, method="adv_path", variant=variant, seed=seed, overrides=over,
-                              autoattack=bool(abl.get("autoattack")) and seed in eval_cfg["autoattack_seeds"],
+                              autoattack=ablation_autoattack(abl, variant) and seed in eval_cfg["autoattack_seeds"],
                               deps=list(teacher_deps)))
     dep = cfg.raw.get("deploy")  # optional: a comparison without deployment rows leaves it out
     for student in cfg["students"] if dep else []:
@@ -218,6 +218,13 @@ def build_plan(cfg: Settings) -> list[Part]:
             parts.append(Part(id=f"deploy-{student}-{mode}", group="deploy", student=student, method=dep["method"],
                               seed=dep["seed"], deploy=mode, deps=[source, *teacher_deps]))
     return parts
+
+
+def ablation_autoattack(abl: dict[str, Any], variant: str) -> bool:
+    """Whether an ablation variant gets the AutoAttack evaluation: ``ablations.autoattack`` is true (all of them)
+    or a list of variant names."""
+    aa = abl.get("autoattack")
+    return variant in aa if isinstance(aa, list) else bool(aa)
 
 
 def student_overrides(cfg: Settings, student: str) -> list[str]:
@@ -1112,7 +1119,7 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
     default, paired by seed."""
     abl, columns = cfg["ablations"], attack_columns(cfg)
     a_seeds, student = list(abl["seeds"]), abl["student"]
-    a_cols = columns if abl.get("autoattack") else columns[:-1]
+    a_cols = columns if any(ablation_autoattack(abl, v) for v in abl["variants"]) else columns[:-1]
     want_n = autoattack_n(cfg, student)
     fewer = "" if len(a_seeds) >= len(cfg["seeds"]) else ": fewer seeds than the main table"
     lines = [f"## Ablations of adv_path ({student}, seeds {a_seeds}{fewer})", "",
@@ -1145,6 +1152,20 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
                   "variant is higher.", "",
                   "| variant | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
                   "|---|---|" + "---|" * len(a_cols), *rows]
+    for method in abl.get("compare_to") or []:  # each variant against a baseline's main rows, paired by seed
+        theirs = {s: r for s in a_seeds if (r := results.get(train_part_id(student, method, s)))}
+        rows = []
+        for name, _, _ in variants:
+            entry, cells = paired_cells(runs[name], theirs, a_cols, want_n, "variant_higher")
+            if entry["seeds"]:
+                tj["ablations"][name][f"minus_{method}"] = entry
+                rows.append(f"| {name} | {','.join(map(str, entry['seeds']))} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += ["", f"### {student}: each variant minus {method}, paired by seed", "",
+                      f"Points of accuracy, mean ± std over the seeds both finished; in brackets, the seeds where "
+                      f"the variant is higher than {method}.", "",
+                      "| variant | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
+                      "|---|---|" + "---|" * len(a_cols), *rows]
     return lines
 
 

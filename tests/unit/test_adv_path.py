@@ -53,15 +53,18 @@ def reference_loss(method: AdvPath, x: torch.Tensor, y: torch.Tensor, paths: Adv
 
     total = method.lambda_nat * kl(pt_clean, student(x)).mean()
     branches = [("u", paths.u, y)] + ([("t", paths.t, paths.targets)] if paths.t is not None else [])
-    for name, path, cls in branches:
+    idx = torch.arange(len(y))
+    for i, (name, path, cls) in enumerate(branches):
         ds, ls = [], []
         for k in range(path.shape[0]):
             with torch.no_grad():
                 pt = F.softmax(teacher(path[k]), 1)
             target = pt_clean if method.align_target == "clean" else pt
             ls.append(kl(target, student(path[k])))
-            p0 = pt_clean[torch.arange(len(y)), cls]
-            pk = pt[torch.arange(len(y)), cls]
+            if method.weight_model == "path":  # the crafting model's own probabilities, recorded by craft()
+                p0, pk = paths.start_probs[i][idx, cls], paths.probs[i, k][idx, cls]
+            else:
+                p0, pk = pt_clean[idx, cls], pt[idx, cls]
             ds.append((p0 - pk).clamp_min(0) if name == "u" else (pk - p0).clamp_min(0))
         if method.weights == "uniform":
             ws = [torch.ones_like(d) for d in ds]
@@ -69,7 +72,7 @@ def reference_loss(method: AdvPath, x: torch.Tensor, y: torch.Tensor, paths: Adv
             dmax = max(float(d.max()) for d in ds)
             ws = [d / max(dmax, 1e-12) for d in ds]
         num = sum(w * kl_k for w, kl_k in zip(ws, ls, strict=True))
-        den = sum(ws) + 1e-8
+        den = sum(ws) + 1e-8 if method.aggregate == "mean" else 1.0
         branch = (num / den).mean()
         weight = 1.0 if name == "u" else method.gamma
         total = total + (1 - method.lambda_nat) * weight / (1 + (method.gamma if paths.t is not None else 0)) * branch
@@ -123,7 +126,7 @@ def test_weights_lie_in_unit_interval_with_batch_max_one(trained) -> None:
         p_iter = F.softmax(logits, 1).view(2, 4, len(y), -1)
         p_clean = F.softmax(model(x), 1)
     for i, (name, cls) in enumerate((("u", y), ("t", paths.targets))):
-        w = method._weights(name, p_iter[i], p_clean, cls, paths.steps)
+        w = method._weights(name, p_iter[i], p_clean, cls, paths, i)
         assert w.shape == (4, len(y))
         assert float(w.min()) >= 0.0 and float(w.max()) == pytest.approx(1.0)
 
@@ -131,8 +134,11 @@ def test_weights_lie_in_unit_interval_with_batch_max_one(trained) -> None:
 @pytest.mark.parametrize(
     "knobs",
     [{}, {"iterate_stride": 2}, {"align_target": "clean"}, {"weights": "uniform"}, {"gamma": 0.0},
-     {"gamma": 0.5, "lambda_nat": 0.3}],
-    ids=["defaults", "stride2", "clean-target", "uniform", "no-targeted", "gamma-lambda"],
+     {"gamma": 0.5, "lambda_nat": 0.3}, {"aggregate": "sum"}, {"weight_model": "path"},
+     {"aggregate": "sum", "weight_model": "path", "step_loss": "kl", "gamma": 0.0},
+     {"aggregate": "sum", "weight_model": "path", "step_loss": "kl", "target": "runner_up", "iterate_stride": 2}],
+    ids=["defaults", "stride2", "clean-target", "uniform", "no-targeted", "gamma-lambda", "sum", "path-weights",
+         "sum-path-kl", "sum-path-kl-two-branches"],
 )
 def test_fast_loss_equals_the_per_iterate_reference(knobs: dict) -> None:
     student, teacher = _models()
@@ -236,7 +242,7 @@ def test_one_training_step_trains_only_the_student() -> None:
     "knob",
     [{"path_model": "teacher"}, {"target": "runner_up"}, {"target": "least_likely"}, {"step_loss": "cw"},
      {"weights": "linear"}, {"weights": "entropy"}, {"reliability": True}, {"crafting_mode": "train"},
-     {"temperature": 4.0}],
+     {"temperature": 4.0}, {"step_loss": "kl"}, {"aggregate": "sum"}, {"weight_model": "path"}],
     ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()),
 )
 def test_every_knob_changes_the_step(knob: dict, trained) -> None:

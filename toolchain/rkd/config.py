@@ -182,20 +182,41 @@ class AdaadConfig(AttackConfig):
     kd_weight: float = Field(1.0, ge=0, le=1)
 
 
-class AdvPathConfig(AttackConfig):
-    """The adversarial-path method (Dong et al., CVPR 2024; METHOD.md "Chosen defaults"): align teacher and
-    student on the intermediate iterates of an untargeted and a targeted PGD path, adaptively weighted.
+# Named settings of adv_path's knobs: ``student.method.preset: NAME`` fills every knob the recipe does not set
+# itself. ``reconstruction`` is the first reading of the paper rkd shipped (a per-sample weighted mean over the
+# iterates of a CE path, teacher-measured weights, aligned at the same point, both branches at equal weight).
+ADV_PATH_PRESETS: dict[str, dict[str, Any]] = {
+    "reconstruction": {
+        "path_model": "student", "target": "random", "step_loss": "ce", "iterate_stride": 1,
+        "align_target": "same_point", "weights": "prob_change", "weight_model": "teacher", "aggregate": "mean",
+        "reliability": False, "gamma": 1.0, "lambda_nat": 1 / 6, "temperature": 1.0, "crafting_mode": "eval",
+    },
+}
 
-    ``steps`` is m (iterates per branch); ``alpha`` the step; ``eps`` the radius.
+
+class AdvPathConfig(AttackConfig):
+    """The adversarial-path method (Dong et al., CVPR 2024; docs/METHOD.md): align teacher and student on the
+    intermediate iterates of an untargeted and a targeted PGD path, adaptively weighted.
+
+    ``steps`` is m (iterates per branch); ``alpha`` the step; ``eps`` the radius; ``preset`` a named set of the
+    knobs below (:data:`ADV_PATH_PRESETS`; a knob the recipe sets itself wins).
     """
 
     name: Literal["adv_path"] = "adv_path"
+    preset: Literal["reconstruction"] | None = None
     path_model: Literal["student", "teacher"] = "student"
     target: Literal["random", "runner_up", "least_likely"] = "random"  # target class of branch T
-    step_loss: Literal["ce", "cw"] = "ce"
+    # ascended by branch U: CE(y), the CW margin, or KL(p_T(x) || p_S(x')) (RSLAD's); branch T descends CE(t)
+    # (its CW margin with cw)
+    step_loss: Literal["ce", "cw", "kl"] = "ce"
     iterate_stride: int = Field(1, ge=1)  # use every r-th iterate plus the last (1: all m)
     align_target: Literal["same_point", "clean"] = "same_point"  # teacher at the iterate, or at clean x
     weights: Literal["prob_change", "uniform", "linear", "entropy"] = "prob_change"
+    # whose true-class (target-class) probability change prob_change measures: the teacher's, or the model that
+    # crafted the path (the student by default) as it was while crafting
+    weight_model: Literal["teacher", "path"] = "teacher"
+    # over a sample's iterates: "mean" renormalises its weights to sum 1; "sum" keeps them (batch-max scale)
+    aggregate: Literal["mean", "sum"] = "mean"
     reliability: bool = False  # multiply weights by p_T(x_b[k])_{argmax p_T(x)} ** reliability_beta
     reliability_beta: float = Field(0.1, ge=0)
     gamma: float = Field(1.0, ge=0, le=1)  # weight of branch T against branch U (0: targeted branch off)
@@ -204,6 +225,13 @@ class AdvPathConfig(AttackConfig):
     crafting_mode: Literal["eval", "train"] = "eval"  # student mode while crafting the path
     max_batch: int | None = Field(None, ge=1)  # chunk the alignment passes (None: one pass on GPU, B on CPU)
     low_memory: bool = False  # backpropagate each chunk on its own: same gradient, the memory of one chunk
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in ADV_PATH_PRESETS:
+            return {**ADV_PATH_PRESETS[data["preset"]], **data}
+        return data
 
 
 DistillMethodConfig = Annotated[

@@ -1,20 +1,30 @@
 """The adversarial-path method: robust distillation on untargeted and targeted intermediate adversarial samples.
 
 Dong, Koniusz, Chen, Wang, Ong, "Robust Distillation via Untargeted and Targeted Intermediate Adversarial
-Samples", CVPR 2024. What the paper states and what rkd chose are separated in METHOD.md; every chosen item is
-a knob of :class:`rkd.config.AdvPathConfig` with METHOD.md's default:
+Samples", CVPR 2024. Only the paper's idea is fixed (align teacher and student on the intermediate iterates of
+an untargeted and a targeted path, adaptively weighted); every choice beyond it is a knob of
+:class:`rkd.config.AdvPathConfig` (docs/METHOD.md lists them and what decided the defaults):
 
-    x_u[0] = x_t[0] = clip(x + 0.001 N(0, I))
-    x_u[k+1] = Proj(x_u[k] + alpha sign(grad CE(S(x_u[k]), y)))         (branch U, untargeted)
-    x_t[k+1] = Proj(x_t[k] - alpha sign(grad CE(S(x_t[k]), t)))         (branch T, t != y)
-    l_b[k]   = KL(p_T(x_b[k]) || p_S(x_b[k]))
-    d_U[k]   = max(0, p_T(x)_y - p_T(x_u[k])_y),  d_T[k] = max(0, p_T(x_t[k])_t - p_T(x)_t)
-    w_b[k]   = d_b[k] / max_{batch, k} d_b
-    L = lambda_nat KL(p_T(x) || p_S(x)) + (1 - lambda_nat) (L_U + gamma L_T) / (1 + gamma),
-    L_b = mean_batch [ sum_k w_b[k] l_b[k] / (sum_k w_b[k] + 1e-8) ]
+    x_b[0] = clip(x + 0.001 N(0, I))                                            b in {U, T}
+    x_u[k+1] = Proj(x_u[k] + alpha sign(grad L_U(S(x_u[k]))))   L_U = CE(., y), CW margin, or
+                                                                KL(p_T(x) || p_S(.)) (step_loss = kl, RSLAD's)
+    x_t[k+1] = Proj(x_t[k] - alpha sign(grad CE(S(x_t[k]), t)))    (branch T, t != y; CW margin with step_loss cw)
+    l_b[k]   = KL(q_b[k] || p_S(x_b[k])),  q = p_T(x_b[k]) (align_target same_point) or p_T(x) (clean)
+    d_U[k]   = max(0, p(x_u[0])_y - p(x_u[k])_y),  d_T[k] = max(0, p(x_t[k])_t - p(x_t[0])_t)
+             with p the teacher (weight_model teacher, x_b[0] read as x) or the model that crafted the path,
+             as it was while crafting (weight_model path)
+    w_b[k]   = d_b[k] / max_{batch, k} d_b       (prob_change; or uniform, linear k/m, teacher entropy)
+    L_b      = mean_batch [ sum_k w_b[k] l_b[k] / (sum_k w_b[k] + 1e-8) ]          (aggregate mean)
+             = mean_batch [ sum_k w_b[k] l_b[k] ]                                   (aggregate sum)
+    L = lambda_nat KL(p_T(x) || p_S(x)) + (1 - lambda_nat) (L_U + gamma L_T) / (1 + gamma)
 
-(gamma = 1 gives METHOD.md's 1/2 sum_b.) Every KL is on RSLAD's scale (``RSLAD_KL_SCALE``: summed over classes,
-divided by 10, batch mean), so adv_path and RSLAD compare under the same optimizer settings.
+With ``aggregate: mean`` the batch-max normalisation of w cancels (each sample's weights are renormalised to sum
+to 1), and a sample whose weights are all zero gets no adversarial term at all; with ``aggregate: sum`` the
+batch maximum sets the scale (a sample's iterates together weigh up to K) and the weights keep their size. Both
+cases count the samples left without an adversarial term (``StepOutput.stats``, ``zero_weight_u/t``).
+Every KL is on RSLAD's scale (``RSLAD_KL_SCALE``: summed over classes, divided by 10, batch mean), so adv_path
+and RSLAD compare under the same optimizer settings; reduced to branch U, the last iterate, uniform weights
+and the clean-teacher target, the loss is RSLAD's on the same x_adv.
 
 Cost: both branches' m attack steps run as one batch of 2B (the targeted branch descends, the untargeted one
 ascends: one signed objective); the teacher's pass over all used iterates is one no-grad batch and the student's
@@ -23,6 +33,8 @@ so batch-norm statistics of clean and adversarial inputs are not mixed. ``max_ba
 GPU and chunks of B on a CPU: there one allocation for the whole pass (e.g. 88 MB) is served by fresh mmap pages
 and page faults cost a quarter of the step (benchmarks/results/distill_step-cpu.md); with B-sized chunks each
 chunk is one iterate's batch, so the student's batch-norm statistics are per iterate, as in the reference.
+``weight_model: path`` reads the crafting model's probabilities from the attack's own forward passes (x_0 to
+x_{m-1}) plus one no-grad pass at x_m.
 
 Memory: the student's graph over all 2m + 1 passes is kept until ``backward`` (e.g. 11.8 GB on a CPU for a
 MobileNetV2 0.5 at batch 128, m = 5); chunking alone does not lower it. With ``low_memory`` each chunk (and the
@@ -43,9 +55,20 @@ from torch import nn
 from rkd.attacks import cw_margin, pgd
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets
+from rkd.errors import UsageError
 
 START_STD = 0.001
 WEIGHT_EPS = 1e-8
+CHOICES: dict[str, tuple[str, ...]] = {
+    "path_model": ("student", "teacher"),
+    "target": ("random", "runner_up", "least_likely"),
+    "step_loss": ("ce", "cw", "kl"),
+    "align_target": ("same_point", "clean"),
+    "weights": ("prob_change", "uniform", "linear", "entropy"),
+    "weight_model": ("teacher", "path"),
+    "aggregate": ("mean", "sum"),
+    "crafting_mode": ("eval", "train"),
+}
 
 
 @dataclass
@@ -57,12 +80,17 @@ class AdvPaths:
         t: targeted iterates used, (K, B, C, H, W), or None when the targeted branch is off (gamma = 0).
         targets: the target class of each sample for branch T (B,), or None.
         steps: the 1-based step index k of each used iterate (K,), e.g. [1..m] or [r, 2r, ..., m].
+        probs: with ``weight_model: path``, the crafting model's probabilities at the used iterates,
+            (nb, K, B, classes) in branch order (U, then T); else None.
+        start_probs: with ``weight_model: path``, its probabilities at the start x_0, (nb, B, classes); else None.
     """
 
     u: torch.Tensor
     t: torch.Tensor | None
     targets: torch.Tensor | None
     steps: list[int]
+    probs: torch.Tensor | None = None
+    start_probs: torch.Tensor | None = None
 
 
 def used_steps(m: int, stride: int) -> list[int]:
@@ -106,6 +134,8 @@ class AdvPath(DistillMethod):
         iterate_stride: int = 1,
         align_target: str = "same_point",
         weights: str = "prob_change",
+        weight_model: str = "teacher",
+        aggregate: str = "mean",
         reliability: bool = False,
         reliability_beta: float = 0.1,
         gamma: float = 1.0,
@@ -117,9 +147,16 @@ class AdvPath(DistillMethod):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(student, teacher)
+        given = {"path_model": path_model, "target": target, "step_loss": step_loss, "align_target": align_target,
+                 "weights": weights, "weight_model": weight_model, "aggregate": aggregate,
+                 "crafting_mode": crafting_mode}
+        for knob, value in given.items():
+            if value not in CHOICES[knob]:
+                raise UsageError(f"adv_path {knob}: unknown value {value!r} (choose one of {', '.join(CHOICES[knob])})")
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
         self.path_model, self.target, self.step_loss = path_model, target, step_loss
         self.iterate_stride, self.align_target, self.weights = iterate_stride, align_target, weights
+        self.weight_model, self.aggregate = weight_model, aggregate
         self.reliability, self.reliability_beta = reliability, reliability_beta
         self.gamma, self.lambda_nat, self.temperature = gamma, lambda_nat, temperature
         self.crafting_mode, self.max_batch, self.low_memory = crafting_mode, max_batch, low_memory
@@ -145,21 +182,33 @@ class AdvPath(DistillMethod):
     def craft(self, x: torch.Tensor, y: torch.Tensor, teacher_clean: torch.Tensor | None = None) -> AdvPaths:
         """Both branches' paths as one PGD run on a batch of 2B (B when the targeted branch is off)."""
         two = self.gamma > 0
-        if teacher_clean is None and two:
+        if teacher_clean is None and (two or self.step_loss == "kl"):
             teacher_clean = self.teacher_logits(x)
         targets = self.choose_targets(y, teacher_clean) if two and teacher_clean is not None else None
         xx = torch.cat([x, x]) if two else x
         labels = torch.cat([y, targets]) if two else y
+        b = len(x)
         sign = torch.ones(len(xx), device=x.device)
         if two:
-            sign[len(x):] = -1.0  # branch T descends the loss of its target
+            sign[b:] = -1.0  # branch T descends the loss of its target
         x0 = (xx + START_STD * self._draw(xx.shape, x.device, "normal")).clamp_(0.0, 1.0)
-        if self.step_loss == "ce":
-            def objective(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-                return (sign * F.cross_entropy(logits.float(), lab, reduction="none")).sum()
-        else:
-            def objective(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-                return (sign * cw_margin(logits.float(), lab)).sum()
+        record = self.weight_model == "path" and self.weights == "prob_change"
+        seen: list[torch.Tensor] = []  # the crafting model's logits at x_0 .. x_{m-1}
+
+        def objective(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+            logits = logits.float()
+            if record:
+                seen.append(logits.detach())
+            if self.step_loss == "cw":
+                per = cw_margin(logits, lab)
+            elif self.step_loss == "ce":
+                per = F.cross_entropy(logits, lab, reduction="none")
+            else:  # kl: branch U ascends KL(p_T(x) || p(x')) (RSLAD's inner maximisation); branch T its CE
+                assert teacher_clean is not None
+                kl = kl_per_sample(soft_targets(teacher_clean), logits[:b])
+                per = torch.cat([kl, F.cross_entropy(logits[b:], lab[b:], reduction="none")]) if two else kl
+            return (sign * per).sum()
+
         model = self.attack_model if self.path_model == "student" else self.teacher
         assert model is not None
         was_training = self.student.training
@@ -168,30 +217,48 @@ class AdvPath(DistillMethod):
         try:
             path = pgd(model, xx, labels, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
                        loss=objective, x_init=x0, return_path=True).path
+            assert path is not None
+            probs = None
+            if record:
+                with torch.no_grad():
+                    seen.append(model(path[-1]).float())
+                probs = F.softmax(torch.stack(seen), dim=2)  # (m + 1, nb * B, classes): x_0 .. x_m
         finally:
             self.student.train(was_training)
-        assert path is not None
         ks = used_steps(self.steps, self.iterate_stride)
         sel = path if len(ks) == self.steps else path[[k - 1 for k in ks]]
-        b = len(x)
-        return AdvPaths(u=sel[:, :b], t=sel[:, b:] if two else None, targets=targets, steps=ks)
+        nb = 2 if two else 1
+        path_probs = start_probs = None
+        if probs is not None:
+            path_probs = probs[ks].view(len(ks), nb, b, -1).transpose(0, 1)
+            start_probs = probs[0].view(nb, b, -1)
+        return AdvPaths(u=sel[:, :b], t=sel[:, b:] if two else None, targets=targets, steps=ks,
+                        probs=path_probs, start_probs=start_probs)
 
     # ---- the loss -------------------------------------------------------------------------------------------
 
     def _weights(
-        self, branch: str, p_iter: torch.Tensor, p_clean: torch.Tensor, cls: torch.Tensor, steps: list[int]
+        self, branch: str, p_iter: torch.Tensor, p_clean: torch.Tensor, cls: torch.Tensor, paths: AdvPaths, i: int
     ) -> torch.Tensor:
-        """Adaptive weights (K, B) of one branch, without gradient (METHOD.md)."""
+        """Adaptive weights (K, B) of branch ``branch`` (index ``i`` in ``paths``), without gradient.
+
+        ``p_iter`` (K, B, classes) and ``p_clean`` (B, classes) are the teacher's probabilities at the iterates
+        and at x; ``prob_change`` reads the crafting model's own from ``paths`` under ``weight_model: path``.
+        """
         k_n, b = p_iter.shape[:2]
         if self.weights == "uniform":
             w = torch.ones(k_n, b, device=p_iter.device)
         elif self.weights == "linear":
-            w = (torch.tensor(steps, device=p_iter.device, dtype=torch.float32) / self.steps)[:, None].expand(k_n, b)
+            w = (torch.tensor(paths.steps, device=p_iter.device, dtype=torch.float32) / self.steps)[:, None]
+            w = w.expand(k_n, b)
         else:
             if self.weights == "prob_change":
-                idx = cls[None, :, None].expand(k_n, b, 1)
-                p_k = p_iter.gather(2, idx).squeeze(2)
-                p_0 = p_clean.gather(1, cls[:, None]).squeeze(1)[None]
+                p_k_all, p_0_all = p_iter, p_clean
+                if self.weight_model == "path":
+                    assert paths.probs is not None and paths.start_probs is not None
+                    p_k_all, p_0_all = paths.probs[i], paths.start_probs[i]
+                p_k = p_k_all.gather(2, cls[None, :, None].expand(k_n, b, 1)).squeeze(2)
+                p_0 = p_0_all.gather(1, cls[:, None]).squeeze(1)[None]
                 d = (p_0 - p_k) if branch == "u" else (p_k - p_0)
                 d = d.clamp_min(0.0)
             else:  # entropy of the teacher at the iterate
@@ -204,10 +271,12 @@ class AdvPath(DistillMethod):
 
     def _alignment(
         self, x: torch.Tensor, y: torch.Tensor, paths: AdvPaths, teacher_clean: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict[str, torch.Tensor]]:
         """What the loss needs besides the student: the iterates (nb*K*B, C, H, W) in branch-major order, their
-        soft targets, each iterate's coefficient (weight / weight sum * branch factor / B, no gradient) and
-        the clean soft target; the loss is ``sum(coef * KL(target, p_S(iterate))) + lambda_nat * KL_nat``."""
+        soft targets, each iterate's coefficient (weight, divided by the sample's weight sum under ``aggregate:
+        mean``, times branch factor / B; no gradient), the clean soft target, the branch names and the share of
+        samples per branch left without an adversarial term (all weights zero); the loss is
+        ``sum(coef * KL(target, p_S(iterate))) + lambda_nat * KL_nat``."""
         branches = [("u", paths.u)] + ([("t", paths.t)] if paths.t is not None else [])
         k_n, b = paths.u.shape[:2]
         iterates = torch.cat([p.reshape(-1, *p.shape[2:]) for _, p in branches])
@@ -217,19 +286,22 @@ class AdvPath(DistillMethod):
             p_iter = F.softmax(logits_t_iter, dim=1).view(len(branches), k_n, b, -1)
             branch_weight = {"u": 1.0, "t": self.gamma}
             norm = 1.0 + (self.gamma if paths.t is not None else 0.0)
-            coef = []
+            coef, stats = [], {}
             for i, (name, _) in enumerate(branches):
                 cls = y if name == "u" else paths.targets
                 assert cls is not None
-                w = self._weights(name, p_iter[i], p_clean, cls, paths.steps)
+                w = self._weights(name, p_iter[i], p_clean, cls, paths, i)
                 factor = (1 - self.lambda_nat) * branch_weight[name] / norm / b
-                coef.append(w / (w.sum(0) + WEIGHT_EPS) * factor)
+                total = w.sum(0)
+                stats[f"zero_weight_{name}"] = (total <= 0).float().mean()
+                coef.append((w / (total + WEIGHT_EPS) if self.aggregate == "mean" else w) * factor)
         target_clean = soft_targets(teacher_clean, self.temperature)
         if self.align_target == "clean":
             target_iter = target_clean.repeat(len(branches) * k_n, 1)
         else:
             target_iter = soft_targets(logits_t_iter, self.temperature)
-        return iterates, target_iter, torch.stack(coef).flatten(), target_clean, [name for name, _ in branches]
+        return (iterates, target_iter, torch.stack(coef).flatten(), target_clean, [name for name, _ in branches],
+                stats)
 
     def _chunk(self, x: torch.Tensor) -> int | None:
         if self.max_batch is not None:
@@ -242,7 +314,7 @@ class AdvPath(DistillMethod):
         tau = self.temperature
         if teacher_clean is None:
             teacher_clean = self.teacher_logits(x)
-        iterates, target_iter, coef, target_clean, names = self._alignment(x, y, paths, teacher_clean)
+        iterates, target_iter, coef, target_clean, names, stats = self._alignment(x, y, paths, teacher_clean)
         k_n, b = paths.u.shape[:2]
         logits_s_nat = self.student(x)
         logits_s_iter = _chunked(self.student, iterates, self._chunk(x))
@@ -254,7 +326,8 @@ class AdvPath(DistillMethod):
         loss = sum(terms.values())
         assert isinstance(loss, torch.Tensor)
         logits_final_u = logits_s_iter[(k_n - 1) * b : k_n * b]
-        return StepOutput(loss=loss, logits=logits_final_u, parts={k: v.detach() for k, v in terms.items()})
+        return StepOutput(loss=loss, logits=logits_final_u, parts={k: v.detach() for k, v in terms.items()},
+                          stats=stats)
 
     def backward_on(self, x: torch.Tensor, y: torch.Tensor, paths: AdvPaths,
                     teacher_clean: torch.Tensor | None = None) -> StepOutput:
@@ -267,7 +340,7 @@ class AdvPath(DistillMethod):
         tau = self.temperature
         if teacher_clean is None:
             teacher_clean = self.teacher_logits(x)
-        iterates, target_iter, coef, target_clean, names = self._alignment(x, y, paths, teacher_clean)
+        iterates, target_iter, coef, target_clean, names, stats = self._alignment(x, y, paths, teacher_clean)
         k_n, b = paths.u.shape[:2]
         scale = RSLAD_KL_SCALE * tau * tau
         for p in self.student.parameters():
@@ -296,7 +369,7 @@ class AdvPath(DistillMethod):
         loss = sum(terms.values())
         assert isinstance(loss, torch.Tensor)
         logits_final_u = torch.cat(logits_iter)[(k_n - 1) * b : k_n * b]
-        return StepOutput(loss=loss, logits=logits_final_u, parts=terms, backward_done=True)
+        return StepOutput(loss=loss, logits=logits_final_u, parts=terms, backward_done=True, stats=stats)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         teacher_clean = self.teacher_logits(x)

@@ -26,12 +26,15 @@ class StepOutput:
         backward_done: the method already set the student's ``.grad`` to the loss's gradient (accumulated in
             pieces to save memory) and ``loss`` is detached: the caller steps the optimizer without
             ``zero_grad``/``backward``.
+        stats: diagnostics of the step that are not loss terms (detached scalars, e.g. the share of samples
+            left without an adversarial term); the training loop averages them into metrics.jsonl.
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     backward_done: bool = False
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class DistillMethod(nn.Module):
@@ -58,7 +61,7 @@ class DistillMethod(nn.Module):
     @classmethod
     def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> DistillMethod:
         """Build from the method's validated recipe section: every field but ``name`` is a keyword argument."""
-        knobs = config.model_dump(exclude={"name"})
+        knobs = config.model_dump(exclude={"name", "preset"})  # a preset is already applied to the knobs
         if cls.needs_teacher:
             if teacher is None:
                 from rkd.errors import UsageError

@@ -192,7 +192,8 @@ def fit(
                 run_loss += loss.detach() * len(y)
                 run_correct += (out.logits.detach().argmax(1) == y).sum()
                 run_seen += len(y)
-                for k, v in out.parts.items():
+                named = {**{f"loss_{k}": v for k, v in out.parts.items()}, **out.stats}  # as metrics.jsonl names them
+                for k, v in named.items():
                     parts_sum[k] = parts_sum.get(k, torch.zeros((), device=dev)) + v.detach().float() * len(y)
                 if pos.step_in_epoch % cfg.log_every == 0 or pos.step_in_epoch == steps_per_epoch:
                     if ctx.distributed:  # global sums over ranks
@@ -205,7 +206,7 @@ def fit(
                     rec = {
                         "epoch": epoch + 1, "step": pos.step_in_epoch, "global_step": pos.global_step, "lr": lr,
                         "loss": float(run_loss) / run_seen, "train_acc": float(run_correct) / run_seen,
-                        **{f"loss_{k}": float(v) / run_seen for k, v in parts_sum.items()},
+                        **{k: float(v) / run_seen for k, v in parts_sum.items()},
                         "img_per_s": run_seen / max(1e-9, time.perf_counter() - t_epoch),
                     }
                     metrics.write(rec)
