@@ -18,7 +18,12 @@ and the quantization-flag methods, ``platform_has_fast_fp16/int8``, the INT8 cal
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (real 11 keeps it as a deprecated no-op; the fake drops it so
 any use shows). Touching any of these records the name in ``fake.state.touched`` and raises AttributeError; on
 10.x they exist but a touch is still recorded, so tests can assert that rkd never uses weak typing on either
-version.
+version. Members added during 10.x (:data:`ADDED`) appear only from the release that added them.
+
+Names: every public name of the fake (module attributes, enum members, methods, properties and attributes of
+the classes standing in for ``Builder``, ``IBuilderConfig``, ``ICudaEngine``, ...) is a name of the real
+bindings, which ``tests/unit/test_tensorrt_names.py`` checks against the name lists of the real wheels; the
+fake's own bookkeeping is underscored (``_flags``, ``_inputs``, ``_plan``, ...) or in ``fake.state``.
 
 The executing engine is real enough to catch I/O mistakes: on ``execute_async_v3`` it reads the input through
 the address bound with ``set_tensor_address`` (NumPy ``__array_interface__`` for host memory, or
@@ -61,6 +66,14 @@ REMOVED_CONFIG = (
     "clear_quantization_flag",
 )
 REMOVED_BUILDER = ("platform_has_fast_fp16", "platform_has_fast_int8")
+#: Enum members the fake has only from this 10.x release on: the first release whose bindings wheel carries
+#: the name (``BuilderFlag.FP4``, ``EDITABLE_TIMING_CACHE``: 10.8; the plugin creation flags: 10.9).
+ADDED: dict[str, tuple[int, int]] = {
+    "FP4": (10, 8),
+    "EDITABLE_TIMING_CACHE": (10, 8),
+    "PREFER_AOT_PYTHON_PLUGINS": (10, 9),
+    "PREFER_JIT_PYTHON_PLUGINS": (10, 9),
+}
 REMOVED_MODULE = (
     "IInt8Calibrator",
     "IInt8EntropyCalibrator",
@@ -102,6 +115,16 @@ class FakeState:
     def major(self) -> int:
         return int(self.version.split(".")[0])
 
+    @property
+    def release(self) -> tuple[int, int]:
+        """``(major, minor)``, e.g. ``(10, 9)`` for "10.9.0.34"."""
+        major, minor = (self.version.split(".") + ["0"])[:2]
+        return int(major), int(minor)
+
+    def present(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """``names`` less the members this release does not have yet (:data:`ADDED`)."""
+        return [n for n in names if self.release >= ADDED.get(n, (0, 0))]
+
     def named(self, name: str) -> list[tuple[Any, ...]]:
         """The recorded calls of one method, in order (each a tuple starting with the method name)."""
         return [c for c in self.calls if c[0] == name]
@@ -111,19 +134,19 @@ class _Value:
     """An enum member: ``int()``-able, equal only to itself, printed like pybind11's ``BuilderFlag.TF32``."""
 
     def __init__(self, enum: str, name: str, value: int) -> None:
-        self.enum, self.name, self.value = enum, name, value
+        self._enum, self.name, self.value = enum, name, value
 
     def __int__(self) -> int:
         return self.value
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Value) and (other.enum, other.name) == (self.enum, self.name)
+        return isinstance(other, _Value) and (other._enum, other.name) == (self._enum, self.name)
 
     def __hash__(self) -> int:
-        return hash((self.enum, self.name))
+        return hash((self._enum, self.name))
 
     def __repr__(self) -> str:
-        return f"{self.enum}.{self.name}"
+        return f"{self._enum}.{self.name}"
 
 
 class _Watchful:
@@ -182,23 +205,23 @@ class _Tensor:
 
 class _Network:
     def __init__(self, flags: int) -> None:
-        self.flags = flags
-        self.inputs: list[_Tensor] = []
-        self.outputs: list[_Tensor] = []
+        self._flags = flags
+        self._inputs: list[_Tensor] = []
+        self._outputs: list[_Tensor] = []
 
     @property
     def num_inputs(self) -> int:
-        return len(self.inputs)
+        return len(self._inputs)
 
     @property
     def num_outputs(self) -> int:
-        return len(self.outputs)
+        return len(self._outputs)
 
     def get_input(self, index: int) -> _Tensor:
-        return self.inputs[index]
+        return self._inputs[index]
 
     def get_output(self, index: int) -> _Tensor:
-        return self.outputs[index]
+        return self._outputs[index]
 
 
 class _ParserError:
@@ -260,9 +283,9 @@ class _OnnxParser:
         for vi in proto.graph.input:
             if vi.name not in initializers:
                 dtype = _ONNX_DTYPES.get(vi.type.tensor_type.elem_type, "OTHER")
-                self._network.inputs.append(_Tensor(vi.name, _shape(vi), dtype))
+                self._network._inputs.append(_Tensor(vi.name, _shape(vi), dtype))
         for vi in proto.graph.output:
-            self._network.outputs.append(
+            self._network._outputs.append(
                 _Tensor(vi.name, _shape(vi), _ONNX_DTYPES.get(vi.type.tensor_type.elem_type, "OTHER"))
             )
         return True
@@ -271,7 +294,7 @@ class _OnnxParser:
 class _Profile:
     def __init__(self, state: FakeState) -> None:
         self._state = state
-        self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
     def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002  (binding names)
         lo, mid, hi = (tuple(int(d) for d in s) for s in (min, opt, max))
@@ -280,15 +303,15 @@ class _Profile:
             len(lo) == len(mid) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True))
         ):
             raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
-        self.shapes[input] = (lo, mid, hi)
+        self._shapes[input] = (lo, mid, hi)
 
 
 class _TimingCache:
     def __init__(self, entries: int) -> None:
-        self.entries = entries
+        self._entries = entries
 
     def serialize(self) -> memoryview:
-        return memoryview(CACHE_MAGIC + str(self.entries).encode())
+        return memoryview(CACHE_MAGIC + str(self._entries).encode())
 
 
 class _Config(_Watchful):
@@ -296,30 +319,30 @@ class _Config(_Watchful):
         removed = REMOVED_CONFIG if state.major >= 11 else ()
         watched = {} if state.major >= 11 else {name: None for name in REMOVED_CONFIG}
         self._init_watch(state, "IBuilderConfig", watched, removed)
-        self.__dict__.update(_trt=trt, flags={trt.BuilderFlag.TF32}, profiles=[], pools={}, cache=None)
+        self.__dict__.update(_trt=trt, _flags={trt.BuilderFlag.TF32}, _profiles=[], _pools={}, _cache=None)
 
     def set_memory_pool_limit(self, pool: _Value, pool_size: int) -> None:
-        assert isinstance(pool, _Value) and pool.enum == "MemoryPoolType", pool
+        assert isinstance(pool, _Value) and pool._enum == "MemoryPoolType", pool
         self._state.calls.append(("set_memory_pool_limit", pool, int(pool_size)))
-        self.pools[pool] = int(pool_size)
+        self._pools[pool] = int(pool_size)
 
     def set_flag(self, flag: _Value) -> None:
-        assert isinstance(flag, _Value) and flag.enum == "BuilderFlag", flag
+        assert isinstance(flag, _Value) and flag._enum == "BuilderFlag", flag
         self._state.calls.append(("set_flag", flag))
-        self.flags.add(flag)
+        self._flags.add(flag)
 
     def clear_flag(self, flag: _Value) -> None:
-        assert isinstance(flag, _Value) and flag.enum == "BuilderFlag", flag
+        assert isinstance(flag, _Value) and flag._enum == "BuilderFlag", flag
         self._state.calls.append(("clear_flag", flag))
-        self.flags.discard(flag)
+        self._flags.discard(flag)
 
     def get_flag(self, flag: _Value) -> bool:
-        return flag in self.flags
+        return flag in self._flags
 
     def add_optimization_profile(self, profile: _Profile) -> int:
-        self._state.calls.append(("add_optimization_profile", dict(profile.shapes)))
-        self.profiles.append(profile)
-        return len(self.profiles) - 1
+        self._state.calls.append(("add_optimization_profile", dict(profile._shapes)))
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
 
     def create_timing_cache(self, serialized_timing_cache: Any) -> _TimingCache | None:
         blob = bytes(memoryview(serialized_timing_cache))
@@ -331,14 +354,14 @@ class _Config(_Watchful):
         return _TimingCache(int(blob[len(CACHE_MAGIC) :]))
 
     def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
-        self._state.calls.append(("set_timing_cache", cache.entries, ignore_mismatch))
-        if self._state.timing_cache_mismatch and cache.entries and not ignore_mismatch:
+        self._state.calls.append(("set_timing_cache", cache._entries, ignore_mismatch))
+        if self._state.timing_cache_mismatch and cache._entries and not ignore_mismatch:
             return False
-        self.__dict__["cache"] = cache
+        self.__dict__["_cache"] = cache
         return True
 
     def get_timing_cache(self) -> _TimingCache | None:
-        return self.cache
+        return self._cache
 
 
 class _Builder(_Watchful):
@@ -363,25 +386,25 @@ class _Builder(_Watchful):
         state = self._state
         state.calls.append(("build_serialized_network",))
         profile = {}
-        for profile_obj in config.profiles[:1]:
-            profile = {name: [list(s) for s in shapes] for name, shapes in profile_obj.shapes.items()}
-        dynamic = [t.name for t in network.inputs if any(d < 0 for d in t.shape)]
-        if state.build_fails or not network.inputs or any(name not in profile for name in dynamic):
+        for profile_obj in config._profiles[:1]:
+            profile = {name: [list(s) for s in shapes] for name, shapes in profile_obj._shapes.items()}
+        dynamic = [t.name for t in network._inputs if any(d < 0 for d in t.shape)]
+        if state.build_fails or not network._inputs or any(name not in profile for name in dynamic):
             return None  # real TensorRT logs why ("no optimization profile has been defined", ...): None
-        if config.cache is not None:
-            config.cache.entries += 1
-        strongly_typed = state.major >= 11 or bool(network.flags & 1)
+        if config._cache is not None:
+            config._cache._entries += 1
+        strongly_typed = state.major >= 11 or bool(network._flags & 1)
         plan = {
             "version": state.version,
             "strongly_typed": strongly_typed,
-            "flags": sorted(f.name for f in config.flags),
+            "flags": sorted(f.name for f in config._flags),
             "io": [
                 {"name": t.name, "mode": "INPUT", "shape": list(t.shape), "dtype": t.dtype}
-                for t in network.inputs
+                for t in network._inputs
             ]
             + [
                 {"name": t.name, "mode": "OUTPUT", "shape": list(t.shape), "dtype": t.dtype}
-                for t in network.outputs
+                for t in network._outputs
             ],
             "profile": profile,
         }
@@ -405,15 +428,15 @@ class _Runtime:
 
 class _Engine:
     def __init__(self, state: FakeState, trt: types.ModuleType, plan: dict[str, Any]) -> None:
-        self._state, self._trt, self.plan = state, trt, plan
+        self._state, self._trt, self._plan = state, trt, plan
         self._io = {t["name"]: t for t in plan["io"]}
 
     @property
     def num_io_tensors(self) -> int:
-        return len(self.plan["io"])
+        return len(self._plan["io"])
 
     def get_tensor_name(self, index: int) -> str:
-        return self.plan["io"][index]["name"]
+        return self._plan["io"][index]["name"]
 
     def get_tensor_mode(self, name: str) -> _Value:
         mode = self._io[name]["mode"] if name in self._io else "NONE"
@@ -426,9 +449,9 @@ class _Engine:
         return tuple(self._io[name]["shape"])
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
-        if profile_index != 0 or name not in self.plan["profile"]:
+        if profile_index != 0 or name not in self._plan["profile"]:
             raise RuntimeError(f"fake tensorrt: no profile {profile_index} for '{name}'")
-        return [tuple(s) for s in self.plan["profile"][name]]
+        return [tuple(s) for s in self._plan["profile"][name]]
 
     def create_execution_context(self) -> _Context:
         return _Context(self._state, self)
@@ -448,8 +471,8 @@ def _view(address: int, shape: tuple[int, ...], dtype: str, memory: str) -> torc
 class _Context:
     def __init__(self, state: FakeState, engine: _Engine) -> None:
         self._state, self._engine = state, engine
-        self.input_shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
+        self._input_shapes: dict[str, tuple[int, ...]] = {}
+        self._addresses: dict[str, int] = {}
 
     def set_input_shape(self, name: str, shape: Any) -> bool:
         dims = tuple(int(d) for d in shape)
@@ -457,35 +480,35 @@ class _Context:
         lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)
         if len(dims) != len(lo) or not all(a <= d <= b for a, d, b in zip(lo, dims, hi, strict=True)):
             return False
-        self.input_shapes[name] = dims
+        self._input_shapes[name] = dims
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        if name in self.input_shapes:
-            return self.input_shapes[name]
+        if name in self._input_shapes:
+            return self._input_shapes[name]
         shape = list(self._engine.get_tensor_shape(name))
-        batch = next(iter(self.input_shapes.values()), (-1,))[0]
+        batch = next(iter(self._input_shapes.values()), (-1,))[0]
         return tuple(batch if d < 0 else d for d in shape)
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self._state.calls.append(("set_tensor_address", name, int(memory)))
         if name not in self._engine._io:
             return False
-        self.addresses[name] = int(memory)
+        self._addresses[name] = int(memory)
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         state = self._state
         state.calls.append(("execute_async_v3", int(stream_handle)))
-        io = self._engine.plan["io"]
+        io = self._engine._plan["io"]
         inputs = [t for t in io if t["mode"] == "INPUT"]
-        if state.execute_fails or any(t["name"] not in self.addresses for t in io):
+        if state.execute_fails or any(t["name"] not in self._addresses for t in io):
             return False
-        if any(t["name"] not in self.input_shapes for t in inputs):
+        if any(t["name"] not in self._input_shapes for t in inputs):
             return False
         x = _view(
-            self.addresses[inputs[0]["name"]],
-            self.input_shapes[inputs[0]["name"]],
+            self._addresses[inputs[0]["name"]],
+            self._input_shapes[inputs[0]["name"]],
             inputs[0]["dtype"],
             state.memory,
         )
@@ -493,7 +516,7 @@ class _Context:
             if t["mode"] != "OUTPUT":
                 continue
             shape = self.get_tensor_shape(t["name"])
-            out = _view(self.addresses[t["name"]], shape, t["dtype"], state.memory)
+            out = _view(self._addresses[t["name"]], shape, t["dtype"], state.memory)
             if state.memory == "cuda":
                 with torch.cuda.stream(torch.cuda.ExternalStream(int(stream_handle))):
                     out.copy_(reference_logits(x, shape[-1]).to(out.dtype))
@@ -528,7 +551,7 @@ def make_fake_tensorrt(
     trt.state = state
     trt.Logger = _Logger
     trt.ILogger = _Logger
-    plugin_flags = ["PREFER_AOT_PYTHON_PLUGINS", "PREFER_JIT_PYTHON_PLUGINS"]
+    plugin_flags = state.present(["PREFER_AOT_PYTHON_PLUGINS", "PREFER_JIT_PYTHON_PLUGINS"])
     trt.NetworkDefinitionCreationFlag = _Enum(
         state,
         "NetworkDefinitionCreationFlag",
@@ -548,8 +571,8 @@ def make_fake_tensorrt(
         "STRIP_PLAN",
         "EDITABLE_TIMING_CACHE",
     ]
-    weak = list(WEAK_TYPING_FLAGS)
-    trt.BuilderFlag = _Enum(state, "BuilderFlag", common_flags, [] if v11 else weak, weak if v11 else [])
+    common, weak = state.present(common_flags), state.present(WEAK_TYPING_FLAGS)
+    trt.BuilderFlag = _Enum(state, "BuilderFlag", common, [] if v11 else weak, weak if v11 else [])
     trt.MemoryPoolType = _Enum(
         state, "MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "TACTIC_SHARED_MEMORY"], [], []
     )

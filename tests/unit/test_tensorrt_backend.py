@@ -497,7 +497,7 @@ def test_bundle_without_the_needed_onnx_says_what_to_run(gpu: dict, tmp_path: Pa
 def test_runtime_on_cuda_memory_and_stream(qdq_onnx: Path, tmp_path: Path) -> None:
     fake = make_fake_tensorrt(memory="cuda")
     out = tmp_path / "e.engine"
-    info = _build(qdq_onnx, out, fake, max_batch=8)
+    info = _build(qdq_onnx, out, fake, opt_batch=8, max_batch=8)
     runtime = TensorRTRuntime(out, {"engines": {out.name: info}}, trt=fake)
     x = torch.rand(13, 3, SIDE, SIDE)
     logits = runtime.predict(x)

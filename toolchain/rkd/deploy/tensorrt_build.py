@@ -2,9 +2,12 @@
 
 Written to the TensorRT 10 and 11 Python API and nothing older or removed. No machine of the project can
 install tensorrt (its libraries come only from NVIDIA's index), so this module was checked against the
-documentation and the binding sources, and its control flow is tested against ``tests/unit/fake_tensorrt.py``;
-the real build runs in ``tests/gpu/test_tensorrt_real.py`` wherever ``import tensorrt`` works. API facts
-relied on, and where they were checked:
+documentation and the binding sources, every TensorRT name it uses is checked against the names in the real
+bindings wheels of 10.0.1, 10.16.1.11, 11.0.0.114 and 11.4.0.106 (``tests/unit/test_tensorrt_names.py``; a
+name used only under a ``tensorrt_major(trt)`` branch is checked only for the majors that branch admits), and
+its control flow is tested against ``tests/unit/fake_tensorrt.py``; the real build runs in
+``tests/gpu/test_tensorrt_real.py`` wherever ``import tensorrt`` works. API facts relied on, and where they
+were checked:
 
 * ``Builder(logger)``, ``Builder.create_network(flags)``, ``create_builder_config()``,
   ``create_optimization_profile()``, ``build_serialized_network(network, config)`` (returns ``IHostMemory``, a
@@ -23,7 +26,7 @@ relied on, and where they were checked:
   ``get_timing_cache()``, ``ITimingCache.serialize()``, ``clear_flag(BuilderFlag.TF32)``: ``pyCore.cpp``
   (IBuilderConfig, ITimingCache). ``BuilderFlag.TF32`` ("Enabled by default") is still a member in
   TensorRT 11: the trtx-sys Rust bindings generated from the 11 headers (docs.rs) list ``kTF32`` and no
-  ``kFP16``/``kINT8``.
+  ``kFP16``/``kINT8``, and the 11.0/11.4 bindings wheels carry ``TF32`` and no ``FP16``.
 * ``IOptimizationProfile.set_shape(input, min, opt, max)`` (raises RuntimeError on inconsistent shapes):
   ``pyCore.cpp`` and Core/OptimizationProfile.
 * Removed in TensorRT 11 (never used here): ``BuilderFlag.FP16/INT8/BF16/FP8/INT4/FP4``,

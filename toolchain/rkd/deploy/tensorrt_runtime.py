@@ -1,7 +1,8 @@
 """``TensorRTRuntime``: a serialized TensorRT engine behind rkd's ``Runtime`` interface, torch owning memory.
 
 Imported only by :func:`rkd.deploy.runtimes.open_runtime` (and tests), so ``import rkd`` never loads tensorrt.
-Written to the TensorRT 10/11 Python API; the calls and where they were checked:
+Written to the TensorRT 10/11 Python API (every TensorRT name here is checked against the real bindings wheels
+by ``tests/unit/test_tensorrt_names.py``); the calls and where they were checked:
 
 * ``Runtime(logger).deserialize_cuda_engine(buffer)`` -> ``ICudaEngine`` or None when the plan does not fit
   this TensorRT / GPU; ``engine.create_execution_context()``: Python API Core/Runtime and Core/Engine,
