@@ -161,3 +161,19 @@ def test_preset_fills_the_knobs_a_recipe_leaves_unset() -> None:
         assert getattr(cfg, knob) == (0.5 if knob == "gamma" else value), knob
     with pytest.raises(ValueError):
         AdvPathConfig(preset="nonexistent")
+
+
+@pytest.mark.parametrize(("knobs", "expected"), [
+    ({"aggregate": "max"}, "student.method.aggregate: Input should be 'mean' or 'sum' (got 'max')"),
+    ({"weight_model": "student"}, "student.method.weight_model: Input should be 'teacher' or 'path'"),
+    ({"step_loss": "kld"}, "student.method.step_loss: Input should be 'ce', 'cw' or 'kl'"),
+    ({"preset": "paper"}, "student.method.preset: Input should be 'reconstruction'"),
+])
+def test_a_recipe_with_an_unknown_knob_value_is_a_one_line_recipe_error(knobs: dict, expected: str) -> None:
+    from rkd.config import validate_recipe
+    from rkd.errors import RecipeError
+
+    raw = {"name": "t", "student": {"model": {"name": "resnet18"}, "method": {"name": "adv_path", **knobs}}}
+    with pytest.raises(RecipeError) as err:
+        validate_recipe(raw, "r.yaml")
+    assert "\n" not in str(err.value) and expected in str(err.value)
