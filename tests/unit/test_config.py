@@ -145,3 +145,57 @@ def test_iad_warmup_longer_than_the_run_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"warmup_epochs \(60\) >= train.epochs \(5\).*never leave"):
         load_recipe(p)
     assert load_recipe(p, ["student.method.warmup_epochs=2"]).student.method.warmup_epochs == 2
+
+
+def test_a_named_profile_comes_from_the_users_export_folder_else_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rkd.config import find_profile, load_profile, shipped_folder
+
+    shipped = shipped_folder("export")
+    assert shipped is not None and (shipped / "x86-cpu-int8.yaml").is_file()
+    monkeypatch.chdir(tmp_path)  # an empty folder: the shipped copy, by name or by its documented path
+    assert find_profile("x86-cpu-int8") == shipped / "x86-cpu-int8.yaml"
+    assert find_profile("export/x86-cpu-int8.yaml") == shipped / "x86-cpu-int8.yaml"
+    with pytest.raises(RecipeError, match=r"export profile 'export/nope.yaml' not found in export/, .*x86-cpu-int8"):
+        find_profile("export/nope.yaml")
+    with pytest.raises(RecipeError, match=r"mine/x86-cpu-int8.yaml: export profile not found"):
+        find_profile("mine/x86-cpu-int8.yaml")  # a path elsewhere is a path, never a name
+    own = tmp_path / "export" / "x86-cpu-int8.yaml"  # the user's own folder wins
+    own.parent.mkdir()
+    own.write_text((shipped / "x86-cpu-int8.yaml").read_text().replace("drop.robust_acc<=0.03", "drop.robust_acc<=0.01"))
+    assert find_profile("x86-cpu-int8") == Path("export") / "x86-cpu-int8.yaml"
+    assert "drop.robust_acc<=0.01" in load_profile("x86-cpu-int8").verify.gates
+    assert find_profile("gpu-int8") == shipped / "gpu-int8.yaml"  # names it lacks still come from rkd
+
+
+def test_a_recipe_is_a_file_or_a_shipped_recipes_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rkd.config import find_recipe, shipped_folder
+
+    shipped = shipped_folder("recipes")
+    assert shipped is not None and (shipped / "smoke.yaml").is_file()
+    monkeypatch.chdir(tmp_path)
+    for name in ("smoke", "smoke.yaml", "recipes/smoke.yaml"):
+        assert find_recipe(name) == shipped / "smoke.yaml", name
+    assert load_recipe("quickstart", ["verify.n=1000"]).name == "quickstart"
+    with pytest.raises(RecipeError, match=r"recipe 'smok' not found in recipes/, .*did you mean 'smoke'"):
+        find_recipe("smok")
+    with pytest.raises(RecipeError, match=r"other/smoke.yaml: recipe file not found"):
+        find_recipe("other/smoke.yaml")
+    own = tmp_path / "recipes" / "smoke.yaml"  # the user's recipes/ folder wins for a name
+    own.parent.mkdir()
+    own.write_text("name: smoke\nteacher: {model: {name: resnet18}}\n")
+    assert find_recipe("smoke") == Path("recipes") / "smoke.yaml"
+    assert load_recipe("smoke").student is None
+    mine = tmp_path / "quickstart.yaml"  # an existing file is taken as it is
+    mine.write_text("name: mine\n")
+    assert load_recipe("quickstart.yaml").name == "mine"
+
+
+def test_the_source_tree_serves_its_own_profiles_and_recipes() -> None:
+    import rkd
+    from rkd.config import shipped_folder
+
+    if not Path(rkd.__file__).resolve().is_relative_to(REPO / "toolchain"):
+        pytest.skip("rkd is installed from a wheel here (tests/integration/test_wheel.py covers that)")
+    assert shipped_folder("export") == REPO / "export" and shipped_folder("recipes") == REPO / "recipes"

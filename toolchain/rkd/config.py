@@ -542,10 +542,8 @@ def validate_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"{p}: recipe file not found")
+    """Read, override and validate a recipe: a file, or a shipped recipe's name (:func:`find_recipe`)."""
+    p = find_recipe(path)
     raw = _read_yaml(p, "a recipe")
     if overrides:
         raw = apply_overrides(raw, overrides)
@@ -553,6 +551,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 PROFILE_DIRS = ("export",)
+RECIPE_DIR = "recipes"
+# The package folder holding the shipped copy of each top-level folder (package data of a wheel).
+_PACKAGED = {"export": "profiles", "recipes": "recipes"}
 
 
 def _schema_problem(value: Any) -> str:
@@ -580,35 +581,87 @@ def _read_yaml(p: Path, what: str) -> Any:
     return raw
 
 
-def profile_folders(base: str | Path | None = None) -> list[Path]:
-    """Where named profiles are looked up, in order: ``export/`` under ``base`` (default: the current directory),
-    then the shipped ``export/`` of this source tree (``pip install -e``), so a recipe runs from any directory."""
-    folders = [Path(base or ".") / PROFILE_DIRS[0]]
-    shipped = Path(__file__).resolve().parents[2] / PROFILE_DIRS[0]
-    if shipped.is_dir() and all(f.resolve() != shipped for f in folders if f.is_dir()):
+def shipped_folder(kind: str) -> Path | None:
+    """The profiles (``kind="export"``) or recipes (``"recipes"``) shipped with rkd: the installed package's
+    ``rkd/profiles`` or ``rkd/recipes`` (read with :mod:`importlib.resources`), else the ``export/`` or
+    ``recipes/`` of the source tree rkd runs from (a checkout, an editable install); None when neither is there."""
+    from importlib.resources import files
+
+    packaged = files("rkd").joinpath(_PACKAGED[kind])
+    if isinstance(packaged, Path) and packaged.is_dir():  # a zipped install has no folder to list
+        return packaged
+    here = Path(__file__).resolve()
+    tree = here.parents[2]
+    if here.parent.parent.name == "toolchain" and (tree / "pyproject.toml").is_file() and (tree / kind).is_dir():
+        return tree / kind
+    return None
+
+
+def _named(p: Path, folder: str) -> str | None:
+    """The name in ``NAME``, ``NAME.yaml`` or ``<folder>/NAME.yaml`` (relative), else None."""
+    if p.is_absolute() or p.suffix not in ("", ".yaml", ".yml"):
+        return None
+    if len(p.parts) == 1 or (len(p.parts) == 2 and p.parts[0] == folder):
+        return p.stem if p.suffix else p.name
+    return None
+
+
+def _with_shipped(folders: list[Path], kind: str) -> list[Path]:
+    shipped = shipped_folder(kind)
+    if shipped is not None and all(f.resolve() != shipped.resolve() for f in folders if f.is_dir()):
         folders.append(shipped)
     return folders
 
 
+def _find_named(name: str, folders: list[Path], what: str, shown: str) -> Path:
+    for folder in folders:
+        cand = folder / f"{name}.yaml"
+        if cand.is_file():
+            return cand
+    names = sorted({f.stem for folder in folders if folder.is_dir() for f in folder.glob("*.yaml")})
+    hint = did_you_mean(name, names)
+    searched = ", ".join(f"{f}/" for f in folders)
+    listing = f"; {what}s: {', '.join(names)}" if names else ""
+    raise RecipeError(f"{what} '{shown}' not found in {searched}{hint}{listing} (or give a path to a .yaml)")
+
+
+def profile_folders(base: str | Path | None = None) -> list[Path]:
+    """Where named profiles are looked up, in order: ``export/`` under ``base`` (default: the current directory),
+    then the profiles shipped with rkd (:func:`shipped_folder`), so a recipe runs from any directory."""
+    return _with_shipped([Path(base or ".") / PROFILE_DIRS[0]], PROFILE_DIRS[0])
+
+
 def find_profile(name_or_path: str | Path, base: str | Path | None = None) -> Path:
     """The profile file: a path as given, else ``<name>.yaml`` in the first of :func:`profile_folders` that has
-    it."""
+    it. A missing ``NAME.yaml`` or ``export/NAME.yaml`` is looked up by name too."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if p.is_file():
             return p
-        raise RecipeError(f"{p}: export profile not found")
-    folders = profile_folders(base)
-    for folder in folders:
-        cand = folder / f"{p.name}.yaml"
-        if cand.is_file():
-            return cand
-    names = sorted({f.stem for folder in folders if folder.is_dir() for f in folder.glob("*.yaml")})
-    hint = did_you_mean(str(name_or_path), names)
-    searched = ", ".join(f"{f}/" for f in folders)
-    listing = f"; profiles: {', '.join(names)}" if names else ""
-    raise RecipeError(f"export profile '{name_or_path}' not found in {searched}{hint}{listing} (or give a path to "
-                      "a .yaml)")
+        name = _named(p, PROFILE_DIRS[0])
+        if name is None:
+            raise RecipeError(f"{p}: export profile not found")
+    else:
+        name = p.name
+    return _find_named(name, profile_folders(base), "export profile", str(name_or_path))
+
+
+def recipe_folders() -> list[Path]:
+    """Where a recipe given by name is looked up: ``recipes/`` in the current directory, then the recipes shipped
+    with rkd (:func:`shipped_folder`)."""
+    return _with_shipped([Path(RECIPE_DIR)], RECIPE_DIR)
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """The recipe file: a path that exists, else a name (``quickstart``, ``quickstart.yaml`` or
+    ``recipes/quickstart.yaml``) looked up in :func:`recipe_folders`."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    name = _named(p, RECIPE_DIR)
+    if name is None:
+        raise RecipeError(f"{p}: recipe file not found")
+    return _find_named(name, recipe_folders(), "recipe", str(name_or_path))
 
 
 def load_profile(name_or_path: str | Path, base: str | Path | None = None) -> ExportProfile:

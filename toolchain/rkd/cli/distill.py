@@ -11,7 +11,8 @@ from rkd.cli._common import RichProgress, check_output_path, handle_errors, rend
 
 
 def distill(
-    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'student' section.", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'student' section, or a "
+                                           "shipped recipe's name.", show_default=False)],
     teacher: Annotated[
         Optional[Path], typer.Option(help="Teacher checkpoint \\[default: teacher.checkpoint, or the recipe's "
                                      "own teacher run].")
@@ -25,7 +26,8 @@ def distill(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
     data_root: Annotated[
-        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found.")
+        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found \\[default: "
+                                    "data.root, else $RKD_DATA_ROOT, else ~/.cache/rkd/data].")
     ] = None,
 ) -> None:
     """Distil a robust teacher into a student (adv_path by default; ard, iad, rslad, adaad, pgd_at, trades).

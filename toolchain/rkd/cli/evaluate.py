@@ -35,7 +35,8 @@ def eval_command(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="rkd checkpoint (.safetensors with its .json sidecar), "
                                                "or a plain state_dict with --model.", show_default=False)],
     data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder \\[default: "
+                                                     "$RKD_DATA_ROOT, else ~/.cache/rkd/data].")] = None,
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     n: Annotated[int, typer.Option(help="Number of samples.")] = 1000,
     sample: Annotated[Sample, typer.Option(help="The first n samples, or a seeded random subset.")] = Sample.first,

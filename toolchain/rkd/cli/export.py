@@ -94,10 +94,12 @@ def export(
                                                     "\\[default: CHECKPOINT's folder/bundle].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle (once the new one is "
                                         "complete).")] = False,
-    parity_data: Annotated[str, typer.Option(
+    parity_data: Annotated[Optional[str], typer.Option(
         "--parity-data", help="Test images for the torch/ONNX parity check: cifar10, cifar100, npz:PATH, "
-        "imagefolder:PATH, or synthetic (offline; labelled as such).")] = "cifar10",
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+        "imagefolder:PATH, or synthetic (offline; labelled as such) \\[default: the data set the checkpoint "
+        "was trained on, else cifar10].", show_default=False)] = None,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder \\[default: "
+                                                     "$RKD_DATA_ROOT, else ~/.cache/rkd/data].")] = None,
     parity_n: Annotated[int, typer.Option("--parity-n", help="Number of test images for parity.")] = 256,
     opset: Annotated[int, typer.Option(help="ONNX opset (17-20: torch's legacy exporter).")] = 17,
     precision: Annotated[Precision, typer.Option(
@@ -109,10 +111,10 @@ def export(
     with handle_errors():
         from rkd.data import parse_data_arg
         from rkd.deploy.bundle import read_manifest
-        from rkd.deploy.export import export_bundle
+        from rkd.deploy.export import RECORDED, export_bundle
         from rkd.errors import UsageError
 
-        dataset, options = parse_data_arg(parity_data)
+        chosen = parse_data_arg(parity_data) if parity_data is not None else RECORDED
         bundle = out_dir or checkpoint.parent / "bundle"
         if bundle.resolve() == Path.cwd().resolve() or not bundle.resolve().name:
             raise UsageError(f"--out '{bundle}' is the current folder; give a bundle folder inside it")
@@ -126,7 +128,7 @@ def export(
                 f"export lacks: export, quantize into {bundle}, then rerun this; or use --precision fp16"
             )
         else:
-            export_bundle(checkpoint, bundle, force=force, parity_data=(dataset, options),
+            export_bundle(checkpoint, bundle, force=force, parity_data=chosen,
                           data_root=data_root, parity_n=parity_n, opset=opset)
         if build is not None:
             build(bundle, precision=precision.value)

@@ -120,9 +120,10 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
 def quantize(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="rkd checkpoint (.safetensors with its .json sidecar).",
                                                show_default=False)],
-    calib_data: Annotated[str, typer.Option(
+    calib_data: Annotated[Optional[str], typer.Option(
         "--calib-data", help="Calibration images (training split): cifar10, cifar100, npz:PATH, "
-        "imagefolder:PATH; synthetic only for models trained on it.")] = "cifar10",
+        "imagefolder:PATH; synthetic only for models trained on it \\[default: the data set the checkpoint was "
+        "trained on, else cifar10].", show_default=False)] = None,
     calib_n: Annotated[int, typer.Option("--calib-n", help="Number of calibration images (seeded random "
                                          "subset of the training split).")] = 512,
     profile: Annotated[Profile, typer.Option(help="cpu: uint8 asymmetric activations (fast x86 ONNX "
@@ -133,7 +134,8 @@ def quantize(
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Bundle directory (exported first when missing) \\[default: CHECKPOINT's "
         "folder/bundle].")] = None,
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder \\[default: "
+                                                     "$RKD_DATA_ROOT, else ~/.cache/rkd/data].")] = None,
     eval_n: Annotated[int, typer.Option("--eval-n", help="Test images (the first n) for float vs INT8 "
                                         "accuracy; 0 skips.")] = 1000,
     eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="pgdK, or none for clean "
@@ -185,11 +187,11 @@ def quantize(
             from rkd.errors import UsageError
 
             raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
-        dataset, options = parse_data_arg(calib_data)
+        chosen = parse_data_arg(calib_data) if calib_data is not None else None
         bundle = out_dir or checkpoint.parent / "bundle"
         check_output_path(bundle, "--out", folder=True)
         section = quantize_checkpoint(
-            checkpoint, bundle, profile=profile.value, calib_data=(dataset, options), calib_n=calib_n,
+            checkpoint, bundle, profile=profile.value, calib_data=chosen, calib_n=calib_n,
             data_root=data_root, method=method.value, eval_n=eval_n, eval_attacks=eval_attacks,
             debug_layers=debug_layers, force=force, seed=seed, nodes_to_exclude=exclude or None,
             qat=qat, qat_method=qat_method, qat_epochs=epochs, qat_lr=qat_lr, qat_teacher=teacher,

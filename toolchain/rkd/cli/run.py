@@ -24,7 +24,8 @@ def _metrics(metrics: dict) -> str:
 
 
 def run(
-    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML (teacher, student, deploy, verify sections).",
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML (teacher, student, deploy, verify "
+                                           "sections), or a shipped recipe's name (quickstart, smoke).",
                                            show_default=False)],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: "
                                                       "--set student.train.epochs=1.")] = None,
@@ -33,7 +34,9 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage from its last checkpoint.")]
         = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found.")]
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found "
+                                                     "\\[default: data.root, else $RKD_DATA_ROOT, else "
+                                                     "~/.cache/rkd/data].")]
         = None,
 ) -> None:
     """Run a whole recipe: teacher, distill, export, quantize, engine, verify; unchanged stages are skipped.

@@ -11,7 +11,8 @@ from rkd.cli._common import RichProgress, check_output_path, handle_errors, rend
 
 
 def teacher(
-    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'teacher' section.", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'teacher' section, or a "
+                                           "shipped recipe's name.", show_default=False)],
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set teacher.train.epochs=1.")
     ] = None,
@@ -21,7 +22,8 @@ def teacher(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
     data_root: Annotated[
-        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found.")
+        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found \\[default: "
+                                    "data.root, else $RKD_DATA_ROOT, else ~/.cache/rkd/data].")
     ] = None,
 ) -> None:
     """Adversarially train a robust teacher (PGD-AT or TRADES) from a recipe; writes a safetensors checkpoint."""

@@ -83,8 +83,11 @@ def verify(
     engine: Annotated[Path, typer.Option("--engine", help="The artifact: .onnx (ONNX Runtime), .engine/.plan "
                                          "(TensorRT), .safetensors (torch), or a bundle folder.",
                                          show_default=False)],
-    data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH "
+                                                "\\[default: the data set the bundle's manifest (or the checkpoint) "
+                                                "records, else cifar10].", show_default=False)] = None,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder \\[default: "
+                                                     "$RKD_DATA_ROOT, else ~/.cache/rkd/data].")] = None,
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     n: Annotated[Optional[int], typer.Option(help="Samples \\[default: the profile's, else 1000].")] = None,
     sample: Annotated[Sample, typer.Option(help="The first n samples, or a seeded random subset.")] = Sample.first,
@@ -98,8 +101,9 @@ def verify(
     seed: Annotated[int, typer.Option(help="Seeds random starts, AutoAttack and the random sample.")] = 0,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="A gate, e.g. 'robust_acc>=0.40', "
                                                       "'drop.robust_acc<=0.03' (repeatable).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="Export profile (name in export/ or a YAML path): its n, "
-                                                   "attacks, eps and gates.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Export profile (a name: ./export/NAME.yaml, else the "
+                                                   "one shipped with rkd; or a YAML path): its n, attacks, eps and "
+                                                   "gates.")] = None,
     fail_on_warnings: Annotated[Optional[bool], typer.Option("--fail-on-warnings/--no-fail-on-warnings",
                                                              help="Whether a warning fails the run.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Report folder \\[default: "
@@ -163,7 +167,7 @@ def verify(
             cfg.fail_on_warnings = fail_on_warnings
         cfg.sample = sample.value
         extra = [parse_gate(g) for g in gate or []]
-        dataset, options = parse_data_arg(data)
+        dataset, options = parse_data_arg(data) if data is not None else (None, None)
         request = request_from_config(
             engine, cfg, source=f"profile {prof.name}" if prof else "command line",
             required_n=prof.verify.n if prof and prof.verify.gates else None,

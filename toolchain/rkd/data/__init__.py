@@ -8,7 +8,15 @@ from __future__ import annotations
 from rkd.data.arrays import ImageArrays
 from rkd.data.augment import apply_crop_flip, crop_flip_params, random_crop_flip
 from rkd.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, default_data_root
-from rkd.data.datasets import DATASETS, SPLITS, dataset_options, load_dataset, parse_data_arg
+from rkd.data.datasets import (
+    DATASETS,
+    FALLBACK_DATASET,
+    SPLITS,
+    dataset_options,
+    load_dataset,
+    parse_data_arg,
+    recorded_data,
+)
 from rkd.data.loader import BatchLoader
 from rkd.data.npz import read_npz
 from rkd.data.subsets import indices_sha256, samples_sha256, select_indices, split_holdout
@@ -18,6 +26,7 @@ __all__ = [
     "CIFAR100_CLASSES",
     "CIFAR10_CLASSES",
     "DATASETS",
+    "FALLBACK_DATASET",
     "ImageArrays",
     "SPLITS",
     "apply_crop_flip",
@@ -30,6 +39,7 @@ __all__ = [
     "parse_data_arg",
     "random_crop_flip",
     "read_npz",
+    "recorded_data",
     "select_indices",
     "split_holdout",
 ]

@@ -9,7 +9,7 @@ in a file or a folder of ``{split}.npz``), ``imagefolder`` (ImageFolder layout, 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from rkd.data.arrays import ImageArrays
 from rkd.data.cifar import load_cifar
 from rkd.data.imagefolder import read_image_folder
 from rkd.data.npz import read_npz
-from rkd.data.synthetic import make_synthetic
+from rkd.data.synthetic import DEFAULT_SIZES, make_synthetic
 from rkd.errors import DataError, UsageError
 from rkd.registry import Registry, did_you_mean
 
@@ -110,6 +110,42 @@ def parse_data_arg(value: str) -> tuple[str, dict[str, Any]]:
         if not eq or not key or not text:
             raise UsageError(f"--data '{value}': expected {name}:KEY=VALUE[,KEY=VALUE...], got '{item}'")
         options[key] = _number(text)
+    check_options(name, options)
+    return name, options
+
+
+#: The data set of ``--data`` (verify), ``--parity-data`` (export) and ``--calib-data`` (quantize) when the model
+#: records none (:func:`recorded_data`).
+FALLBACK_DATASET = "cifar10"
+# How many images a generated data set makes per split unless asked for more.
+_GENERATED_SIZES: dict[str, dict[str, int]] = {"synthetic": DEFAULT_SIZES}
+
+
+def recorded_data(
+    record: Any, *, split: str, n: int | None = None, image_size: int | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """``(name, options)`` of the data set a model was trained on, as a bundle manifest's or a checkpoint's
+    ``data`` section records it (``{"dataset": "synthetic", "options": {"num_classes": 5}}``); None without one.
+
+    ``image_size`` (the side of the model's input) goes to a data set that resizes or generates its images; a
+    generated one (``synthetic``) makes at least ``n`` images of ``split`` (and never fewer than it does by
+    default, so the same images come back for any smaller ``n``).
+
+    Raises:
+        UsageError: a recorded data set or option this rkd does not know (pass the data explicitly).
+    """
+    name = record.get("dataset") if isinstance(record, Mapping) else None
+    if not isinstance(name, str) or not name:
+        return None
+    if name not in DATASETS:
+        raise UsageError(f"the model records data set '{name}', which this rkd does not know; pass --data")
+    raw = record.get("options")
+    options = {k: v for k, v in raw.items() if k != "n"} if isinstance(raw, Mapping) else {}
+    takes = dataset_options(name)
+    if image_size is not None and "image_size" in takes:
+        options.setdefault("image_size", int(image_size))
+    if name in _GENERATED_SIZES and "n" in takes:
+        options["n"] = max(int(n or 0), _GENERATED_SIZES[name].get(split, 0))
     check_options(name, options)
     return name, options
 

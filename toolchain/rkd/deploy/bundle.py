@@ -6,7 +6,7 @@ Layout (``export/README.md`` documents it for users)::
       model.onnx          float ONNX (rkd export)
       model.int8.onnx     QDQ INT8 (rkd quantize), surrogates, model.<gpu>.engine (TensorRT), ...
       manifest.json       {"format": "rkd-bundle", "format_version": 1, "model", "input", "output", "classes",
-                           "threat_model", "source", "files": {name: {"sha256", "bytes"}}, "versions",
+                           "threat_model", "data", "source", "files": {name: {"sha256", "bytes"}}, "versions",
                            "created", and one top-level section per stage: "export", "quantize", "engines"}
 
 A bundle is never half-written: it is built in a hidden staging directory beside its destination and renamed
@@ -36,9 +36,25 @@ FORMAT_VERSION = 1
 
 #: Manifest keys owned by the bundle itself; :func:`update_bundle` sections may not replace them.
 CORE_KEYS: tuple[str, ...] = (
-    "format", "format_version", "model", "input", "output", "classes", "threat_model", "source", "files",
+    "format", "format_version", "model", "input", "output", "classes", "threat_model", "data", "source", "files",
     "versions", "created", "updated",
 )
+
+
+def manifest_data(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The data set a bundle's model was trained on: the manifest's ``data`` section (``{"dataset", "options"}``),
+    else, in a bundle written before it was recorded, the data its INT8 model was calibrated on; None when neither
+    says."""
+    if not isinstance(manifest, Mapping):
+        return None
+    data = manifest.get("data")
+    if isinstance(data, Mapping) and data.get("dataset"):
+        return dict(data)
+    quantize = manifest.get("quantize")
+    calib = quantize.get("calibration") if isinstance(quantize, Mapping) else None
+    if isinstance(calib, Mapping) and calib.get("dataset"):
+        return {"dataset": calib["dataset"], "options": dict(calib.get("options") or {})}
+    return None
 
 
 def utc_now() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rkd.data import load_dataset, select_indices
+from rkd.data import FALLBACK_DATASET, load_dataset, recorded_data, select_indices
 from rkd.data.arrays import ImageArrays
 from rkd.deploy.bundle import stage_bundle, utc_now, write_manifest
 from rkd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, compare_onnx, export_onnx
@@ -18,6 +18,8 @@ from rkd.models import Classifier, load_checkpoint
 
 ONNX_NAME = "model.onnx"
 EXPORTER = "torch.onnx legacy"
+#: ``parity_data`` default of :func:`export_bundle`: the data set the checkpoint was trained on.
+RECORDED = "recorded"
 
 
 def _load_parity_data(name: str, options: dict[str, Any], data_root: str | None) -> ImageArrays:
@@ -56,6 +58,18 @@ def _threat_model(sidecar: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def data_record(sidecar: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's ``data`` section: the data set the checkpoint was trained on and its options (from the
+    checkpoint's metadata); None when the checkpoint does not say."""
+    meta = sidecar.get("metadata") or {}
+    data = meta.get("data") if isinstance(meta, dict) else None
+    name = data.get("dataset") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    options = data.get("options")
+    return {"dataset": name, "options": dict(options) if isinstance(options, dict) else {}}
+
+
 def bundle_manifest(
     model: Classifier,
     *,
@@ -65,6 +79,7 @@ def bundle_manifest(
     threat_model: dict[str, Any] | None,
     checkpoint: Path,
     checkpoint_sha256: str | None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The core manifest fields of a bundle of ``model`` (``files`` are filled by ``write_manifest``)."""
     h, w = image_size
@@ -81,6 +96,8 @@ def bundle_manifest(
     }
     if threat_model is not None:
         manifest["threat_model"] = threat_model
+    if data is not None:
+        manifest["data"] = data
     manifest |= {
         "source": {"checkpoint": str(checkpoint.resolve()), "sha256": checkpoint_sha256},
         "versions": package_versions(),
@@ -94,7 +111,7 @@ def export_bundle(
     out_dir: str | Path,
     *,
     force: bool = False,
-    parity_data: tuple[str, dict[str, Any]] | None = ("cifar10", {}),
+    parity_data: tuple[str, dict[str, Any]] | str | None = RECORDED,
     data_root: str | None = None,
     parity_n: int = 256,
     opset: int = 17,
@@ -111,7 +128,8 @@ def export_bundle(
         out_dir: the bundle directory to create.
         force: replace an existing ``out_dir`` (only once the new bundle is complete).
         parity_data: ``(dataset, options)`` as from ``rkd.data.parse_data_arg`` (``("synthetic", {})``
-            offline, marked ``synthetic`` in the manifest); None skips the parity check.
+            offline, marked ``synthetic`` in the manifest); :data:`RECORDED` (the default): the data set the
+            checkpoint was trained on, else CIFAR-10; None skips the parity check.
         data_root: folder of data sets that download (cifar10/cifar100).
         parity_n: number of test images for parity (fewer if the split is smaller).
         opset: ONNX opset (17 up to the legacy exporter's maximum).
@@ -127,6 +145,11 @@ def export_bundle(
     if isinstance(parity_n, bool) or not isinstance(parity_n, int) or parity_n < 1:
         raise UsageError(f"--parity-n must be a positive integer, got {parity_n!r}")
     model, sidecar = load_checkpoint(checkpoint, map_location="cpu")
+    trained_on = data_record(sidecar)
+    if isinstance(parity_data, str):
+        if parity_data != RECORDED:
+            raise UsageError(f"parity_data must be (dataset, options), '{RECORDED}' or None, got {parity_data!r}")
+        parity_data = recorded_data(trained_on, split="test") or (FALLBACK_DATASET, {})
     with stage_bundle(out_dir, force=force) as stage:  # refuses an existing out_dir before any slow work
         data = None
         if parity_data is not None:
@@ -136,7 +159,7 @@ def export_bundle(
         manifest = bundle_manifest(
             model, image_size=image_size, classes=classes, classes_source=classes_source,
             threat_model=_threat_model(sidecar), checkpoint=checkpoint,
-            checkpoint_sha256=sidecar.get("sha256"),
+            checkpoint_sha256=sidecar.get("sha256"), data=trained_on,
         )
         export_onnx(model, stage / ONNX_NAME, opset=opset, image_size=image_size)
         section: dict[str, Any] = {"file": ONNX_NAME, "opset": opset, "exporter": EXPORTER,

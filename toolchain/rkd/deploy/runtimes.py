@@ -106,6 +106,7 @@ class TorchRuntime(Runtime):
         self.batch_size = _check_batch_size(batch_size)
         self.file: Path | None = None
         self.sha256: str | None = None
+        self.metadata: dict[str, Any] | None = None  # a checkpoint's sidecar metadata (training data, threat model)
 
     @classmethod
     def from_checkpoint(
@@ -117,6 +118,8 @@ class TorchRuntime(Runtime):
         model, sidecar = load_checkpoint(path, map_location=device)
         runtime = cls(model, device=device, batch_size=batch_size)
         runtime.file, runtime.sha256 = Path(path), sidecar.get("sha256")
+        meta = sidecar.get("metadata")
+        runtime.metadata = meta if isinstance(meta, dict) else None
         return runtime
 
     def _predict_batch(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rkd.attacks.predictions import predicted_class
-from rkd.data import indices_sha256, load_dataset, select_indices
+from rkd.data import FALLBACK_DATASET, indices_sha256, load_dataset, recorded_data, select_indices
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
 from rkd.deploy.bundle import check_replaceable, install_bundle, read_manifest, update_bundle, utc_now
@@ -253,7 +253,7 @@ def quantize_checkpoint(
     bundle: str | Path,
     *,
     profile: str = "cpu",
-    calib_data: tuple[str, dict[str, Any]] = ("cifar10", {}),
+    calib_data: tuple[str, dict[str, Any]] | None = None,
     calib_n: int = 512,
     data_root: str | None = None,
     method: str = "minmax",
@@ -291,13 +291,14 @@ def quantize_checkpoint(
         bundle: the bundle directory.
         profile: ``"cpu"`` (uint8 asymmetric activations) or ``"trt"`` (symmetric int8 for TensorRT).
         calib_data: ``(dataset, options)`` as from ``rkd.data.parse_data_arg``; ``synthetic`` is refused
-            unless the checkpoint was trained on the synthetic data set.
+            unless the checkpoint was trained on the synthetic data set. None: the data set the checkpoint was
+            trained on (as its metadata, and so its bundle's manifest, records it), else CIFAR-10.
         calib_n: number of calibration images.
         data_root: folder of data sets that download.
         method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         eval_n: number of test images to evaluate (0 skips the evaluation; agreement is then measured on the
             calibration images).
-        eval_data: ``(dataset, options)`` for the evaluation; default ``calib_data``.
+        eval_data: ``(dataset, options)`` for the evaluation; default: ``calib_data``'s data set.
         eval_attacks: ``"pgd20"`` (any ``pgdK``), or ``None``/``"none"`` for clean only. eps and step size
             come from the checkpoint's threat model (default L-inf 8/255, step 2/255).
         debug_layers: also record the per-layer activation error (``qdq_loss_debug``), worst first.
@@ -323,7 +324,7 @@ def quantize_checkpoint(
             a real model, images of the wrong shape or range. DataError: unreadable data. CheckpointError: an
             unreadable checkpoint or a corrupt bundle.
     """
-    from rkd.deploy.export import export_bundle
+    from rkd.deploy.export import data_record, export_bundle
 
     started = time.perf_counter()
     checkpoint, bundle = Path(checkpoint), Path(bundle)
@@ -353,8 +354,13 @@ def quantize_checkpoint(
             if not Path(qat_teacher).is_file():
                 raise UsageError(f"teacher checkpoint not found: '{qat_teacher}'")
             teacher_model, _ = load_checkpoint(qat_teacher, map_location="cpu")
-    eval_data = eval_data if eval_data is not None else calib_data
     model, sidecar = load_checkpoint(checkpoint, map_location="cpu")
+    if calib_data is None:
+        record = data_record(sidecar)
+        calib_data = recorded_data(record, split="train", n=calib_n) or (FALLBACK_DATASET, {})
+        if eval_data is None:
+            eval_data = recorded_data(record, split="test", n=eval_n) or calib_data
+    eval_data = eval_data if eval_data is not None else calib_data
     ck_sha = str(sidecar.get("sha256"))
     meta = sidecar.get("metadata") or {}
     trained_on = (meta.get("data") or {}).get("dataset") if isinstance(meta, dict) else None

@@ -89,7 +89,8 @@ def distill_student(
     meta: dict[str, Any] = {
         "stage": "distill", "recipe": recipe.name, "recipe_fingerprint": fp,
         "method": scfg.method.model_dump(), "teacher": str(teacher_path) if teacher_model is not None else None,
-        "data": {"dataset": recipe.data.dataset, "train_n": len(data.train), "classes": data.classes},
+        "data": {"dataset": recipe.data.dataset, "options": recipe.data.options(), "train_n": len(data.train),
+                 "classes": data.classes},
         "threat": recipe.threat.model_dump(), "world_size": ctx.world_size,
     }
     return fit(

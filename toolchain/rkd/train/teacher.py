@@ -43,7 +43,8 @@ def train_teacher(
     fp = fingerprint(recipe.data, tcfg, recipe.seed)
     meta = {
         "stage": "teacher", "recipe": recipe.name, "recipe_fingerprint": fp, "method": tcfg.method.model_dump(),
-        "data": {"dataset": recipe.data.dataset, "train_n": len(data.train), "classes": data.classes},
+        "data": {"dataset": recipe.data.dataset, "options": recipe.data.options(), "train_n": len(data.train),
+                 "classes": data.classes},
         "threat": recipe.threat.model_dump(),
     }
     return fit(

@@ -60,6 +60,25 @@ class VerifyTarget:
         """The threat model the bundle was built for (``{"norm", "eps"}``), when recorded."""
         return (self.manifest or {}).get("threat_model") or None
 
+    def trained_on(self) -> tuple[dict[str, Any] | None, str]:
+        """The data set the model was trained on (``{"dataset", "options"}``, or None) and where that is recorded:
+        the bundle's manifest, or a checkpoint's metadata."""
+        from rkd.deploy.bundle import manifest_data
+
+        if self.manifest is not None:
+            return manifest_data(self.manifest), "the bundle's manifest"
+        meta = getattr(self.runtime, "metadata", None)
+        data = meta.get("data") if isinstance(meta, dict) else None
+        return (data if isinstance(data, dict) else None), "the checkpoint"
+
+    @property
+    def image_size(self) -> int | None:
+        """The side of the model's square input, when the manifest records it."""
+        shape = ((self.manifest or {}).get("input") or {}).get("shape")
+        if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3]:
+            return shape[2]
+        return None
+
 
 def _is_qdq(path: Path) -> bool:
     import onnx

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from rkd.attacks.predictions import predicted_class
-from rkd.data import indices_sha256, load_dataset, samples_sha256, select_indices
+from rkd.data import (
+    FALLBACK_DATASET,
+    indices_sha256,
+    load_dataset,
+    recorded_data,
+    samples_sha256,
+    select_indices,
+)
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
 from rkd.verify.engine_model import EngineModel
@@ -51,7 +58,7 @@ class VerifyRequest:
     """What to verify and how; see ``rkd verify --help`` for each field."""
 
     artifact: str | Path
-    dataset: str = "cifar10"
+    dataset: str | None = None  # None: the data set the bundle's manifest (or checkpoint) records, else cifar10
     data_options: dict[str, Any] | None = None
     data_root: str | None = None
     split: str = "test"
@@ -269,6 +276,16 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
                          device=request.device, batch_size=request.batch_size,
                          runtime_options=request.runtime_options)
+    data_source = "given"
+    if request.dataset is None:
+        record, where = target.trained_on()
+        chosen = recorded_data(record, split=request.split, n=request.n, image_size=target.image_size)
+        data_source = where if chosen is not None else "default"
+        dataset, options = chosen or (FALLBACK_DATASET, {})
+        request = replace(request, dataset=dataset, data_options={**options, **(request.data_options or {})})
+        if log is not None:
+            log(f"data: {dataset}" + (f" (recorded in {where}; --data overrides)" if chosen is not None else
+                                      " (nothing recorded; --data overrides)"))
     has_reference = target.reference is not None
     same_model = target.kind == "checkpoint" and request.reference is None  # the model is its own reference
     check_gates_measurable(request.gates, specs, has_reference=has_reference,
@@ -411,7 +428,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     judged = bool(gates) or request.fail_on_warnings
     report["verdict"] = ("pass" if report["passed"] else "fail") if judged else "no gates"
     report["per_sample"] = body["per_sample"]
-    report["data"] = {"dataset": request.dataset, "split": request.split, "n": len(idx), "sample": request.sample,
+    report["data"] = {"dataset": request.dataset, "options": dict(request.data_options or {}), "source": data_source,
+                      "split": request.split, "n": len(idx), "sample": request.sample,
                       "indices_sha256": indices_sha256(idx), "first_indices": idx[:10].tolist()}
     report["artifact"] = target.info["artifact"]
     report["surrogate"] = target.info["surrogate"]
