@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RKD := $(VENV)/bin/rkd
 DATA_ROOT ?= data
 
-.PHONY: install test test-all quickstart clean
+.PHONY: install test test-all quickstart clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: install
 
 quickstart: install
 	$(RKD) run recipes/quickstart.yaml --data-root $(DATA_ROOT) --resume
+
+# On a GPU machine: rkd's CUDA path measured in about 5 minutes (benchmarks/gpu_check.py; writes
+# benchmarks/results/gpu_check/). GPU_CHECK_ARGS="--wheels DIR" installs wheels fetched beforehand with
+# `benchmarks/gpu_check.py --fetch-wheels DIR`; "--dry-run" runs the same code at toy sizes on the CPU.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out benchmarks/results/gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

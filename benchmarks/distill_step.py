@@ -172,7 +172,11 @@ def make_bench(
 
 def build_method(bench: Bench, name: str, **knobs: Any) -> tuple[DistillMethod, torch.optim.Optimizer]:
     """The registered method ``name`` from its recipe section (``steps = m``, plus ``knobs``) on a private copy
-    of the student, in train mode, with the training loop's optimizer."""
+    of the student, in train mode, with the training loop's optimizer. adv_path is its ``reconstruction`` preset
+    unless ``knobs`` name another (:class:`ReferenceAdvPath` implements that form, and the recorded results
+    measured it)."""
+    if name == "adv_path":
+        knobs = {"preset": "reconstruction", **knobs}
     config = TypeAdapter(DistillMethodConfig).validate_python({"name": name, "steps": bench.steps, **knobs})
     student = copy.deepcopy(bench.student)
     cls = METHODS.get(name)

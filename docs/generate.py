@@ -370,7 +370,9 @@ def recipe_reference(recipe: type | None = None, profile: type | None = None) ->
         _banner("the pydantic models in toolchain/rkd/config.py"),
         "",
         "Every key a recipe (`recipes/*.yaml`) or an export profile (`export/*.yaml`) may hold, with its type, its "
-        "default and the values it accepts. Unknown keys are errors. Override any key from the command line with "
+        "default and the values it accepts. Unknown keys are errors, and so is a key given twice in one mapping. "
+        "Types are strict: an int takes an integer (not `true`, `2.0` or `\"2\"`), a float a number (`1e-3` is one; "
+        "a boolean or a quoted number is not), a bool `true`/`false`. Override any key from the command line with "
         "`--set dotted.key=value` (the value is read as YAML). A key marked *required* has no default. Where a "
         "section is a choice between several (a method), the `name` key picks one, and each choice has its own "
         "table. Defaults are the ones in force at that place: a section built with other defaults than its "

@@ -19,15 +19,10 @@ from rkd.deploy.onnx_export import compare_onnx, export_onnx
 from rkd.deploy.runtimes import RUNTIMES, OnnxRuntime, TorchRuntime, open_runtime
 from rkd.errors import MissingDependencyError, UsageError
 from rkd.models import create_model, list_models, save_checkpoint
+from rkd.testing import TINY_CONFIGS
 
-# The smallest configuration of each registered model (as in tests/unit/test_models.py).
-TINY: dict[str, dict[str, Any]] = {
-    "resnet18": {"width": 0.125},
-    "preact_resnet18": {"width": 0.125},
-    "mobilenet_v2": {"width": 0.25},
-    "wide_resnet": {"depth": 10, "widen_factor": 1},
-    "tiny_cnn": {"width": 0.5},
-}
+# The smallest configuration of each registered model.
+TINY: dict[str, dict[str, Any]] = TINY_CONFIGS
 
 app = typer.Typer()
 app.command("export")(export)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -72,9 +73,10 @@ Eps = Annotated[float, BeforeValidator(parse_eps)]
 
 
 class StrictModel(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+    """Base of every recipe section: unknown keys are errors, assignments are validated, and types are strict: a
+    count takes an integer (not ``true``, ``2.0`` or ``"2"``), a threshold a number (not a boolean or a string)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(StrictModel):
@@ -86,20 +88,40 @@ class DataConfig(StrictModel):
     train_subset: int | None = Field(None, ge=1)  # seeded random subset of the training set
     holdout: int = Field(500, ge=0)  # training images held out for periodic evaluation
     batch_size: int = Field(128, ge=1)  # global batch size (split across DDP ranks)
-    augment: bool = True  # random crop 32 pad 4 + horizontal flip
+    augment: bool = True  # in memory: random crop (pad 4) + flip; streamed: random resized crop + flip
     synthetic_n: int = Field(512, ge=16)  # size of the synthetic training set (tests)
     num_classes: int | None = Field(None, ge=2)  # synthetic/npz only; inferred otherwise
+    image_size: int | None = Field(None, ge=8)  # side of the model's input (imagefolder, synthetic); default 32
+    # imagefolder evaluation: resize the shorter side to image_size / crop_ratio, center-crop image_size (0.875:
+    # 224 from 256); default 0.875 above 64 px, else a plain resize to the square
+    crop_ratio: float | None = Field(None, gt=0, le=1)
+    stream: Literal["auto"] | bool = "auto"  # imagefolder training: decode from disk (auto: above 64 px or 1 GiB)
+    num_workers: int | None = Field(None, ge=0)  # DataLoader workers when streaming (default: CPUs - 1, at most 8)
+
+    def resolved_crop_ratio(self) -> float | None:
+        """The evaluation crop ratio of an image folder: ``crop_ratio``, else 0.875 above 64 px, else None."""
+        if self.crop_ratio is not None:
+            return self.crop_ratio
+        return 0.875 if (self.image_size or 32) > 64 else None
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`rkd.data.load_dataset`."""
         opts: dict[str, Any] = {}
         if self.dataset in ("npz", "imagefolder"):
             if not self.path:
-                raise RecipeError(f"data.path is required for dataset '{self.dataset}'")
+                raise RecipeError(f"data.path is required for dataset '{self.dataset}': set it in the recipe or "
+                                  f"with --set data.path=PATH")
             opts["path"] = self.path
+        if self.dataset == "imagefolder":
+            opts["image_size"] = self.image_size or 32
+            crop = self.resolved_crop_ratio()
+            if crop is not None:
+                opts["crop_ratio"] = crop
         if self.dataset == "synthetic":
             if self.num_classes:
                 opts["num_classes"] = self.num_classes
+            if self.image_size:
+                opts["image_size"] = self.image_size
         return opts
 
 
@@ -414,7 +436,7 @@ class Recipe(StrictModel):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = Field(default_factory=DataConfig)
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
@@ -422,6 +444,38 @@ class Recipe(StrictModel):
     student: StudentConfig | None = None
     deploy: DeployConfig | None = None
     verify: VerifyConfig | None = None
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where it would silently guess: a key given twice in one mapping is an error
+    (the safe loader keeps the last value), and ``1e-3`` is the float YAML 1.2 reads, not a string."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:  # noqa: D102
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the safe loader refuses it itself
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first at line {first + 1}); a mapping holds one value "
+                    "per key: keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with :class:`StrictYamlLoader` (what rkd uses for recipes, profiles and ``--set`` values)."""
+    return yaml.load(text, Loader=StrictYamlLoader)  # noqa: S506 - StrictYamlLoader is a SafeLoader
 
 
 _DEFAULT_METHODS = {("teacher", "method"): "pgd_at", ("student", "method"): "adv_path"}
@@ -438,9 +492,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not parts:
             raise RecipeError(f"--set {item!r}: empty key path")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = load_yaml(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise RecipeError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+            raise RecipeError(f"--set {item!r}: value is not valid YAML "
+                              f"({getattr(exc, 'problem', None) or exc.__class__.__name__})") from None
         node: Any = out
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
@@ -533,7 +588,7 @@ def validate_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     """Validate a parsed recipe mapping; raise :class:`RecipeError` with a one-line message."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping of sections, got {type(raw).__name__}")
-    if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
+    if "schema_version" in raw and _wrong_schema(raw["schema_version"]):
         raise RecipeError(f"{source}: {_schema_problem(raw['schema_version'])}; upgrade rkd or migrate the recipe")
     try:
         return Recipe.model_validate(raw)
@@ -556,6 +611,11 @@ RECIPE_DIR = "recipes"
 _PACKAGED = {"export": "profiles", "recipes": "recipes"}
 
 
+def _wrong_schema(value: Any) -> bool:
+    """Whether ``schema_version: value`` is not the integer this rkd reads (``true`` and ``1.0`` are not)."""
+    return type(value) is not int or value != SCHEMA_VERSION
+
+
 def _schema_problem(value: Any) -> str:
     """Why ``schema_version: value`` is refused (a quoted number is a string, not the version)."""
     if isinstance(value, str) and value.strip() == str(SCHEMA_VERSION):
@@ -565,7 +625,7 @@ def _schema_problem(value: Any) -> str:
 
 def _read_yaml(p: Path, what: str) -> Any:
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -668,7 +728,7 @@ def load_profile(name_or_path: str | Path, base: str | Path | None = None) -> Ex
     """Read and validate an export profile (``export/*.yaml``); one-line RecipeError on any problem."""
     p = find_profile(name_or_path, base)
     raw = _read_yaml(p, "an export profile")
-    if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
+    if "schema_version" in raw and _wrong_schema(raw["schema_version"]):
         raise RecipeError(f"{p}: {_schema_problem(raw['schema_version'])}")
     try:
         return ExportProfile.model_validate(raw)

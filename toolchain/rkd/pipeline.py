@@ -19,6 +19,12 @@ are unchanged is skipped; a changed key reruns it and everything downstream (the
 artifact). Resuming: a training stage interrupted with the same key continues from its last checkpoint
 (``fit(resume=True)``); verification continues from its state folder. One ``rkd run`` per run directory at a
 time (a lock).
+
+Nothing outside rkd's own files is ever removed: the run directory must be new, empty, or one ``rkd run`` made
+(its ``.rkd-run`` marker, or an older ``run.json``), and every stage folder is checked before anything runs
+for files rkd did not write (those ``run.json`` lists for the stage, else the names the stage writes). A stage
+that reruns keeps its last complete output in ``<stage>.previous`` until the new one is complete; the output of
+a run cut short never replaces it, and a rerun whose inputs are those of the kept output restores it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ from rkd.errors import RecipeError, UsageError
 STAGES = ("teacher", "distill", "export", "quantize", "engine", "verify")
 RUN_RECORD = "run.json"
 RUN_FORMAT = "rkd-run/1"
+RUN_MARKER = ".rkd-run"  # written when rkd run makes (or adopts an empty) run directory
+RUN_LOCK = ".run.lock"
+#: The folder of each stage that replaces its output when it reruns (export, quantize and engine update the bundle
+#: in place, all or nothing).
+STAGE_FOLDERS = {"teacher": "teacher", "distill": "student", "verify": "verify"}
+PREVIOUS = ".previous"
 
 
 @dataclass
@@ -75,46 +87,98 @@ def _dump(section: Any) -> Any:
     return section.model_dump(mode="json") if hasattr(section, "model_dump") else section
 
 
+def _names(items: list[str], most: int = 3) -> str:
+    shown = ", ".join(f"'{i}'" for i in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file (and link) under ``folder``, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory ``rkd run`` did not make: it must be new, empty (a stale lock aside), or carry
+    :data:`RUN_MARKER` (or a ``run.json`` of this format, written before the marker existed)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out '{run_dir}' is a file; give a folder")
+    if not run_dir.is_dir() or (run_dir / RUN_MARKER).is_file() or _Record(run_dir).known:
+        return
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != RUN_LOCK)
+    if held:
+        raise UsageError(f"'{run_dir}' was not made by rkd run and is not empty (it holds {_names(held)}): rkd run "
+                         "writes and replaces files only in a run folder of its own; choose a new or empty --out")
+
+
 @contextlib.contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
+    _check_run_dir(run_dir)  # before the lock file, the first thing written
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = try_lock(run_dir / ".run.lock")
+    fh = try_lock(run_dir / RUN_LOCK)
     if fh is None:
         raise UsageError(f"another rkd run is using '{run_dir}'; wait for it or use another --out")
     try:
+        if not (run_dir / RUN_MARKER).is_file():
+            atomic_write_text(run_dir / RUN_MARKER, json.dumps({"format": RUN_FORMAT}) + "\n")
         yield
     finally:
         fh.close()
 
 
 class _Record:
-    """``run.json``: per stage ``{"key", "artifact", "sha256", "done", "metrics", "seconds"}``."""
+    """``run.json``: per stage ``{"key", "artifact", "sha256", "done", "metrics", "seconds", "files"}`` (``files``:
+    what the stage's folder held when it finished), and under ``previous`` the entry of each output kept aside."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.path = run_dir / RUN_RECORD
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "stages": {}}
+        self.known = False  # whether run.json exists and is rkd run's
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 data = {}
-            if data.get("format") == RUN_FORMAT:
-                self.data = data
+            if isinstance(data, dict) and data.get("format") == RUN_FORMAT and isinstance(data.get("stages"), dict):
+                self.data, self.known = data, True
 
-    def stage(self, name: str) -> dict[str, Any]:
-        entry = dict(self.data["stages"].get(name) or {})
+    def _absolute(self, entry: dict[str, Any] | None) -> dict[str, Any]:
+        entry = dict(entry or {})
         if entry.get("artifact"):  # stored relative to the run directory, so a moved run still skips
             entry["artifact"] = str(self.run_dir / entry["artifact"])
         return entry
 
-    def set(self, name: str, entry: dict[str, Any]) -> None:
+    def _relative(self, entry: dict[str, Any]) -> dict[str, Any]:
         entry = dict(entry)
         if entry.get("artifact"):
             path = Path(entry["artifact"])
             entry["artifact"] = str(path.relative_to(self.run_dir) if path.is_relative_to(self.run_dir) else path)
-        self.data["stages"][name] = entry
+        return entry
+
+    def _save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self._absolute(self.data["stages"].get(name))
+
+    def set(self, name: str, entry: dict[str, Any]) -> None:
+        self.data["stages"][name] = self._relative(entry)
+        self._save()
+
+    def previous(self, name: str) -> dict[str, Any]:
+        """The entry of the stage's output kept in ``<folder>.previous`` (empty when none is recorded)."""
+        return self._absolute((self.data.get("previous") or {}).get(name))
+
+    def set_previous(self, name: str, entry: dict[str, Any] | None) -> None:
+        kept = dict(self.data.get("previous") or {})
+        if entry is None:
+            if name not in kept:
+                return
+            kept.pop(name)
+        else:
+            kept[name] = self._relative(entry)
+        self.data["previous"] = kept
+        self._save()
 
     def up_to_date(self, name: str, key: str) -> bool:
         entry = self.stage(name)
@@ -159,7 +223,7 @@ class Pipeline:
         verify_cfg = recipe.verify or (self.profile.verify if self.profile is not None else None)
         if verify_cfg is not None:  # a gate the verify stage could not judge fails now, not after training
             from rkd.verify.gates import parse_gate
-            from rkd.verify.suite import parse_attacks
+            from rkd.verify.suite import check_suite, parse_attacks
             from rkd.verify.verification import check_gates_measurable
 
             try:
@@ -167,6 +231,7 @@ class Pipeline:
                                        has_reference=True, transfer=verify_cfg.transfer)
             except UsageError as exc:
                 raise RecipeError(f"{recipe.name}: verify: {exc}") from None
+            check_suite(parse_attacks(verify_cfg.attacks), seed=recipe.seed)  # e.g. pyautoattack, before training
         if verify_cfg is not None and not verify_cfg.gates and not verify_cfg.fail_on_warnings:
             where = "verify.gates" if recipe.verify is not None else f"profile {recipe.deploy.profile}'s verify.gates"
             raise RecipeError(f"{recipe.name}: {where} is empty, so verify could not fail: name at least one gate "
@@ -177,7 +242,12 @@ class Pipeline:
     # -- one stage ---------------------------------------------------------------------------------------------
     def _stage(self, name: str, key: str, run: Callable[[bool], tuple[Path, dict[str, Any]]],
                clean: list[Path] | None = None) -> Path:
-        """Skip ``name`` when ``key`` and its artifact are unchanged, else run it (resuming when allowed)."""
+        """Skip ``name`` when ``key`` and its artifact are unchanged, else run it (resuming when allowed).
+
+        ``clean`` (at most the stage's one folder) is started afresh when the stage reruns: a complete output
+        waits in ``<folder>.previous`` until the new one is complete (replacing an older one kept there), an
+        output cut short is discarded and never replaces it, and a kept output whose key is ``key`` is put back
+        instead of running the stage again."""
         if self.record.up_to_date(name, key):
             entry = self.record.stage(name)
             self.stages.append(StageResult(name, "skipped", 0.0, entry["artifact"], entry.get("metrics") or {}))
@@ -185,31 +255,100 @@ class Pipeline:
             return Path(entry["artifact"])
         entry = self.record.stage(name)
         resuming = self.resume and entry.get("key") == key and not entry.get("done")
-        aside: list[Path] = []
-        if not resuming:
-            for path in clean or []:  # inputs changed: start this stage afresh, the previous output kept aside
-                if path.is_dir():
-                    previous = path.with_name(path.name + ".previous")
-                    if previous.is_dir():
-                        shutil.rmtree(previous)
-                    path.rename(previous)
-                    aside.append(previous)
+        folder = (clean or [None])[0]
+        if folder is not None and not resuming:
+            restored = self._restore(name, key, folder, entry)
+            if restored is not None:
+                return restored
+            self._set_aside(name, folder, entry)
         self.record.set(name, {"key": key, "done": False})
         self.log(f"{name}: {'resuming' if resuming else 'running'}")
         t0 = time.perf_counter()
         try:
             artifact, metrics = run(resuming)
         except BaseException:
-            if aside:
-                self.log(f"{name}: failed; its previous output is kept in {', '.join(map(str, aside))}")
+            previous = folder.with_name(folder.name + PREVIOUS) if folder is not None else None
+            if previous is not None and previous.is_dir():
+                self.log(f"{name}: failed; its last complete output is kept in {previous}")
             raise
-        for previous in aside:  # the new output is complete: the previous one goes
-            shutil.rmtree(previous, ignore_errors=True)
         seconds = time.perf_counter() - t0
-        self.record.set(name, {"key": key, "done": True, "artifact": str(artifact), "sha256": file_sha256(artifact),
-                               "metrics": metrics, "seconds": round(seconds, 2)})
+        done = {"key": key, "done": True, "artifact": str(artifact), "sha256": file_sha256(artifact),
+                "metrics": metrics, "seconds": round(seconds, 2)}
+        if folder is not None:
+            done["files"] = _files(folder) if folder.is_dir() else []
+        self.record.set(name, done)
+        if folder is not None:  # the new output is complete: the one kept aside goes
+            previous = folder.with_name(folder.name + PREVIOUS)
+            if previous.is_dir():
+                shutil.rmtree(previous)
+            self.record.set_previous(name, None)
         self.stages.append(StageResult(name, "resumed" if resuming else "ran", seconds, str(artifact), metrics))
         return artifact
+
+    def _set_aside(self, name: str, folder: Path, entry: dict[str, Any]) -> None:
+        """Free ``folder`` for a fresh run of ``name``: a complete output goes to ``<folder>.previous``; one cut
+        short (its stage not done) is removed, keeping the last complete output where it waits."""
+        if not folder.is_dir():
+            return
+        previous = folder.with_name(folder.name + PREVIOUS)
+        if entry.get("done"):
+            if previous.is_dir():
+                shutil.rmtree(previous)  # an older complete output: this one is newer
+            folder.rename(previous)
+            kept = dict(entry, artifact=_moved(entry.get("artifact"), folder, previous))
+            self.record.set_previous(name, kept)
+        else:
+            shutil.rmtree(folder)
+
+    def _restore(self, name: str, key: str, folder: Path, entry: dict[str, Any]) -> Path | None:
+        """Put the kept output of ``name`` back when it was made with ``key`` and is intact; else None."""
+        kept = self.record.previous(name)
+        previous = folder.with_name(folder.name + PREVIOUS)
+        artifact = kept.get("artifact")
+        if entry.get("done") or kept.get("key") != key or not artifact or not previous.is_dir():
+            return None
+        if not Path(artifact).is_file() or file_sha256(artifact) != kept.get("sha256"):
+            return None
+        if folder.is_dir():
+            shutil.rmtree(folder)  # what the failed rerun left
+        previous.rename(folder)
+        entry = dict(kept, artifact=_moved(artifact, previous, folder))
+        self.record.set(name, entry)
+        self.record.set_previous(name, None)
+        self.stages.append(StageResult(name, "restored", 0.0, entry["artifact"], entry.get("metrics") or {}))
+        self.log(f"{name}: inputs as for the output kept in {previous}: restored, not run again")
+        return Path(entry["artifact"])
+
+    def _check_stage_folders(self) -> None:
+        """Refuse, before any stage runs, a stage folder (or one kept aside) holding files rkd did not write: a
+        rerun would replace the folder. The bundle may hold only the files its manifest lists."""
+        from rkd.train.rundir import RUN_FILES
+        from rkd.verify.report import report_names
+
+        own = {"teacher": {*RUN_FILES, ".lock"}, "distill": {*RUN_FILES, ".lock"},
+               "verify": set(report_names(curve=True))}
+        for stage, name in STAGE_FOLDERS.items():
+            for folder, entry in ((self.run_dir / name, self.record.stage(stage)),
+                                  (self.run_dir / (name + PREVIOUS), self.record.previous(stage))):
+                if not folder.is_dir():
+                    continue
+                listed = set(entry.get("files") or [])
+                foreign = [f for f in _files(folder) if not (
+                    f in listed or f in own[stage] or (stage == "verify" and f.startswith("state/"))
+                    or (f.rsplit("/", 1)[-1].startswith(".") and f.endswith(".tmp")))]
+                if foreign:
+                    raise UsageError(f"'{folder}' holds {_names(foreign)}, which rkd did not write: rkd run replaces "
+                                     "this folder when its stage reruns; move them out of the run folder first")
+        bundle = self.run_dir / "bundle"
+        if bundle.is_dir():
+            from rkd.deploy.bundle import check_replaceable
+
+            try:
+                check_replaceable(bundle)
+            except UsageError:
+                raise UsageError(f"'{bundle}' holds files that are not its bundle's (not in its manifest.json): rkd "
+                                 "run replaces the bundle when the export reruns; move them out of the run folder "
+                                 "first") from None
 
     # -- the stages --------------------------------------------------------------------------------------------
     def _teacher(self) -> Path | None:
@@ -345,6 +484,7 @@ class Pipeline:
     def run(self) -> RunResult:
         """Run every stage the recipe names; the verify report (if any) decides the exit code."""
         with _locked(self.run_dir):
+            self._check_stage_folders()
             atomic_write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
             teacher = self._teacher()
             student = self._distill(teacher)
@@ -360,6 +500,14 @@ class Pipeline:
                     shipped = self._engine(shipped)
                 report = self._verify(shipped)
             return RunResult(self.run_dir, self.stages, report)
+
+
+def _moved(artifact: str | None, old: Path, new: Path) -> str | None:
+    """``artifact``'s path once its folder ``old`` is renamed to ``new``."""
+    if not artifact:
+        return artifact
+    path = Path(artifact)
+    return str(new / path.relative_to(old)) if path.is_relative_to(old) else artifact
 
 
 def _verify_metrics(report: dict[str, Any]) -> dict[str, Any]:

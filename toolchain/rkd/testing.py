@@ -14,6 +14,10 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "mobilenet_v2": {"width": 0.25},
     "wide_resnet": {"depth": 10, "widen_factor": 1},
     "tiny_cnn": {"width": 0.5},
+    "tv_mobilenet_v2": {"width": 0.25},
+    "tv_resnet18": {"width": 0.125},
+    "tv_resnet50": {"width": 0.0625},
+    "tv_wide_resnet50_2": {"width": 0.0625},
 }
 
 

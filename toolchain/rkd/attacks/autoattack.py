@@ -249,6 +249,19 @@ class _State:
         return cls(saved, codes, attempted, current, seconds, messages)
 
 
+def require_pyautoattack(what: str = "AutoAttack") -> None:
+    """Import pyautoattack, or raise :class:`~rkd.errors.MissingDependencyError` (exit 3) naming ``what`` needs it."""
+    from rkd.errors import MissingDependencyError
+
+    try:
+        import pyautoattack  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{what} needs pyautoattack, which cannot be imported here ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else exc}): pip install pyautoattack, or drop autoattack, square "
+            "and aa-custom from the attacks") from None
+
+
 def _resolve_attacks(version: str, attacks: list[str] | None) -> tuple[str, list[str] | None]:
     version = check_choice("version", version, VERSIONS)
     if attacks is None:
@@ -336,6 +349,7 @@ def run_autoattack(
         )
     path = Path(state_path) if state_path is not None else None
 
+    require_pyautoattack()
     from pyautoattack import AutoAttack
     from pyautoattack import checks as aa_checks
 

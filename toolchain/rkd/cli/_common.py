@@ -58,7 +58,9 @@ def handle_errors() -> Iterator[None]:
 
 def check_output_path(path: Path | None, option: str, *, folder: bool) -> None:
     """Refuse, before any work, an output the run could not write: a file where a folder is wanted (or the
-    reverse), a file on the way, or a folder that is not writable. Nothing is created here.
+    reverse), a file on the way, or a folder that is not writable (tried with a temporary file, removed at once,
+    in the nearest folder that exists: permissions alone do not tell for root or a read-only file system). Nothing
+    else is created here.
 
     Raises:
         UsageError: naming ``option``, the path and what to do.
@@ -80,6 +82,14 @@ def check_output_path(path: Path | None, option: str, *, folder: bool) -> None:
         raise UsageError(f"{option} '{path}': '{anchor}' is a file, so the path cannot be created")
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise UsageError(f"{option} '{path}': '{anchor}' is not writable; choose another path")
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=anchor):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} '{path}': cannot write in '{anchor}' ({exc.strerror or exc}); choose another "
+                         "path") from None
 
 
 def setup_logging(verbose: bool) -> None:

@@ -68,7 +68,7 @@ def eval_command(
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
         from rkd.verify.evaluate import EvalRequest, evaluate_model, load_model_for_eval
-        from rkd.verify.suite import parse_attacks
+        from rkd.verify.suite import check_suite, parse_attacks
 
         try:
             eps_v, alpha_v = parse_radius(eps, norm.value), parse_radius(alpha, norm.value)
@@ -76,7 +76,7 @@ def eval_command(
             raise UsageError(f"--eps/--alpha: {exc}") from None
         if n < 1:
             raise UsageError(f"--n must be at least 1, got {n}")
-        parse_attacks(attacks)  # fail fast on a typo, before loading anything
+        check_suite(parse_attacks(attacks), seed=seed)  # fail fast on a typo, before loading anything
         path = report or checkpoint.with_name(checkpoint.stem + ".eval.json")
         check_output_path(path, "--report", folder=False)
         check_output_path(aa_state, "--aa-state", folder=False)

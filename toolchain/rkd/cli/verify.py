@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -140,7 +141,7 @@ def verify(
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
         from rkd.verify.gates import parse_gate
-        from rkd.verify.report import write_reports
+        from rkd.verify.report import report_names, write_reports
         from rkd.verify.verification import request_from_config, verify_artifact
 
         prof = load_profile(profile) if profile else None
@@ -187,8 +188,15 @@ def verify(
         request.require_gates = not no_gates
         folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
         check_output_path(folder, "--report", folder=True)
+        for name in report_names(curve=curve, junit=junit is None):
+            if (folder / name).is_dir():
+                raise UsageError(f"--report '{folder}' holds a folder named {name}, where the report goes: move it "
+                                 "or choose another --report")
         check_output_path(junit, "--junit", folder=False)
         check_output_path(state, "--state", folder=True)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            check_output_path(Path(summary), "$GITHUB_STEP_SUMMARY", folder=False)
         rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
         paths = write_reports(rep, folder, junit=junit)
         render_report(rep, paths, by_class=by_class)

@@ -1,4 +1,5 @@
-"""Data: data sets as in-memory uint8 arrays, on-device augmentation and batching, evaluation subsets.
+"""Data: data sets as in-memory uint8 arrays, on-device augmentation and batching, image folders streamed from
+disk, evaluation subsets.
 
 torchvision and PIL are imported only inside the functions that need them, so ``import rkd.data`` is cheap.
 """
@@ -17,8 +18,9 @@ from rkd.data.datasets import (
     parse_data_arg,
     recorded_data,
 )
-from rkd.data.loader import BatchLoader
+from rkd.data.loader import BatchLoader, make_loader
 from rkd.data.npz import read_npz
+from rkd.data.stream import FolderImages, StreamLoader
 from rkd.data.subsets import indices_sha256, samples_sha256, select_indices, split_holdout
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
     "FALLBACK_DATASET",
+    "FolderImages",
     "ImageArrays",
     "SPLITS",
+    "StreamLoader",
     "apply_crop_flip",
     "crop_flip_params",
     "dataset_options",
@@ -36,6 +40,7 @@ __all__ = [
     "indices_sha256",
     "samples_sha256",
     "load_dataset",
+    "make_loader",
     "parse_data_arg",
     "random_crop_flip",
     "read_npz",

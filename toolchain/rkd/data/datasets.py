@@ -206,9 +206,14 @@ def imagefolder(
     download: bool = True,
     path: str | Path | None = None,
     image_size: int = 32,
+    crop_ratio: float | None = None,
 ) -> ImageArrays:
-    """An ImageFolder-style tree loaded into memory; see :func:`rkd.data.imagefolder.read_image_folder`."""
-    return read_image_folder(_path_or_root("imagefolder", path, root), split, image_size=image_size)
+    """An ImageFolder-style tree loaded into memory at ``image_size``, with the evaluation transform
+    (``crop_ratio``: resize + center crop, else a plain resize); see
+    :func:`rkd.data.imagefolder.read_image_folder`. Training on large folders streams instead
+    (:class:`rkd.data.stream.FolderImages`)."""
+    return read_image_folder(_path_or_root("imagefolder", path, root), split, image_size=image_size,
+                             crop_ratio=crop_ratio)
 
 
 @DATASETS.register("synthetic")

@@ -10,6 +10,7 @@ training step for the cores.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -170,3 +171,17 @@ class BatchLoader:
         x = xb.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
+
+
+def make_loader(data: object, **kwargs: Any) -> BatchLoader | Any:
+    """The loader for ``data``: a :class:`BatchLoader` for in-memory ``ImageArrays``, a
+    :class:`~rkd.data.stream.StreamLoader` for a streamed :class:`~rkd.data.stream.FolderImages` (whose
+    augmentation is its own, so ``padding`` is not passed on). Keyword arguments as for ``BatchLoader``."""
+    from rkd.data.stream import FolderImages, StreamLoader
+
+    if isinstance(data, FolderImages):
+        kwargs.pop("padding", None)
+        return StreamLoader(data, **kwargs)
+    if not isinstance(data, ImageArrays):
+        raise UsageError(f"cannot batch a {type(data).__name__}: expected ImageArrays or FolderImages")
+    return BatchLoader(data, **kwargs)

@@ -19,15 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rkd.atomic import atomic_write_text, default_mode, file_sha256, fsync_dir
+from rkd.atomic import atomic_write_text, file_sha256, fsync_dir, scratch_dir, sweep_scratch
 from rkd.errors import CheckpointError, UsageError
 
 MANIFEST_NAME = "manifest.json"
@@ -113,15 +111,10 @@ def stage_bundle(out_dir: str | Path, *, force: bool) -> Iterator[Path]:
         if not force:
             _refuse_existing(out_dir)
         check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
-    os.chmod(staging, default_mode(directory=True))
-    try:
+    sweep_scratch(out_dir.parent, out_dir.name)  # what a killed export or quantize left beside it
+    with scratch_dir(out_dir.parent, out_dir.name, "staging") as staging:
         yield staging
         _commit(staging, out_dir, force=force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
@@ -133,15 +126,14 @@ def _commit(staging: Path, out_dir: Path, *, force: bool) -> None:
     if not force:
         _refuse_existing(out_dir)
     check_replaceable(out_dir)
-    old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.old")
-    os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    fsync_dir(out_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    with scratch_dir(out_dir.parent, out_dir.name, "old", create=False) as old:  # removed on exit
+        os.rename(out_dir, old)  # killed before the next rename: the next sweep_scratch renames it back
+        try:
+            os.rename(staging, out_dir)
+        except BaseException:
+            os.rename(old, out_dir)
+            raise
+        fsync_dir(out_dir.parent)
 
 
 def install_bundle(staged: str | Path, out_dir: str | Path, *, force: bool) -> None:
@@ -213,6 +205,10 @@ def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict[str, A
     files = record.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"'{path}' lacks a \"files\" table; re-export the bundle")
+    for name in files:  # before anything is read: a manifest never makes rkd open a file outside its bundle
+        if not inside_bundle(bundle_dir, name):
+            raise CheckpointError(f"'{path}' lists {name!r}, which is not a file inside the bundle: a manifest "
+                                  "names only the bundle's own files; re-export the bundle")
     if verify:
         for name, entry in files.items():
             file = bundle_dir / name
@@ -228,6 +224,18 @@ def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict[str, A
                     f"file {actual[:12]}...): the file changed since it was written; re-export the bundle"
                 )
     return record
+
+
+def inside_bundle(bundle_dir: str | Path, name: object) -> bool:
+    """Whether ``name`` is a relative POSIX path that stays inside ``bundle_dir`` (no ``..``, no absolute path, no
+    link leading out of it), as every name a manifest lists must be."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts:
+        return False
+    root = Path(bundle_dir).resolve()
+    return (root / pure).resolve().is_relative_to(root)
 
 
 def _check_name(name: str) -> str:

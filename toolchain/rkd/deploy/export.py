@@ -59,15 +59,21 @@ def _threat_model(sidecar: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def data_record(sidecar: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest's ``data`` section: the data set the checkpoint was trained on and its options (from the
-    checkpoint's metadata); None when the checkpoint does not say."""
+    """The manifest's ``data`` section: the data set the checkpoint was trained on, its options (which include an
+    image folder's ``image_size`` and evaluation ``crop_ratio``, so verify decodes the same way) and, when
+    recorded, the training and evaluation transforms (from the checkpoint's metadata); None when the checkpoint
+    does not say."""
     meta = sidecar.get("metadata") or {}
     data = meta.get("data") if isinstance(meta, dict) else None
     name = data.get("dataset") if isinstance(data, dict) else None
     if not isinstance(name, str) or not name:
         return None
     options = data.get("options")
-    return {"dataset": name, "options": dict(options) if isinstance(options, dict) else {}}
+    record: dict[str, Any] = {"dataset": name, "options": dict(options) if isinstance(options, dict) else {}}
+    transforms = data.get("transforms")
+    if isinstance(transforms, dict):
+        record["transforms"] = dict(transforms)
+    return record
 
 
 def bundle_manifest(
@@ -154,7 +160,13 @@ def export_bundle(
         data = None
         if parity_data is not None:
             data = _load_parity_data(parity_data[0], dict(parity_data[1]), data_root)
-        image_size = data.image_shape[1:] if data is not None else (32, 32)
+        recorded_size = ((trained_on or {}).get("options") or {}).get("image_size")
+        if data is not None:
+            image_size = data.image_shape[1:]
+        elif isinstance(recorded_size, int) and not isinstance(recorded_size, bool) and recorded_size > 0:
+            image_size = (recorded_size, recorded_size)
+        else:
+            image_size = (32, 32)
         classes, classes_source = _classes(sidecar, data, model.num_classes)
         manifest = bundle_manifest(
             model, image_size=image_size, classes=classes, classes_source=classes_source,

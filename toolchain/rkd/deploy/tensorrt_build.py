@@ -45,12 +45,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from rkd.atomic import atomic_write
+from rkd.atomic import atomic_write, scratch_dir, sweep_scratch
 from rkd.errors import MissingDependencyError, RkdError, UsageError
 
 PRECISIONS: tuple[str, ...] = ("int8", "fp16", "fp32")
@@ -454,8 +453,9 @@ def build_bundle_engine(bundle_dir: Path, *, precision: str = "int8", **kw: Any)
         raise UsageError(f"bundle '{bundle_dir}' has no {onnx_name} for a {precision} engine: {hint}")
     require_cuda("building a TensorRT engine")
     name = engine_file_name(current_gpu()["gpu"], precision)
-    with tempfile.TemporaryDirectory(prefix=f".{bundle_dir.name}.trt-", dir=bundle_dir.parent) as tmp:
-        built = Path(tmp) / name
+    sweep_scratch(bundle_dir.parent, bundle_dir.name)
+    with scratch_dir(bundle_dir.parent, bundle_dir.name, "trt") as tmp:
+        built = tmp / name
         info = build_engine(bundle_dir / onnx_name, built, precision=precision, **kw)
         engines = dict(manifest.get("engines") or {})
         engines[name] = info

@@ -12,6 +12,7 @@ read with ``torch.load(..., weights_only=True)`` only (DESIGN.md: never unpickle
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from rkd.atomic import file_sha256, fsync_dir
 from rkd.errors import CheckpointError, UsageError
-from rkd.models.classifier import Classifier, ModelSpec, create_model
+from rkd.models.classifier import Classifier, ModelSpec, Normalize, create_model, registered_stats
 
 FORMAT = "rkd-checkpoint"
 FORMAT_VERSION = 1
@@ -278,8 +279,15 @@ def _torch_load_weights_only(path: Path, map_location: str | torch.device) -> An
         ) from None
 
 
+#: Prefixes of the wrapped network's keys: rkd's Classifier (``net.``), RobustBench's normalised models (``model.``).
+WRAPPER_PREFIXES = ("net.", "model.")
+#: The normalisation buffers a wrapped state_dict may carry (rkd's ``Normalize``, RobustBench's ``ImageNormalizer``).
+NORMALIZE_KEYS = ("normalize.mean", "normalize.std")
+
+
 def _extract_state_dict(obj: Any, path: Path) -> dict[str, Any]:
-    """The state_dict itself or the one nested under a common key; 'module.' and 'net.' prefixes stripped."""
+    """The state_dict itself or the one nested under a common key; a 'module.' prefix and then one 'net.' or
+    'model.' prefix stripped (DataParallel, rkd's Classifier, RobustBench's ``normalize_model``)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a state_dict (a dict of tensors)")
     for key in STATE_DICT_KEYS:
@@ -291,7 +299,11 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, Any]:
     for key, value in obj.items():
         if not isinstance(key, str):
             raise CheckpointError(f"'{path}' has a non-string key {key!r}; it is not a state_dict")
-        name = key.removeprefix("module.").removeprefix("net.")
+        name = key.removeprefix("module.")
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
         if name in state:
             raise CheckpointError(f"'{path}' has key '{name}' twice (with and without a prefix)")
         state[name] = value
@@ -306,26 +318,30 @@ def load_foreign_checkpoint(
     width: float = 1.0,
     depth: int | None = None,
     widen_factor: int | None = None,
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Classifier:
-    """Load a plain state_dict from the ARD / RSLAD / TRADES / fast-AT code into ``Classifier.net``.
+    """Load a plain state_dict from the ARD / RSLAD / TRADES / fast-AT code, torchvision or RobustBench into
+    ``Classifier.net``.
 
     Read with ``torch.load(weights_only=True)`` (never plain unpickling), or ``safetensors`` for a
     ``.safetensors`` file. Accepted: the state_dict itself or one nested under ``state_dict``,
-    ``model_state_dict``, ``model`` or ``net``; keys with a DataParallel ``module.`` prefix and/or a ``net.``
-    prefix. Loading is strict, with two documented allowances for the literature's files: TRADES' unused
-    ``sub_block1.*`` (wide_resnet) is dropped, and BatchNorm ``num_batches_tracked`` counters missing from
-    pre-1.0 PyTorch files keep the model's value.
+    ``model_state_dict``, ``model`` or ``net``; keys with a DataParallel ``module.`` prefix and/or a ``net.`` or
+    ``model.`` prefix. A state_dict that carries its normalisation (``normalize.mean`` and ``normalize.std``:
+    RobustBench's ``normalize_model`` wrapper of its ImageNet models, or an rkd Classifier) keeps it, in place
+    of ``mean``/``std``. Loading is strict, with two documented allowances for the literature's files: TRADES'
+    unused ``sub_block1.*`` (wide_resnet) is dropped, and BatchNorm ``num_batches_tracked`` counters missing
+    from pre-1.0 PyTorch files keep the model's value.
 
     Args:
         path: the ``.pt``/``.pth``/``.safetensors`` file.
         model: registered architecture name (see :func:`rkd.models.list_models`).
         num_classes: number of classes of the checkpoint.
         width, depth, widen_factor: architecture knobs, as for :func:`rkd.models.create_model`.
-        mean, std: normalisation put in front of the net; default identity because these codes feed raw
-            [0, 1] inputs to the network.
+        mean, std: normalisation put in front of the net when the file has none; default identity for the
+            CIFAR architectures (these codes feed raw [0, 1] inputs to the network) and the ImageNet statistics
+            for the ``tv_*`` forms (torchvision's weights expect ImageNet-normalised inputs).
         map_location: device to put the model on.
 
     Returns:
@@ -337,6 +353,10 @@ def load_foreign_checkpoint(
     """
     path = Path(path)
     _require_file(path)
+    if (mean is None) != (std is None):
+        raise UsageError("give both mean and std, or neither")
+    if mean is None or std is None:
+        mean, std = registered_stats(model) or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     clf = create_model(
         model,
         num_classes=num_classes,
@@ -351,6 +371,9 @@ def load_foreign_checkpoint(
     else:
         raw = _torch_load_weights_only(path, map_location)
     state = _extract_state_dict(raw, path)
+    carried = [state.pop(k) for k in NORMALIZE_KEYS if k in state]
+    if carried:
+        clf = _with_normalisation(clf, carried, path)
     if model == "wide_resnet":
         state = {k: v for k, v in state.items() if not k.startswith("sub_block1.")}
     expected = clf.net.state_dict()
@@ -360,3 +383,19 @@ def load_foreign_checkpoint(
     _check_state_dict(expected, state, path, f"model '{model}' (num_classes={num_classes})")
     clf.net.load_state_dict(state, strict=True)
     return clf.to(map_location).eval()
+
+
+def _with_normalisation(clf: Classifier, carried: list[Any], path: Path) -> Classifier:
+    """``clf`` with the ``normalize.mean``/``normalize.std`` a state_dict carried (3 values each)."""
+    if len(carried) != 2 or not all(isinstance(t, torch.Tensor) and t.numel() == 3 for t in carried):
+        raise CheckpointError(
+            f"'{path}' carries a normalisation that is not normalize.mean and normalize.std with 3 values each"
+        )
+    mean, std = (tuple(float(v) for v in t.flatten().tolist()) for t in carried)
+    try:
+        normalize = Normalize(mean, std)
+    except UsageError as exc:
+        raise CheckpointError(f"'{path}' carries an invalid normalisation: {exc}") from None
+    clf.normalize = normalize
+    clf.spec = dataclasses.replace(clf.spec, mean=mean, std=std)
+    return clf

@@ -32,9 +32,25 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 _KNOBS = ("width", "depth", "widen_factor")
 
+# Architectures whose default normalisation does not follow the number of classes (the ImageNet forms).
+_MODEL_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
-def default_stats(num_classes: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Default (mean, std): CIFAR-10 for 10 classes, CIFAR-100 for 100, ImageNet otherwise."""
+
+def register_default_stats(name: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Make ``(mean, std)`` the default normalisation of architecture ``name`` for any number of classes."""
+    _MODEL_STATS[name] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+def registered_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The default ``(mean, std)`` registered for architecture ``name`` (:func:`register_default_stats`), or None."""
+    return _MODEL_STATS.get(name)
+
+
+def default_stats(num_classes: int, name: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Default (mean, std): the architecture's own (ImageNet for the ``tv_*`` forms), else CIFAR-10 for 10
+    classes, CIFAR-100 for 100, ImageNet otherwise."""
+    if name is not None and name in _MODEL_STATS:
+        return _MODEL_STATS[name]
     if num_classes == 10:
         return CIFAR10_MEAN, CIFAR10_STD
     if num_classes == 100:
@@ -75,7 +91,7 @@ class Normalize(nn.Module):
 class ModelSpec:
     """Everything needed to rebuild a :class:`Classifier` (stored in a checkpoint's JSON sidecar).
 
-    ``mean``/``std`` left as None resolve to :func:`default_stats` of ``num_classes``.
+    ``mean``/``std`` left as None resolve to :func:`default_stats` of ``num_classes`` and ``name``.
     """
 
     name: str
@@ -87,7 +103,7 @@ class ModelSpec:
     std: tuple[float, ...] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        dmean, dstd = default_stats(self.num_classes)
+        dmean, dstd = default_stats(self.num_classes, self.name)
         mean = dmean if self.mean is None else tuple(float(v) for v in self.mean)
         std = dstd if self.std is None else tuple(float(v) for v in self.std)
         object.__setattr__(self, "mean", mean)
@@ -169,10 +185,12 @@ def create_model(
     Args:
         name: a name from :func:`list_models`.
         num_classes: number of classes (>= 2).
-        width: channel multiplier (resnet18, preact_resnet18, mobilenet_v2); must be 1.0 for others.
+        width: channel multiplier (resnet18, preact_resnet18, mobilenet_v2, the ``tv_*`` forms); must be 1.0
+            for others.
         depth: network depth, for the models that take one (wide_resnet).
         widen_factor: WideResNet widening factor (wide_resnet).
-        mean: per-channel mean; default CIFAR-10 stats for 10 classes, CIFAR-100 for 100, else ImageNet.
+        mean: per-channel mean; default ImageNet stats for the ``tv_*`` forms, else CIFAR-10 stats for 10
+            classes, CIFAR-100 for 100, else ImageNet.
         std: per-channel std, defaulting like ``mean``.
 
     Raises:

@@ -9,8 +9,6 @@ ships, not against the float model. Everything measured goes into the bundle man
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rkd.atomic import scratch_dir, sweep_scratch
 from rkd.attacks.predictions import predicted_class
 from rkd.data import FALLBACK_DATASET, indices_sha256, load_dataset, recorded_data, select_indices
 from rkd.data.arrays import ImageArrays
@@ -73,6 +72,10 @@ def parse_eval_attacks(attacks: str | None) -> int:
             f"eval attacks '{attacks}': rkd quantize measures one PGD attack (e.g. pgd20) or none; run "
             "rkd verify on the bundle for AutoAttack and the full suite"
         )
+    from rkd.verify.suite import MAX_STEPS
+
+    if len(steps) > len(str(MAX_STEPS)) or int(steps) > MAX_STEPS:
+        raise UsageError(f"eval attacks '{attacks}' asks for {int(steps)} steps; at most {MAX_STEPS:,}")
     return int(steps)
 
 
@@ -383,13 +386,12 @@ def quantize_checkpoint(
             f"--calib-n {calib_n} but the calibration data has only {len(calib_set)} training images"
         )
 
+    sweep_scratch(bundle.parent, bundle.name)  # what a killed quantize or export left beside the bundle
     bundle_action = _bundle_action(checkpoint, bundle, ck_sha, force=force)
     with contextlib.ExitStack() as cleanup:
         target = bundle
         if bundle_action != "reused":  # export apart; installed only once everything below succeeded
-            bundle.parent.mkdir(parents=True, exist_ok=True)
-            apart = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".export", dir=bundle.parent))
-            cleanup.callback(shutil.rmtree, apart, ignore_errors=True)
+            apart = cleanup.enter_context(scratch_dir(bundle.parent, bundle.name, "export"))
             bundle = apart / bundle.name
             export_bundle(checkpoint, bundle, parity_data=eval_data, data_root=data_root)
         section = _quantize_bundle(
@@ -426,8 +428,7 @@ def _quantize_bundle(
         _check_shape(test, input_shape, "evaluation")
 
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix=".rkd-quantize-", dir=bundle.parent) as tmp_dir:
-        tmp = Path(tmp_dir)
+    with scratch_dir(bundle.parent, bundle.name, "quantize") as tmp:
         int8_path, sur_path = tmp / INT8_NAME, tmp / SURROGATE_NAME
         t0 = time.perf_counter()
         settings = ort_static.quantize_onnx(bundle / FLOAT_NAME, int8_path, calib, scheme=profile,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from rkd.config import ThreatConfig, TrainConfig
-from rkd.data import BatchLoader, ImageArrays
+from rkd.data import ImageArrays, make_loader
 from rkd.distill.base import DistillMethod
 from rkd.errors import TrainingDiverged, UsageError
 from rkd.models import save_checkpoint
@@ -131,7 +131,7 @@ def fit(
 
         method.student = DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = build_optimizer(method.trainable_parameters(), cfg)
-    loader = BatchLoader(
+    loader = make_loader(
         train_data, batch_size=batch_size, device=dev, shuffle=True, augment=augment, drop_last=True, seed=seed,
         channels_last=channels_last, rank=ctx.rank, world_size=ctx.world_size,
     )

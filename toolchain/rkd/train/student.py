@@ -16,6 +16,7 @@ from rkd.train.build import build_model, fingerprint, load_training_data
 from rkd.train.distributed import init_distributed
 from rkd.train.loop import TrainResult, fit
 from rkd.train.progress import ProgressSink
+from rkd.train.rundir import check_run_dir
 
 
 def resolve_teacher_path(recipe: Recipe, teacher: str | Path | None) -> Path | None:
@@ -66,11 +67,15 @@ def distill_student(
         raise RecipeError("the recipe has no 'student' section: add student.model and student.method")
     scfg = recipe.student
     ctx, dev = init_distributed(resolve_device(device or recipe.device))
+    teacher_path = resolve_teacher_path(recipe, teacher)
+    uses_teacher = METHODS.get(scfg.method.name).needs_teacher and teacher_path is not None
+    fp = fingerprint(recipe.data, scfg, recipe.seed, str(teacher_path) if uses_teacher else None)
+    check_run_dir(run_dir, resume=resume, fingerprint=fp)  # on every rank, before rank 0 writes anything
+    ctx.barrier()
     seed_everything(recipe.seed)
     data = load_training_data(recipe.data, seed=recipe.seed, root=data_root)
     student = build_model(scfg.model, data.num_classes)
     teacher_model = None
-    teacher_path = resolve_teacher_path(recipe, teacher)
     if METHODS.get(scfg.method.name).needs_teacher:
         if teacher_path is None:
             raise RecipeError(
@@ -82,7 +87,6 @@ def distill_student(
         teacher_model = load_teacher(teacher_path, recipe, data.num_classes)
     method = create_method(scfg.method, student=student, teacher=teacher_model)
     run = Path(run_dir)
-    fp = fingerprint(recipe.data, scfg, recipe.seed, str(teacher_path) if teacher_model is not None else None)
     if ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "recipe.resolved.yaml", dump_recipe(recipe))
@@ -90,7 +94,7 @@ def distill_student(
         "stage": "distill", "recipe": recipe.name, "recipe_fingerprint": fp,
         "method": scfg.method.model_dump(), "teacher": str(teacher_path) if teacher_model is not None else None,
         "data": {"dataset": recipe.data.dataset, "options": recipe.data.options(), "train_n": len(data.train),
-                 "classes": data.classes},
+                 "classes": data.classes, **({"transforms": data.transforms} if data.transforms else {})},
         "threat": recipe.threat.model_dump(), "world_size": ctx.world_size,
     }
     return fit(

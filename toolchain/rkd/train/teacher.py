@@ -12,6 +12,7 @@ from rkd.seeding import seed_everything
 from rkd.train.build import build_model, fingerprint, load_training_data
 from rkd.train.loop import TrainResult, fit
 from rkd.train.progress import ProgressSink
+from rkd.train.rundir import check_run_dir
 
 
 def train_teacher(
@@ -32,6 +33,8 @@ def train_teacher(
             f"the recipe loads its teacher from teacher.checkpoint ({tcfg.checkpoint}): nothing to train; "
             "remove teacher.checkpoint (or --set teacher.checkpoint=null) to train one"
         )
+    fp = fingerprint(recipe.data, tcfg, recipe.seed)
+    check_run_dir(run_dir, resume=resume, fingerprint=fp)  # before anything is written
     dev = resolve_device(device or recipe.device)
     seed_everything(recipe.seed)
     data = load_training_data(recipe.data, seed=recipe.seed, root=data_root)
@@ -40,11 +43,10 @@ def train_teacher(
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "recipe.resolved.yaml", dump_recipe(recipe))
-    fp = fingerprint(recipe.data, tcfg, recipe.seed)
     meta = {
         "stage": "teacher", "recipe": recipe.name, "recipe_fingerprint": fp, "method": tcfg.method.model_dump(),
         "data": {"dataset": recipe.data.dataset, "options": recipe.data.options(), "train_n": len(data.train),
-                 "classes": data.classes},
+                 "classes": data.classes, **({"transforms": data.transforms} if data.transforms else {})},
         "threat": recipe.threat.model_dump(),
     }
     return fit(

@@ -12,7 +12,7 @@ from torch import nn
 from rkd.data import indices_sha256, load_dataset, select_indices
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
-from rkd.verify.suite import evaluate_robustness, parse_attacks
+from rkd.verify.suite import check_suite, evaluate_robustness, parse_attacks
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -47,6 +47,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate ``model`` as ``request`` says and return the JSON report (RobustBench names at the top level)."""
     t0 = time.perf_counter()
+    specs = parse_attacks(request.attacks)
+    check_suite(specs, seed=request.seed)  # before any data or model call
     data = load_dataset(request.dataset, request.split, root=request.data_root, **(request.data_options or {}))
     num_classes = getattr(getattr(model, "spec", None), "num_classes", None)
     if num_classes is not None and num_classes != len(data.classes):
@@ -59,7 +61,7 @@ def evaluate_model(
     y = data.y[idx]
     model = model.to(request.device).eval()
     result = evaluate_robustness(
-        model, x, y, attacks=parse_attacks(request.attacks), eps=request.eps, alpha=request.alpha,
+        model, x, y, attacks=specs, eps=request.eps, alpha=request.alpha,
         norm=request.norm, batch_size=request.batch_size, seed=request.seed, device=request.device,
         autoattack_state=request.autoattack_state, log=log,
     )

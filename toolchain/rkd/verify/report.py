@@ -159,6 +159,11 @@ def plot_curve(curve: Mapping[str, Any], path: str | Path, title: str = "") -> P
     return Path(path)
 
 
+def report_names(*, curve: bool = False, junit: bool = True) -> list[str]:
+    """The files :func:`write_reports` writes into its folder (the JUnit file unless it goes elsewhere)."""
+    return [JSON_NAME, MARKDOWN_NAME] + ([JUNIT_NAME] if junit else []) + ([CURVE_NAME] if curve else [])
+
+
 def write_reports(
     report: dict[str, Any], out_dir: str | Path, *, junit: str | Path | None = None
 ) -> dict[str, Path]:

@@ -27,6 +27,12 @@ from rkd.stats import wilson_interval
 
 _SPEC = re.compile(r"^(clean|fgsm|pgd(\d+)(?:r(\d+))?|cw(\d+)?|autoattack|square|aa-custom:([a-z+-]+))$")
 AA_SUBATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+#: The most steps (``pgdK``, ``cwK``) and restarts (``pgdKrR``) an attack name may ask for: more is a typo, not an
+#: evaluation (AutoAttack's APGD takes 100 steps; the literature's strongest PGD runs take 1,000 or so).
+MAX_STEPS = 10_000
+MAX_RESTARTS = 100
+#: Seeds are what torch's generators take: integers in [0, 2**63).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -69,9 +75,11 @@ def parse_attacks(text: str | list[str]) -> list[AttackSpec]:
             restarts = int(m.group(3) or 1)
             if restarts < 1:
                 raise UsageError(f"attack '{name}' needs at least one restart")
-            spec = AttackSpec(name, "pgd", int(m.group(2)), restarts=restarts)
+            if restarts > MAX_RESTARTS:
+                raise UsageError(f"attack '{name}' asks for {restarts} restarts; at most {MAX_RESTARTS}")
+            spec = AttackSpec(name, "pgd", _steps(name, m.group(2)), restarts=restarts)
         elif name.startswith("cw"):
-            spec = AttackSpec(name, "cw", int(m.group(4) or 30))
+            spec = AttackSpec(name, "cw", _steps(name, m.group(4) or "30"))
         elif name == "autoattack":
             spec = AttackSpec(name, "autoattack", subattacks=("apgd-ce", "apgd-t", "fab-t", "square"))
         elif name == "square":
@@ -81,12 +89,40 @@ def parse_attacks(text: str | list[str]) -> list[AttackSpec]:
             bad = [s for s in subs if s not in AA_SUBATTACKS]
             if bad or not subs:
                 raise UsageError(f"unknown AutoAttack attack {bad or subs}: choose from {', '.join(AA_SUBATTACKS)}")
+            twice = sorted({s for s in subs if subs.count(s) > 1})
+            if twice:
+                raise UsageError(f"attack '{name}' names {', '.join(twice)} twice: list each AutoAttack attack once")
             spec = AttackSpec(name, "autoattack", subattacks=subs)
         if spec.steps == 0 and spec.kind in ("pgd", "cw"):
             raise UsageError(f"attack '{name}' needs at least one step")
         if spec not in specs:
             specs.append(spec)
     return specs
+
+
+def _steps(name: str, digits: str) -> int:
+    """The step count in an attack name, refused above :data:`MAX_STEPS` (a count of steps, not a typo'd run)."""
+    if len(digits) > len(str(MAX_STEPS)) or int(digits) > MAX_STEPS:
+        raise UsageError(f"attack '{name}' asks for {int(digits)} steps; at most {MAX_STEPS:,}")
+    return int(digits)
+
+
+def check_seed(seed: object, option: str = "--seed") -> int:
+    """``seed`` as an integer in [0, 2**63) (what every attack, AutoAttack included, can take), else a UsageError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{option} must be an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_suite(specs: Sequence[AttackSpec], *, seed: object) -> None:
+    """What would otherwise fail only once the attacks run, checked before any model call: the seed, and
+    pyautoattack for AutoAttack-type attacks (:class:`~rkd.errors.MissingDependencyError`, exit 3)."""
+    check_seed(seed)
+    kinds = [s.name for s in specs if s.kind == "autoattack"]
+    if kinds:
+        from rkd.attacks.autoattack import require_pyautoattack
+
+        require_pyautoattack(f"attack '{kinds[0]}'")
 
 
 @dataclass
@@ -352,6 +388,7 @@ def evaluate_robustness(
     if autoattack_on not in ("clean", "robust"):
         raise UsageError(f"autoattack_on must be 'clean' or 'robust', got {autoattack_on!r}")
     specs = parse_attacks(attacks) if isinstance(attacks, str) else attacks
+    check_suite([s for s in specs if s.name not in (done or {})], seed=seed)
     dev = torch.device(device)
     model.eval()
     n = len(x)

@@ -57,8 +57,32 @@ class VerifyTarget:
 
     @property
     def threat_model(self) -> dict[str, Any] | None:
-        """The threat model the bundle was built for (``{"norm", "eps"}``), when recorded."""
-        return (self.manifest or {}).get("threat_model") or None
+        """The threat model the bundle was built for (``{"norm", "eps"}``, eps a float), when recorded.
+
+        Raises:
+            CheckpointError: a recorded threat model that is not one (an unknown norm, an eps that is no radius).
+        """
+        tm = (self.manifest or {}).get("threat_model") or None
+        if tm is None:
+            return None
+        where = f"'{self.path.parent / MANIFEST}': threat_model"
+        if not isinstance(tm, dict):
+            raise CheckpointError(f"{where} is {tm!r}, not a mapping; re-export the bundle")
+        norm = tm.get("norm", "linf")
+        if norm not in ("linf", "l2"):
+            raise CheckpointError(f"{where}.norm is {norm!r}, not linf or l2; re-export the bundle")
+        out = dict(tm, norm=norm)
+        if "eps" in tm:
+            from rkd.attacks.checks import check_eps
+
+            eps = tm["eps"]
+            try:
+                if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+                    raise UsageError("not a number")
+                out["eps"] = check_eps(eps, norm)
+            except UsageError:
+                raise CheckpointError(f"{where}.eps is {eps!r}, not a {norm} radius; re-export the bundle") from None
+        return out
 
     def trained_on(self) -> tuple[dict[str, Any] | None, str]:
         """The data set the model was trained on (``{"dataset", "options"}``, or None) and where that is recorded:
@@ -138,6 +162,9 @@ def _engine_source(path: Path, manifest: dict[str, Any] | None) -> Path:
     if not isinstance(record, dict) or not record.get("source_onnx"):
         raise CheckpointError(f"the manifest has no build record for engine '{path.name}'; rebuild it with "
                               "rkd export --target trt")
+    if record["source_onnx"] not in (manifest.get("files") or {}):
+        raise CheckpointError(f"engine '{path.name}' names {record['source_onnx']!r} as its source ONNX, which the "
+                              "bundle does not hold; rebuild it with rkd export --target trt")
     source = path.parent / record["source_onnx"]
     current = ((manifest.get("files") or {}).get(record["source_onnx"]) or {}).get("sha256")
     if current != record.get("source_onnx_sha256"):

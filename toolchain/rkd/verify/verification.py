@@ -42,7 +42,14 @@ from rkd.errors import CheckpointError, UsageError
 from rkd.verify.engine_model import EngineModel
 from rkd.verify.gates import Gate, check_gate_metrics, evaluate_gates
 from rkd.verify.state import VerifyState
-from rkd.verify.suite import AttackOutcome, AttackSpec, RobustnessResult, evaluate_robustness, parse_attacks
+from rkd.verify.suite import (
+    AttackOutcome,
+    AttackSpec,
+    RobustnessResult,
+    check_suite,
+    evaluate_robustness,
+    parse_attacks,
+)
 from rkd.verify.target import VerifyTarget, open_target
 
 REPORT_SCHEMA_VERSION = 1
@@ -190,7 +197,7 @@ def _warnings(
     out = list(target.warnings) + list(engine.warnings)
     tm = target.threat_model
     if tm and (tm.get("norm") != norm or abs(float(tm.get("eps", eps)) - eps) > 1e-9):
-        out.append(f"threat model differs from the bundle's ({tm.get('norm')} eps={float(tm.get('eps')):.5g}): "
+        out.append(f"threat model differs from the bundle's ({tm.get('norm')} eps={float(tm.get('eps', eps)):.5g}): "
                    f"verifying {norm} eps={eps:.5g}")
     gradient = engine.outcomes["clean"].correct.clone()  # robust to every gradient attack (none: clean-correct)
     for spec in specs:
@@ -273,6 +280,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                          "fewer samples than it asks for is not a pass; raise --n")
     if request.curve_eps:
         parse_attacks(request.curve_attack)
+    check_suite(specs, seed=request.seed)  # before any model call: a seed AutoAttack refuses, no pyautoattack
     target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
                          device=request.device, batch_size=request.batch_size,
                          runtime_options=request.runtime_options)
@@ -286,6 +294,13 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
         if log is not None:
             log(f"data: {dataset}" + (f" (recorded in {where}; --data overrides)" if chosen is not None else
                                       " (nothing recorded; --data overrides)"))
+    elif request.dataset == "imagefolder":  # a folder given by path: decoded at the model's size and crop
+        record, _ = target.trained_on()
+        recorded = record.get("options") if isinstance(record, dict) and record.get("dataset") == "imagefolder" else None
+        fill = {k: v for k, v in (recorded or {}).items() if k in ("image_size", "crop_ratio")}
+        if target.image_size is not None:
+            fill.setdefault("image_size", target.image_size)
+        request = replace(request, data_options={**fill, **(request.data_options or {})})
     has_reference = target.reference is not None
     same_model = target.kind == "checkpoint" and request.reference is None  # the model is its own reference
     check_gates_measurable(request.gates, specs, has_reference=has_reference,

@@ -1,0 +1,118 @@
+"""benchmarks/gpu_check.py: its dry run (the GPU check's code paths at toy sizes on the CPU), its stop at the
+budget, the wheel slimming, the Markdown of a report with nothing in it, and the package list."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+@pytest.mark.slow
+def test_the_dry_run_runs_every_section_and_writes_json_and_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rep = json.loads((out / "gpu_check.json").read_text())
+    md = (out / "gpu_check.md").read_text()
+    assert (out / "gpu_check.log").is_file()
+    assert {name: s["status"] for name, s in rep["sections"].items()} == {
+        name: "ok" for name in ("environment", "cuda_tests", "distill_step", "sanity_run", "export_verify",
+                                "distill_step_compiled")}
+    assert rep["mode"].startswith("dry-run") and "gpu_check.py --dry-run" in rep["command"]
+    tests = rep["sections"]["cuda_tests"]
+    assert tests["counts"].get("passed", 0) >= 10 and not tests["counts"].get("failed")
+    students = rep["sections"]["distill_step"]["students"]
+    assert [k.split()[0] for k in students] == ["resnet18", "mobilenet_v2"]
+    for student in students.values():
+        for key, v in student["variants"].items():
+            assert v["status"] == "ok" and v["rounds"] == 2 and v["seconds"]["median"] > 0, key
+        assert student["ratios"]["speedup_reference_over_rkd_adv_path_fp32"]["n"] == 2
+        assert student["ratios"]["macs"]["implied"]["ratio"] > 1
+    compiled = rep["sections"]["distill_step_compiled"]["groups"]
+    assert len(compiled) == 8 and all(g["status"] == "ok" for g in compiled)
+    sanity = rep["sections"]["sanity_run"]
+    assert sanity["metrics"]["img_per_s_last_epoch"]["median"] > 0
+    assert sanity["projection"]["wrn34_10_teacher"]["hours"]["median"] > 0
+    ev = rep["sections"]["export_verify"]
+    assert ev["export"]["parity"]["top1_agreement"] == 1.0
+    assert ev["verify"]["artifact"]["runtime"] == "torch" and ev["verify"]["n"] == 16
+    for heading in ("## 1. CUDA tests", "## 2. The distillation step", "### Compiled attack",
+                    "## 3. Sanity run and projection", "## 4. Export and verify", "## 5. Environment"):
+        assert heading in md
+
+
+def test_at_the_budget_it_stops_and_still_writes_its_report(tmp_path: Path) -> None:
+    """A section that overruns: the watchdog ends the run at --budget and writes what there is."""
+    out = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import importlib.util, sys, time
+        spec = importlib.util.spec_from_file_location("gpu_check", {str(SCRIPT)!r})
+        g = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(g)
+        g.section_distill_step = lambda *a: time.sleep(600)
+        sys.exit(g.main(["--dry-run", "--budget", "30", "--sections", "distill_step", "--out", {str(out)!r}]))
+    """)  # a budget that leaves the section time to start even on a loaded machine (its deadline: 16.5 s)
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3, res.stdout + res.stderr
+    rep = json.loads((out / "gpu_check.json").read_text())
+    assert rep["stopped"].startswith("budget of 30 s") and 29 < rep["elapsed_s"] < 60
+    assert rep["sections"]["distill_step"]["status"].startswith("skipped: time")
+    assert rep["sections"]["cuda_tests"]["status"] == "not requested"
+    assert "STOPPED at the budget" in (out / "gpu_check.md").read_text()
+
+
+def test_slim_wheel_leaves_out_large_examples_and_their_record_lines(tmp_path: Path) -> None:
+    g = _module()
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/__init__.py", "x = 1\n")
+        z.writestr("pkg/examples/weights.pt", b"\0" * (2 << 20))
+        z.writestr("pkg/examples/small.py", "y = 2\n")
+        z.writestr("pkg-1.0.dist-info/RECORD", "pkg/__init__.py,sha256=a,6\npkg/examples/weights.pt,sha256=b,2\n"
+                                               "pkg/examples/small.py,sha256=c,6\npkg-1.0.dist-info/RECORD,,\n")
+    assert g.slim_wheel(wheel) == ["pkg/examples/weights.pt"]
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == ["pkg-1.0.dist-info/RECORD", "pkg/__init__.py", "pkg/examples/small.py"]
+        assert "weights.pt" not in z.read("pkg-1.0.dist-info/RECORD").decode()
+    assert g.slim_wheel(wheel) == []  # nothing left to leave out
+
+
+def test_markdown_of_a_report_with_nothing_measured_yet() -> None:
+    g = _module()
+    md = g.markdown({"mode": "full", "sections": {name: {"status": "pending"} for name in g.SECTION_ORDER}})
+    assert md.startswith("# rkd GPU check (full)") and "| distill_step | pending |" in md
+
+
+def test_needs_lists_every_package_and_what_comes_as_wheels(capsys: pytest.CaptureFixture[str]) -> None:
+    g = _module()
+    assert g.main(["--needs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == [dist for dist, _ in g.NEEDS]
+    assert all(("brought as a wheel" in ln) == (ln.split()[0] in g.WHEELS) for ln in lines)
