@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rkd.config import ADV_PATH_PRESETS
 from rkd.distill.adv_path import AdvPath, AdvPaths, used_steps
 from rkd.models import create_model
 
 EPS, ALPHA = 8 / 255, 2 / 255
+RECON = ADV_PATH_PRESETS["reconstruction"]  # two branches, CE path, teacher weights, per-sample mean
 
 
 def _models(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -68,6 +70,8 @@ def reference_loss(method: AdvPath, x: torch.Tensor, y: torch.Tensor, paths: Adv
             ds.append((p0 - pk).clamp_min(0) if name == "u" else (pk - p0).clamp_min(0))
         if method.weights == "uniform":
             ws = [torch.ones_like(d) for d in ds]
+        elif method.weights == "linear":
+            ws = [torch.full_like(d, k / method.steps) for k, d in zip(paths.steps, ds, strict=True)]
         else:
             dmax = max(float(d.max()) for d in ds)
             ws = [d / max(dmax, 1e-12) for d in ds]
@@ -89,7 +93,7 @@ def test_used_steps() -> None:
 @pytest.mark.parametrize("stride", [1, 3])
 def test_paths_stay_in_the_ball_and_have_m_iterates(stride: int) -> None:
     student, teacher = _models()
-    method = AdvPath(student, teacher, steps=5, iterate_stride=stride).eval()
+    method = AdvPath(student, teacher, **{**RECON, "iterate_stride": stride}, steps=5).eval()
     x, y = _batch()
     paths = method.craft(x, y)
     k = len(used_steps(5, stride))
@@ -103,7 +107,7 @@ def test_paths_stay_in_the_ball_and_have_m_iterates(stride: int) -> None:
 def test_untargeted_path_lowers_the_true_class_and_targeted_raises_the_target(trained) -> None:
     model, x, y = trained
     _, teacher = _models()
-    method = AdvPath(model, teacher, steps=5).eval()
+    method = AdvPath(model, teacher, **RECON, steps=5).eval()
     paths = method.craft(x, y)
     with torch.no_grad():
         p0 = F.softmax(model(x), 1)
@@ -117,7 +121,7 @@ def test_untargeted_path_lowers_the_true_class_and_targeted_raises_the_target(tr
 def test_weights_lie_in_unit_interval_with_batch_max_one(trained) -> None:
     model, x, y = trained
     _, teacher = _models()
-    method = AdvPath(model, teacher, steps=4).eval()
+    method = AdvPath(model, teacher, **RECON, steps=4).eval()
     # use the trained model as its own teacher so that probabilities move along the path
     method.teacher = model
     paths = method.craft(x, y)
@@ -133,12 +137,14 @@ def test_weights_lie_in_unit_interval_with_batch_max_one(trained) -> None:
 
 @pytest.mark.parametrize(
     "knobs",
-    [{}, {"iterate_stride": 2}, {"align_target": "clean"}, {"weights": "uniform"}, {"gamma": 0.0},
-     {"gamma": 0.5, "lambda_nat": 0.3}, {"aggregate": "sum"}, {"weight_model": "path"},
-     {"aggregate": "sum", "weight_model": "path", "step_loss": "kl", "gamma": 0.0},
-     {"aggregate": "sum", "weight_model": "path", "step_loss": "kl", "target": "runner_up", "iterate_stride": 2}],
-    ids=["defaults", "stride2", "clean-target", "uniform", "no-targeted", "gamma-lambda", "sum", "path-weights",
-         "sum-path-kl", "sum-path-kl-two-branches"],
+    [{}, RECON, {**RECON, "iterate_stride": 2}, {**RECON, "align_target": "clean"}, {**RECON, "weights": "uniform"},
+     {**RECON, "gamma": 0.0}, {**RECON, "gamma": 0.5, "lambda_nat": 0.3}, {**RECON, "aggregate": "sum"},
+     {**RECON, "weight_model": "path"}, {**RECON, "weights": "linear"},
+     {**RECON, "aggregate": "sum", "weight_model": "path", "step_loss": "kl", "gamma": 0.0},
+     {**RECON, "aggregate": "sum", "weight_model": "path", "step_loss": "kl", "target": "runner_up",
+      "iterate_stride": 2}],
+    ids=["defaults", "reconstruction", "stride2", "clean-target", "uniform", "no-targeted", "gamma-lambda", "sum",
+         "path-weights", "linear", "sum-path-kl", "sum-path-kl-two-branches"],
 )
 def test_fast_loss_equals_the_per_iterate_reference(knobs: dict) -> None:
     student, teacher = _models()
@@ -227,7 +233,7 @@ def test_reduced_to_rslad_it_equals_rslad_on_the_same_x_adv() -> None:
 
 def test_one_training_step_trains_only_the_student() -> None:
     student, teacher = _models()
-    method = AdvPath(student, teacher, steps=2).train()
+    method = AdvPath(student, teacher, **RECON, steps=2).train()
     x, y = _batch()
     out = method(x, y)
     out.loss.backward()
@@ -249,7 +255,7 @@ def test_every_knob_changes_the_step(knob: dict, trained) -> None:
     """Each alternative of METHOD.md's knob table is used, not silently ignored: same seed, different loss."""
     teacher, x, y = trained  # a trained teacher: its probabilities vary along the path
     losses = []
-    for knobs in ({}, knob):
+    for knobs in (RECON, {**RECON, **knob}):  # each alternative against the reconstruction it departs from
         torch.manual_seed(11)
         student = create_model("resnet18", width=0.125)
         method = AdvPath(student, teacher, steps=3, **knobs, generator=torch.Generator().manual_seed(7)).train()

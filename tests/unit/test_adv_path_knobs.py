@@ -17,6 +17,7 @@ from rkd.errors import UsageError
 from rkd.models import create_model
 
 EPS, ALPHA = 8 / 255, 2 / 255
+RECON = ADV_PATH_PRESETS["reconstruction"]
 
 
 def _models(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -56,7 +57,8 @@ def test_mean_renormalises_each_sample_and_sum_keeps_the_batch_max_scale() -> No
     student, teacher = _models()
     x, y = _batch()
     factor = (1 - 1 / 6) / len(x)
-    knobs = {"steps": 3, "gamma": 0.0, "weight_model": "path"}  # the student's own drops: every sample moves
+    # the student's own drops: every sample moves
+    knobs = {"steps": 3, "gamma": 0.0, "weights": "prob_change", "weight_model": "path"}
     w, coef = _weights_and_coef(AdvPath(student, teacher, aggregate="mean", **knobs,
                                         generator=torch.Generator().manual_seed(0)), x, y)
     moved = w.sum(0) > 0
@@ -79,20 +81,21 @@ def test_samples_without_any_weight_are_counted_and_get_no_adversarial_term() ->
     teacher = Constant(torch.randn(1, 10, generator=torch.Generator().manual_seed(0)))
     x, y = _batch()
     for aggregate in ("mean", "sum"):
-        method = AdvPath(student, teacher, steps=2, aggregate=aggregate, generator=torch.Generator().manual_seed(0))
+        method = AdvPath(student, teacher, **{**RECON, "aggregate": aggregate}, steps=2,
+                         generator=torch.Generator().manual_seed(0))
         out = method(x, y)  # the teacher's probabilities never change: every prob_change weight is 0
         assert float(out.stats["zero_weight_u"]) == 1.0 and float(out.stats["zero_weight_t"]) == 1.0
         assert float(out.parts["path_u"]) == 0.0 and float(out.parts["path_t"]) == 0.0
         kl_nat = kl_per_sample(soft_targets(teacher(x)), student(x)).mean() * RSLAD_KL_SCALE
         assert out.loss.item() == pytest.approx(1 / 6 * kl_nat.item(), rel=1e-5)
-    uniform = AdvPath(student, teacher, steps=2, weights="uniform")(x, y)
+    uniform = AdvPath(student, teacher, **{**RECON, "weights": "uniform"}, steps=2)(x, y)
     assert float(uniform.stats["zero_weight_u"]) == 0.0 and float(uniform.parts["path_u"]) > 0.0
 
 
 def test_path_weights_are_the_crafting_models_own_probabilities() -> None:
     student, teacher = _models()
     x, y = _batch()
-    method = AdvPath(student, teacher, steps=3, weight_model="path", iterate_stride=2,
+    method = AdvPath(student, teacher, **{**RECON, "weight_model": "path", "iterate_stride": 2}, steps=3,
                      generator=torch.Generator().manual_seed(3))
     method.train()  # crafting runs the student in eval mode (crafting_mode eval): so are the recorded outputs
     paths = method.craft(x, y)
@@ -110,7 +113,7 @@ def test_path_weights_are_the_crafting_models_own_probabilities() -> None:
     drop = (paths.start_probs[0][idx, y][None] - paths.probs[0][:, idx, y]).clamp_min(0)
     w = method._weights("u", paths.probs[0], paths.start_probs[0], y, paths, 0)
     assert torch.allclose(w, drop / drop.max(), atol=1e-6)
-    assert AdvPath(student, teacher, steps=3).craft(x, y).probs is None  # teacher weights: nothing recorded
+    assert AdvPath(student, teacher, **RECON, steps=3).craft(x, y).probs is None  # teacher weights: nothing recorded
 
 
 def test_kl_step_loss_ascends_rslads_objective() -> None:
@@ -125,7 +128,8 @@ def test_kl_step_loss_ascends_rslads_objective() -> None:
     (grad,) = torch.autograd.grad(kl_per_sample(target, student(x0)).sum(), x0)
     expected = torch.min(torch.max(x0.detach() + ALPHA * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
     assert torch.allclose(paths.u[0], expected, atol=1e-6)
-    ce = AdvPath(student, teacher, steps=1, gamma=0.0, generator=torch.Generator().manual_seed(9)).craft(x, y)
+    ce = AdvPath(student, teacher, steps=1, gamma=0.0, step_loss="ce",
+                 generator=torch.Generator().manual_seed(9)).craft(x, y)
     assert not torch.allclose(ce.u[0], paths.u[0])
 
 
