@@ -58,7 +58,7 @@ def test_mean_renormalises_each_sample_and_sum_keeps_the_batch_max_scale() -> No
     x, y = _batch()
     factor = (1 - 1 / 6) / len(x)
     # the student's own drops: every sample moves
-    knobs = {"steps": 3, "gamma": 0.0, "weights": "prob_change", "weight_model": "path"}
+    knobs = {"steps": 3, "gamma": 0.0, "step_loss": "ce", "weights": "prob_change", "weight_model": "path"}
     w, coef = _weights_and_coef(AdvPath(student, teacher, aggregate="mean", **knobs,
                                         generator=torch.Generator().manual_seed(0)), x, y)
     moved = w.sum(0) > 0
@@ -159,19 +159,31 @@ def test_an_unknown_knob_value_is_a_one_line_error(knob: str, value: str) -> Non
     assert "\n" not in text and knob in text and repr(value) in text and "choose one of" in text
 
 
-def test_preset_fills_the_knobs_a_recipe_leaves_unset() -> None:
-    cfg = AdvPathConfig(preset="reconstruction", gamma=0.5)
-    for knob, value in ADV_PATH_PRESETS["reconstruction"].items():
+@pytest.mark.parametrize("preset", sorted(ADV_PATH_PRESETS))
+def test_preset_fills_the_knobs_a_recipe_leaves_unset(preset: str) -> None:
+    cfg = AdvPathConfig(preset=preset, gamma=0.5)
+    for knob, value in ADV_PATH_PRESETS[preset].items():
         assert getattr(cfg, knob) == (0.5 if knob == "gamma" else value), knob
     with pytest.raises(ValueError):
         AdvPathConfig(preset="nonexistent")
+
+
+def test_the_defaults_are_the_kl_linear_sum_preset_in_the_recipe_and_the_class() -> None:
+    """One default, stated once in the presets: the recipe schema and the method's constructor agree with it."""
+    import inspect
+
+    cfg = AdvPathConfig()
+    params = inspect.signature(AdvPath.__init__).parameters
+    for knob, value in ADV_PATH_PRESETS["kl_linear_sum"].items():
+        assert getattr(cfg, knob) == value, knob
+        assert params[knob].default == value, knob
 
 
 @pytest.mark.parametrize(("knobs", "expected"), [
     ({"aggregate": "max"}, "student.method.aggregate: Input should be 'mean' or 'sum' (got 'max')"),
     ({"weight_model": "student"}, "student.method.weight_model: Input should be 'teacher' or 'path'"),
     ({"step_loss": "kld"}, "student.method.step_loss: Input should be 'ce', 'cw' or 'kl'"),
-    ({"preset": "paper"}, "student.method.preset: Input should be 'reconstruction'"),
+    ({"preset": "paper"}, "student.method.preset: Input should be 'kl_linear_sum' or 'reconstruction'"),
 ])
 def test_a_recipe_with_an_unknown_knob_value_is_a_one_line_recipe_error(knobs: dict, expected: str) -> None:
     from rkd.config import validate_recipe

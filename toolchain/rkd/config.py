@@ -205,9 +205,16 @@ class AdaadConfig(AttackConfig):
 
 
 # Named settings of adv_path's knobs: ``student.method.preset: NAME`` fills every knob the recipe does not set
-# itself. ``reconstruction`` is the first reading of the paper rkd shipped (a per-sample weighted mean over the
-# iterates of a CE path, teacher-measured weights, aligned at the same point, both branches at equal weight).
+# itself. ``kl_linear_sum`` is the default (docs/METHOD.md, "What rkd ships, and why"): the untargeted path climbs
+# RSLAD's KL to the teacher's clean output, every iterate is aligned to that output with weight k/m, summed.
+# ``reconstruction`` is the first reading of the paper rkd shipped (a per-sample weighted mean over the iterates
+# of a CE path, teacher-measured weights, aligned at the same point, both branches at equal weight).
 ADV_PATH_PRESETS: dict[str, dict[str, Any]] = {
+    "kl_linear_sum": {
+        "path_model": "student", "target": "random", "step_loss": "kl", "iterate_stride": 1,
+        "align_target": "clean", "weights": "linear", "weight_model": "teacher", "aggregate": "sum",
+        "reliability": False, "gamma": 0.0, "lambda_nat": 1 / 6, "temperature": 1.0, "crafting_mode": "eval",
+    },
     "reconstruction": {
         "path_model": "student", "target": "random", "step_loss": "ce", "iterate_stride": 1,
         "align_target": "same_point", "weights": "prob_change", "weight_model": "teacher", "aggregate": "mean",
@@ -218,30 +225,31 @@ ADV_PATH_PRESETS: dict[str, dict[str, Any]] = {
 
 class AdvPathConfig(AttackConfig):
     """The adversarial-path method (Dong et al., CVPR 2024; docs/METHOD.md): align teacher and student on the
-    intermediate iterates of an untargeted and a targeted PGD path, adaptively weighted.
+    intermediate iterates of an untargeted (and, with ``gamma`` > 0, a targeted) PGD path, weighted along it.
+    The defaults are the ``kl_linear_sum`` preset.
 
     ``steps`` is m (iterates per branch); ``alpha`` the step; ``eps`` the radius; ``preset`` a named set of the
     knobs below (:data:`ADV_PATH_PRESETS`; a knob the recipe sets itself wins).
     """
 
     name: Literal["adv_path"] = "adv_path"
-    preset: Literal["reconstruction"] | None = None
+    preset: Literal["kl_linear_sum", "reconstruction"] | None = None
     path_model: Literal["student", "teacher"] = "student"
     target: Literal["random", "runner_up", "least_likely"] = "random"  # target class of branch T
     # ascended by branch U: CE(y), the CW margin, or KL(p_T(x) || p_S(x')) (RSLAD's); branch T descends CE(t)
     # (its CW margin with cw)
-    step_loss: Literal["ce", "cw", "kl"] = "ce"
+    step_loss: Literal["ce", "cw", "kl"] = "kl"
     iterate_stride: int = Field(1, ge=1)  # use every r-th iterate plus the last (1: all m)
-    align_target: Literal["same_point", "clean"] = "same_point"  # teacher at the iterate, or at clean x
-    weights: Literal["prob_change", "uniform", "linear", "entropy"] = "prob_change"
+    align_target: Literal["same_point", "clean"] = "clean"  # teacher at the iterate, or at clean x
+    weights: Literal["prob_change", "uniform", "linear", "entropy"] = "linear"  # weight of iterate k (linear: k/m)
     # whose true-class (target-class) probability change prob_change measures: the teacher's, or the model that
     # crafted the path (the student by default) as it was while crafting
     weight_model: Literal["teacher", "path"] = "teacher"
     # over a sample's iterates: "mean" renormalises its weights to sum 1; "sum" keeps them (batch-max scale)
-    aggregate: Literal["mean", "sum"] = "mean"
+    aggregate: Literal["mean", "sum"] = "sum"
     reliability: bool = False  # multiply weights by p_T(x_b[k])_{argmax p_T(x)} ** reliability_beta
     reliability_beta: float = Field(0.1, ge=0)
-    gamma: float = Field(1.0, ge=0, le=1)  # weight of branch T against branch U (0: targeted branch off)
+    gamma: float = Field(0.0, ge=0, le=1)  # weight of branch T against branch U (0: targeted branch off)
     lambda_nat: float = Field(1 / 6, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
     crafting_mode: Literal["eval", "train"] = "eval"  # student mode while crafting the path

@@ -109,7 +109,8 @@ def _chunked(fn: Any, x: torch.Tensor, max_batch: int | None) -> torch.Tensor:
 
 @METHODS.register("adv_path")
 class AdvPath(DistillMethod):
-    """Robust distillation on the adversarial path (Dong et al., CVPR 2024), METHOD.md's defaults.
+    """Robust distillation on the adversarial path (Dong et al., CVPR 2024); the defaults are the
+    ``kl_linear_sum`` preset of :data:`rkd.config.ADV_PATH_PRESETS` (docs/METHOD.md says why).
 
     Example:
         >>> method = AdvPath(student, teacher, steps=10)
@@ -130,15 +131,15 @@ class AdvPath(DistillMethod):
         norm: str = "linf",
         path_model: str = "student",
         target: str = "random",
-        step_loss: str = "ce",
+        step_loss: str = "kl",
         iterate_stride: int = 1,
-        align_target: str = "same_point",
-        weights: str = "prob_change",
+        align_target: str = "clean",
+        weights: str = "linear",
         weight_model: str = "teacher",
-        aggregate: str = "mean",
+        aggregate: str = "sum",
         reliability: bool = False,
         reliability_beta: float = 0.1,
-        gamma: float = 1.0,
+        gamma: float = 0.0,
         lambda_nat: float = 1 / 6,
         temperature: float = 1.0,
         crafting_mode: str = "eval",
