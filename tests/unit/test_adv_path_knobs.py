@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rkd.config import ADV_PATH_PRESETS, AdvPathConfig
-from rkd.distill.adv_path import AdvPath, AdvPaths
+from rkd.distill.adv_path import AdvPath
 from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets
 from rkd.distill.rslad import Rslad
 from rkd.errors import UsageError

@@ -3,14 +3,15 @@ unchanged against whatever ships.
 
 ``predict(x)`` takes float32 NCHW images in [0, 1] (normalisation is inside every model and file) and returns
 float32 logits on ``x``'s device, without gradients; ``describe()`` says what ran (versions, device, file and
-its sha256). Registered: ``torch`` and ``onnxruntime``; the TensorRT runtime lives in
-:mod:`rkd.deploy.tensorrt_runtime` and is imported only by :func:`open_runtime` when an engine is opened.
+its sha256). The interface itself is :class:`rkd.deploy.runtime.Runtime` (re-exported here). Registered: ``torch``
+and ``onnxruntime``; the TensorRT runtime lives in :mod:`rkd.deploy.tensorrt_runtime` (which imports only the
+interface, so the two modules do not import each other) and is loaded only by :func:`open_runtime` when an engine
+is opened.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,8 +19,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rkd.deploy.runtime import Runtime
 from rkd.errors import CheckpointError, MissingDependencyError, UsageError
 from rkd.registry import Registry
+
+__all__ = ["CHECKPOINT_SUFFIXES", "ENGINE_SUFFIXES", "ONNX_SUFFIXES", "RUNTIMES", "OnnxRuntime", "Runtime",
+           "TorchRuntime", "open_runtime"]
 
 ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -33,43 +38,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-class Runtime(ABC):
-    """Runs a classifier: ``predict(x) -> logits``, batched by ``batch_size``; ``describe() -> dict``."""
-
-    name: ClassVar[str]
-    batch_size: int = 256
-
-    @abstractmethod
-    def _predict_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of one batch (at most ``batch_size`` images), float32, any device."""
-
-    @abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """What runs: ``runtime`` name, versions, device/providers, file and sha256 where there is one."""
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (float32, on ``x.device``, no gradient) for float NCHW images ``x`` in [0, 1].
-
-        The range is not checked here (this is the hot path of every attack); callers feed [0, 1] images.
-
-        Raises:
-            UsageError: ``x`` is not a 4-D floating tensor with 3 channels.
-        """
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point() or x.shape[1] != 3:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise UsageError(f"{self.name} runtime expects float images shaped (N, 3, H, W), got {shape}")
-        x = x.detach()
-        if x.dtype != torch.float32:
-            x = x.float()
-        if len(x) <= self.batch_size:
-            return self._predict_batch(x).to(device=x.device, dtype=torch.float32)
-        parts = [self._predict_batch(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return torch.cat([p.to(device=x.device, dtype=torch.float32) for p in parts])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict(x)
 
 
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")

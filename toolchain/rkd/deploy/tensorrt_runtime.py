@@ -43,7 +43,7 @@ import torch
 
 from rkd.deploy import tensorrt_build as _build
 from rkd.deploy.bundle import MANIFEST_NAME, read_manifest
-from rkd.deploy.runtimes import Runtime
+from rkd.deploy.runtime import Runtime
 from rkd.errors import CheckpointError, MissingDependencyError, RkdError, UsageError
 
 OUTPUT_NAME = "logits"
