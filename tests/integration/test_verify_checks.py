@@ -16,7 +16,7 @@ from rkd.testing import train_tiny_classifier
 
 runner = CliRunner()
 META = {"data": {"dataset": "synthetic"}, "threat": {"norm": "linf", "eps": 8 / 255, "alpha": 2 / 255}}
-RUN = ["--data", "synthetic:n=64", "--n", "16", "--attacks", "pgd2", "--gate", "clean_acc>=0"]
+RUN = ["--data", "synthetic:n=64", "--n", "16", "--attacks", "pgd2", "--gate", "clean_acc>=0", "--allow-no-floor"]
 
 
 def _run(*args: str):
@@ -87,7 +87,8 @@ def test_a_missing_pyautoattack_is_exit_3_before_any_attack(
         bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "pyautoattack", None)  # `import pyautoattack` fails
     res = _run("verify", "--engine", str(bundle / "model.onnx"), "--data", "synthetic:n=64", "--n", "16",
-               "--attacks", "pgd2,autoattack", "--gate", "clean_acc>=0", "--report", str(tmp_path / "r"))
+               "--attacks", "pgd2,autoattack", "--gate", "clean_acc>=0", "--allow-no-floor",
+               "--report", str(tmp_path / "r"))
     text = _one_line_error(res, 3)
     assert "needs pyautoattack" in text and "pgd2:" not in text and not (tmp_path / "r").exists()
     ckpt = bundle.parent / "student.safetensors"
@@ -117,8 +118,8 @@ def test_attack_specs_and_seeds_are_checked_before_any_model_call(
         tmp_path: Path, no_model_call: None, args: list[str], message: str) -> None:
     engine = tmp_path / "model.onnx"
     engine.write_bytes(b"never opened")
-    res = _run("verify", "--engine", str(engine), "--data", "synthetic", "--gate", "clean_acc>=0", *args,
-               "--report", str(tmp_path / "r"))
+    res = _run("verify", "--engine", str(engine), "--data", "synthetic", "--gate", "clean_acc>=0",
+               "--allow-no-floor", *args, "--report", str(tmp_path / "r"))
     assert message in _one_line_error(res, 2)
     res = _run("eval", str(tmp_path / "never.safetensors"), "--data", "synthetic", *args,
                "--report", str(tmp_path / "e.json"))

@@ -356,6 +356,9 @@ class VerifyConfig(StrictModel):
     gates: Gates = Field(default_factory=list)  # e.g. "lower.robust_acc>=0.30", "drop.robust_acc<=0.03"
     fail_on_warnings: bool = False
     transfer: bool = True  # also attack with the float reference's adversarial examples
+    # judge gates without a floor on robust accuracy (drops/agreement only: they cannot fail a non-robust model);
+    # a recipe's or the command line's choice, never a profile's
+    allow_no_floor: bool = False
 
     @model_validator(mode="after")
     def _check_attacks(self) -> VerifyConfig:
@@ -406,6 +409,9 @@ class ExportProfile(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportProfile:
+        if self.verify.allow_no_floor:
+            raise ValueError("verify.allow_no_floor is a recipe's or the command line's choice (a floor depends on "
+                             "the model), not a profile's")
         if self.precision == "int8" and self.quantize is None:
             raise ValueError("precision int8 needs a quantize section")
         if self.precision != "int8" and self.quantize is not None:

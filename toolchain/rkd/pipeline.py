@@ -236,6 +236,17 @@ class Pipeline:
             where = "verify.gates" if recipe.verify is not None else f"profile {recipe.deploy.profile}'s verify.gates"
             raise RecipeError(f"{recipe.name}: {where} is empty, so verify could not fail: name at least one gate "
                               "(e.g. 'drop.robust_acc<=0.03'), or set fail_on_warnings")
+        if verify_cfg is not None:  # a gate set a model without robustness passes: refused unless opted out
+            from rkd.verify.gates import check_floor, parse_gate
+
+            where = "verify.gates" if recipe.verify is not None else (
+                f"a verify section (profile {recipe.deploy.profile}'s gates hold none)")
+            try:
+                check_floor([parse_gate(g) for g in verify_cfg.gates], allow_no_floor=verify_cfg.allow_no_floor,
+                            fix=f"add e.g. 'robust_acc>=0.40' (what the model must keep) to {where}, or set "
+                                "verify.allow_no_floor: true")
+            except UsageError as exc:
+                raise RecipeError(f"{recipe.name}: verify: {exc}") from None
         self.record = _Record(self.run_dir)
         self.stages: list[StageResult] = []
 

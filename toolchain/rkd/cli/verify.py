@@ -55,6 +55,9 @@ def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
     for g in rep["gates"]:
         mark = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
         out.print(f"{mark} {g['gate']}  ({g['message']}; {g['source']})", highlight=False)
+    note = (rep.get("floor") or {}).get("note")
+    if note:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
     verdict = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]",
                "no gates": "[bold]MEASURED[/] (no gates)"}[rep["verdict"]]
     out.print(f"{verdict}  report: {paths['json']}  junit: {paths['junit']}", highlight=False)
@@ -128,6 +131,10 @@ def verify(
                                            "in the reports).")] = False,
     no_gates: Annotated[bool, typer.Option("--no-gates", help="Measure without a verdict (exit 0 whatever the "
                                            "numbers); without it a run with no gate is a usage error.")] = False,
+    allow_no_floor: Annotated[bool, typer.Option("--allow-no-floor", help="Judge gates without a floor on robust "
+                                                 "accuracy (e.g. only drops and agreement, which a model without "
+                                                 "robustness passes; the report says so); without it such a gate "
+                                                 "set is a usage error.")] = False,
 ) -> None:
     """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
 
@@ -186,6 +193,9 @@ def verify(
         if no_gates and (request.gates or request.fail_on_warnings):
             raise UsageError("--no-gates with gates (--gate, the profile's or --fail-on-warnings): drop one of them")
         request.require_gates = not no_gates
+        request.allow_no_floor = allow_no_floor
+        request.floor_fix = ("add --gate 'robust_acc>=X' with X what your model must keep (e.g. 'lower.robust_acc>="
+                             "0.40'), or --allow-no-floor to judge only what deployment changes")
         folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
         check_output_path(folder, "--report", folder=True)
         for name in report_names(curve=curve, junit=junit is None):

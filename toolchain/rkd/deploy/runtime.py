@@ -17,6 +17,8 @@ class Runtime(ABC):
 
     name: ClassVar[str]
     batch_size: int = 256
+    #: The declared input shape (None for a dynamic axis), where the backend says; None when unknown.
+    input_shape: tuple[int | None, ...] | None = None
 
     @abstractmethod
     def _predict_batch(self, x: torch.Tensor) -> torch.Tensor:

@@ -180,6 +180,9 @@ class OnnxRuntime(Runtime):
                 f"'{self.path}' has {len(inputs)} inputs; an rkd classifier has one (NCHW images)"
             )
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        shape = inputs[0].shape
+        self.input_shape = (tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+                            if isinstance(shape, (list, tuple)) else None)
         self.providers = taken
 
     def _predict_batch(self, x: torch.Tensor) -> torch.Tensor:

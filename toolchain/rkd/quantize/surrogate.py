@@ -167,7 +167,9 @@ def _gather(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
     axis = axis + data.dim() if axis < 0 else axis
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = torch.index_select(data, axis, idx.reshape(-1).to(data.device))
-    return out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])
+    # a scalar index drops the axis; one shape tuple, so that a 0-d result (a scalar index into a 1-D
+    # tensor, as in Shape -> Gather of ``x.view(x.size(0), -1)``) reshapes too
+    return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))
 
 
 def _clip(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:

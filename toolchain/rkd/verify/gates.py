@@ -14,6 +14,11 @@ Metrics (all accuracies in [0, 1]; a value may be written ``0.40`` or ``40%``):
 - ``warnings``: the number of verification warnings (``warnings==0`` fails on any).
 
 OP is one of ``>=``, ``<=``, ``>``, ``<``, ``==``. Exit codes (DESIGN.md): 0 every gate passed, 1 one failed.
+
+A **floor** is a gate that a model without robustness fails: an absolute robust accuracy (``robust_acc``, an
+attack's ``<attack>_acc``, plain or with ``lower.``/``worst_class.``) required ``>=`` or ``>`` a value above 0.
+Drops and agreement judge what deployment changes, not the model; a gate set without a floor is refused unless
+the caller opts out (``--allow-no-floor``, ``verify.allow_no_floor``), and the report then says so.
 """
 
 from __future__ import annotations
@@ -95,6 +100,33 @@ def _base(metric: str) -> str:
         if metric.startswith(prefix):
             return metric[len(prefix):]
     return metric
+
+
+#: What a report says when its gates hold no floor (the run opted out with ``allow_no_floor``).
+NO_FLOOR_NOTE = ("no gate sets a floor on robust accuracy: these gates cannot fail for a non-robust model "
+                 "(allow_no_floor)")
+
+
+def is_floor(gate: Gate) -> bool:
+    """True when ``gate`` fails a model without robustness: an absolute robust accuracy (not clean, not a drop or
+    an agreement) required ``>=``/``>`` a value above 0."""
+    base = _base(gate.metric)
+    return (not gate.metric.startswith("drop.") and gate.metric not in _SPECIAL and base.endswith("_acc")
+            and base != "clean_acc" and gate.op in (">=", ">") and gate.threshold > 0)
+
+
+def check_floor(gates: Sequence[Gate], *, allow_no_floor: bool, fix: str) -> None:
+    """Refuse a gate set with no floor (:func:`is_floor`) unless ``allow_no_floor``; ``fix`` says how to add one
+    or opt out (an option on the command line, a key in a recipe).
+
+    Raises:
+        UsageError: no floor and no opt-out.
+    """
+    if allow_no_floor or any(is_floor(g) for g in gates):
+        return
+    shown = ", ".join(g.text for g in gates) or "none"
+    raise UsageError(f"no gate sets a floor on robust accuracy (gates: {shown}), so a model without any robustness "
+                     f"passes: {fix}")
 
 
 def check_gate_metrics(

@@ -51,6 +51,9 @@ def junit_xml(report: Mapping[str, Any]) -> str:
                        ("eps", report.get("eps")), ("n", report.get("n")), ("seed", report.get("seed")),
                        ("clean_acc", report.get("clean_acc")), ("robust_acc", report.get("robust_acc"))):
         ET.SubElement(props, "property", name=key, value=str(value))
+    note = (report.get("floor") or {}).get("note")
+    if note:
+        ET.SubElement(props, "property", name="floor", value=note)
     classname = f"rkd.verify.{Path(str(artifact.get('file', 'artifact'))).name}"
     for name, failure, message in cases:
         case = ET.SubElement(suite, "testcase", classname=classname, name=name)
@@ -85,6 +88,9 @@ def markdown(report: Mapping[str, Any]) -> str:
             value = "not measured" if g["value"] is None else f"{g['value']:.4g}"
             lines.append(f"| `{g['gate']}` | {value} | {'pass' if g['passed'] else '**FAIL**'} |")
         lines.append("")
+    note = (report.get("floor") or {}).get("note")
+    if note:
+        lines += [f"**Note:** {note}.", ""]
     float_attacks = (report.get("float") or {}).get("attacks") or {}
     lines += ["| attack | engine | 95% CI | float | drop |", "|---|---|---|---|---|"]
     for name, entry in (report.get("attacks") or {}).items():

@@ -56,6 +56,17 @@ class VerifyTarget:
         return getattr(spec, "num_classes", None)
 
     @property
+    def class_names(self) -> list[str] | None:
+        """The class names the bundle's manifest (or the checkpoint's training data) records, when it does."""
+        if self.manifest is not None:
+            names = self.manifest.get("classes")
+        else:
+            meta = getattr(self.runtime, "metadata", None)
+            data = meta.get("data") if isinstance(meta, dict) else None
+            names = data.get("classes") if isinstance(data, dict) else None
+        return [str(c) for c in names] if isinstance(names, list) and names else None
+
+    @property
     def threat_model(self) -> dict[str, Any] | None:
         """The threat model the bundle was built for (``{"norm", "eps"}``, eps a float), when recorded.
 

@@ -14,7 +14,9 @@ transfer breaking what the gradient attacks could not = gradient masking or a we
 gradients; low agreement). AutoAttack runs only on samples still robust after the cheaper attacks before it
 (same worst case, less work; its row is then cumulative and says so). FGSM, PGD and CW count every iterate
 whose engine logits misclassify (``score_every_iterate``); non-finite logits count as wrong. A run that could not
-fail (no gate) is refused when ``require_gates`` is set (the CLI without ``--no-gates``).
+fail (no gate) is refused when ``require_gates`` is set (the CLI without ``--no-gates``); so is a gate set
+without a floor on robust accuracy (:func:`~rkd.verify.gates.is_floor`) unless ``allow_no_floor`` is set, and the
+report then says that its gates cannot fail for a non-robust model.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from rkd.data import (
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
 from rkd.verify.engine_model import EngineModel
-from rkd.verify.gates import Gate, check_gate_metrics, evaluate_gates
+from rkd.verify.gates import NO_FLOOR_NOTE, Gate, check_floor, check_gate_metrics, evaluate_gates, is_floor
 from rkd.verify.state import VerifyState
 from rkd.verify.suite import (
     AttackOutcome,
@@ -93,6 +95,9 @@ class VerifyRequest:
     profile: dict[str, Any] | None = None
     runtime_options: dict[str, Any] | None = None  # passed to the runtime (e.g. ONNX Runtime providers)
     require_gates: bool = False  # refuse a run that could not fail (rkd verify without --no-gates)
+    allow_no_floor: bool = False  # judge gates without a floor on robust accuracy (drops/agreement only)
+    floor_fix: str = ("add a gate such as 'robust_acc>=0.40' (what the model must keep), or set allow_no_floor to "
+                      "judge only what deployment changes")  # how the refusal says to fix it
 
 
 def check_gates_measurable(gates: Sequence[Gate], specs: Sequence[AttackSpec], *, has_reference: bool,
@@ -280,6 +285,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                          "fewer samples than it asks for is not a pass; raise --n")
     if request.curve_eps:
         parse_attacks(request.curve_attack)
+    if request.gates or request.fail_on_warnings:  # judged: a model without robustness must be able to fail
+        check_floor(request.gates, allow_no_floor=request.allow_no_floor, fix=request.floor_fix)
     check_suite(specs, seed=request.seed)  # before any model call: a seed AutoAttack refuses, no pyautoattack
     target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
                          device=request.device, batch_size=request.batch_size,
@@ -328,10 +335,12 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     if target.num_classes is not None and target.num_classes != len(data.classes):
         raise CheckpointError(f"'{target.path.name}' predicts {target.num_classes} classes but {request.dataset} has "
                               f"{len(data.classes)}: verify it on the data set it was trained for")
+    _check_class_names(target, data.classes, request.dataset or "the data")
     idx = select_indices(len(data), request.n, seed=request.seed, mode=request.sample)
     x, y = data.to_float(idx), data.y[idx]
     dev = torch.device(request.device)
-    _check_output_widths(target, x[:1], dev)
+    _check_input_shape(target, x, f"{request.dataset} {request.split}")
+    _check_output_widths(target, x[:1], dev, num_classes=len(data.classes), dataset=request.dataset or "the data")
 
     settings = {
         "artifact_sha256": target.info["artifact"].get("sha256"), "surrogate": target.info["surrogate"].get("sha256"),
@@ -441,6 +450,9 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     report["fail_on_warnings"] = request.fail_on_warnings
     report["passed"] = all(g["passed"] for g in gates) and not warn_fail
     judged = bool(gates) or request.fail_on_warnings
+    floors = [g.text for g in request.gates if is_floor(g)]
+    report["floor"] = {"gates": floors, "allow_no_floor": request.allow_no_floor,
+                       "note": NO_FLOOR_NOTE if judged and not floors else None}
     report["verdict"] = ("pass" if report["passed"] else "fail") if judged else "no gates"
     report["per_sample"] = body["per_sample"]
     report["data"] = {"dataset": request.dataset, "options": dict(request.data_options or {}), "source": data_source,
@@ -462,13 +474,59 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     return report
 
 
-def _check_output_widths(target: VerifyTarget, probe: torch.Tensor, dev: torch.device) -> None:
-    """The engine, its surrogate and the float reference must score the same classes (one image through each).
+def _placeholder(names: Sequence[str]) -> bool:
+    """Names that only number the classes (``"0"``, ``"1"``, ...: an npz file without ``classes``)."""
+    return list(names) == [str(i) for i in range(len(names))]
+
+
+def _check_class_names(target: VerifyTarget, classes: Sequence[str], dataset: str) -> None:
+    """The classes the bundle (or checkpoint) records must be the data set's, in order (numbers only on either
+    side say nothing and pass).
 
     Raises:
-        CheckpointError: a surrogate or reference with another number of outputs than the engine.
+        CheckpointError: other class names, both lists shown briefly.
+    """
+    recorded = target.class_names
+    if not recorded or _placeholder(recorded) or _placeholder(classes) or list(recorded) == list(classes):
+        return
+
+    def brief(names: Sequence[str]) -> str:
+        return ", ".join(names[:4]) + (f", ... ({len(names)})" if len(names) > 4 else "")
+
+    raise CheckpointError(f"'{target.path.name}' was trained on classes {brief(recorded)} but {dataset} has "
+                          f"{brief(classes)}: verify it on the data set it was trained for (--data)")
+
+
+def _check_input_shape(target: VerifyTarget, x: torch.Tensor, what: str) -> None:
+    """The engine's declared input (channels, height, width) must take the data's images.
+
+    Raises:
+        UsageError: another channel count or image size, both shapes named.
+    """
+    declared = getattr(target.runtime, "input_shape", None)
+    if not declared or len(declared) != 4:
+        return
+    got = tuple(int(d) for d in x.shape[1:])
+    if all(d is None or d == g for d, g in zip(declared[1:], got, strict=True)):
+        return
+    shown = "(" + ", ".join("N" if i == 0 or d is None else str(d) for i, d in enumerate(declared)) + ")"
+    raise UsageError(f"'{target.path.name}' takes inputs shaped {shown} but {what} images are (N, "
+                     f"{', '.join(map(str, got))}): verify it on data of its own size and channels (--data)")
+
+
+def _check_output_widths(target: VerifyTarget, probe: torch.Tensor, dev: torch.device, *,
+                         num_classes: int | None = None, dataset: str = "the data") -> None:
+    """The engine, its surrogate and the float reference must score the same classes (one image through each),
+    and as many as the data set has.
+
+    Raises:
+        CheckpointError: an engine with another number of outputs than the data set's classes; a surrogate or
+            reference with another number than the engine.
     """
     engine = int(target.runtime.predict(probe).shape[1])
+    if num_classes is not None and engine != num_classes:
+        raise CheckpointError(f"'{target.path.name}' outputs {engine} scores per image but {dataset} has "
+                              f"{num_classes} classes: verify it on the data set it was trained for (--data)")
     for what, model, info in (("--surrogate", target.surrogate, target.info["surrogate"]),
                               ("--reference", target.reference, target.info["reference"])):
         if model is None:
@@ -499,4 +557,4 @@ def request_from_config(artifact: str | Path, cfg: Any, *, source: str, required
     return VerifyRequest(
         artifact=artifact, n=cfg.n, sample=cfg.sample, attacks=cfg.attacks, eps=cfg.eps,
         gates=[parse_gate(g, source=source) for g in cfg.gates], fail_on_warnings=cfg.fail_on_warnings,
-        transfer=cfg.transfer, required_n=required_n, **kw)
+        transfer=cfg.transfer, required_n=required_n, allow_no_floor=cfg.allow_no_floor, **kw)
