@@ -195,6 +195,7 @@ class AdvPath(DistillMethod):
         x0 = (xx + START_STD * self._draw(xx.shape, x.device, "normal")).clamp_(0.0, 1.0)
         record = self.weight_model == "path" and self.weights == "prob_change"
         seen: list[torch.Tensor] = []  # the crafting model's logits at x_0 .. x_{m-1}
+        kl_target = soft_targets(teacher_clean) if self.step_loss == "kl" and teacher_clean is not None else None
 
         def objective(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
             logits = logits.float()
@@ -205,8 +206,8 @@ class AdvPath(DistillMethod):
             elif self.step_loss == "ce":
                 per = F.cross_entropy(logits, lab, reduction="none")
             else:  # kl: branch U ascends KL(p_T(x) || p(x')) (RSLAD's inner maximisation); branch T its CE
-                assert teacher_clean is not None
-                kl = kl_per_sample(soft_targets(teacher_clean), logits[:b])
+                assert kl_target is not None
+                kl = kl_per_sample(kl_target, logits[:b])
                 per = torch.cat([kl, F.cross_entropy(logits[b:], lab[b:], reduction="none")]) if two else kl
             return (sign * per).sum()
 
