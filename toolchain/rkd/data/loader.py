@@ -22,7 +22,77 @@ from rkd.errors import UsageError
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class BatchLoader:
+class EpochLoader:
+    """What every training loader shares: the global batch split over ranks, epochs selected with
+    :meth:`set_epoch`, and an exact mid-epoch resume with :meth:`skip`. Subclasses set the fields through
+    :meth:`_setup` and implement :attr:`num_samples` and :meth:`batches`."""
+
+    batch_size: int
+    world_size: int
+    drop_last: bool
+    _epoch: int
+    _skip: int
+
+    def _setup(self, n: int, name: str, *, batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
+        """Check the batching arguments against ``n`` samples of data set ``name`` and set them."""
+        if n == 0:
+            raise UsageError(f"{name}: cannot batch an empty data set")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if drop_last and batch_size > n:
+            raise UsageError(
+                f"batch_size {batch_size} is larger than the data set ({n} samples) with drop_last: "
+                f"use a batch size <= {n}"
+            )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UsageError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batch_size % world_size:
+            raise UsageError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
+        self.batch_size, self.drop_last, self.rank, self.world_size = batch_size, drop_last, rank, world_size
+        self._epoch = 0
+        self._skip = 0
+
+    @property
+    def num_samples(self) -> int:  # pragma: no cover - abstract
+        """Number of samples in the data set (all ranks together)."""
+        raise NotImplementedError
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rows this rank gets per full step (``batch_size // world_size``)."""
+        return self.batch_size // self.world_size
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration produces."""
+        return self._epoch
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce epoch ``epoch``'s order and augmentation."""
+        self._epoch = int(epoch)
+
+    def skip(self, n_steps: int) -> EpochLoader:
+        """Make the next iteration start at step ``n_steps`` of the epoch (mid-epoch resume); returns self."""
+        if not 0 <= n_steps <= len(self):
+            raise UsageError(f"cannot skip {n_steps} steps of an epoch of {len(self)}")
+        self._skip = int(n_steps)
+        return self
+
+    def __iter__(self) -> Iterator[Batch]:
+        start, self._skip = self._skip, 0
+        return self.batches(start_step=start)
+
+    def batches(self, start_step: int = 0) -> Iterator[Batch]:  # pragma: no cover - abstract
+        """The current epoch's batches from step ``start_step`` on."""
+        raise NotImplementedError
+
+
+class BatchLoader(EpochLoader):
     """Iterable over ``(x, y)`` batches: ``x`` float32 NCHW in [0, 1], ``y`` int64, both on ``device``.
 
     The order and the augmentation of an epoch are a deterministic function of ``(seed, epoch)``; call
@@ -66,20 +136,8 @@ class BatchLoader:
         channels_last: bool = False,
         padding: int = 4,
     ) -> None:
-        n = len(data)
-        if n == 0:
-            raise UsageError(f"{data.name}: cannot batch an empty data set")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if drop_last and batch_size > n:
-            raise UsageError(
-                f"batch_size {batch_size} is larger than the data set ({n} samples) with drop_last: "
-                f"use a batch size <= {n}"
-            )
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise UsageError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if batch_size % world_size:
-            raise UsageError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
+        self._setup(len(data), data.name, batch_size=batch_size, drop_last=drop_last, rank=rank,
+                    world_size=world_size)
         if padding < 0:
             raise UsageError(f"padding must be >= 0, got {padding}")
         self.device = torch.device(device)
@@ -87,53 +145,17 @@ class BatchLoader:
         self.y = data.y.to(self.device)
         self.classes = list(data.classes)
         self.name = data.name
-        self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
-        self.drop_last = drop_last
         self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.channels_last = channels_last
         self.padding = padding
-        self._epoch = 0
-        self._skip = 0
         self._plan: tuple[int, torch.Tensor, tuple[torch.Tensor, ...] | None] | None = None
 
     @property
     def num_samples(self) -> int:
         """Number of samples in the data set (all ranks together)."""
         return int(self.x.shape[0])
-
-    @property
-    def local_batch_size(self) -> int:
-        """Rows this rank gets per full step (``batch_size // world_size``)."""
-        return self.batch_size // self.world_size
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration produces."""
-        return self._epoch
-
-    def __len__(self) -> int:
-        """Steps per epoch."""
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch``'s order and augmentation."""
-        self._epoch = int(epoch)
-
-    def skip(self, n_steps: int) -> BatchLoader:
-        """Make the next iteration start at step ``n_steps`` of the epoch (mid-epoch resume); returns self."""
-        if not 0 <= n_steps <= len(self):
-            raise UsageError(f"cannot skip {n_steps} steps of an epoch of {len(self)}")
-        self._skip = int(n_steps)
-        return self
-
-    def __iter__(self) -> Iterator[Batch]:
-        start, self._skip = self._skip, 0
-        return self.batches(start_step=start)
 
     def batches(self, start_step: int = 0) -> Iterator[Batch]:
         """The current epoch's batches from step ``start_step`` on."""
@@ -173,7 +195,7 @@ class BatchLoader:
         return x.contiguous(memory_format=fmt)
 
 
-def make_loader(data: object, **kwargs: Any) -> BatchLoader | Any:
+def make_loader(data: object, **kwargs: Any) -> EpochLoader:
     """The loader for ``data``: a :class:`BatchLoader` for in-memory ``ImageArrays``, a
     :class:`~rkd.data.stream.StreamLoader` for a streamed :class:`~rkd.data.stream.FolderImages` (whose
     augmentation is its own, so ``padding`` is not passed on). Keyword arguments as for ``BatchLoader``."""

@@ -31,10 +31,9 @@ from rkd.data.imagefolder import (
     describe_eval_transform,
     scan_image_folder,
 )
+from rkd.data.loader import Batch, EpochLoader
 from rkd.data.seeds import derive_seed
 from rkd.errors import DataError, UsageError
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 #: RandomResizedCrop's defaults (torchvision): fraction of the area, and aspect ratio, of the crop.
 RRC_SCALE: tuple[float, float] = (0.08, 1.0)
@@ -199,7 +198,7 @@ class _Decoded(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(img)), self.labels[index]
 
 
-class StreamLoader:
+class StreamLoader(EpochLoader):
     """Iterable over ``(x, y)`` batches of a :class:`FolderImages`, decoded by DataLoader workers.
 
     ``x`` is float32 NCHW in [0, 1] on ``device``, ``y`` int64. Same contract as
@@ -224,70 +223,22 @@ class StreamLoader:
         channels_last: bool = False,
         num_workers: int | None = None,
     ) -> None:
-        n = len(data)
-        if n == 0:
-            raise UsageError(f"{data.name}: cannot batch an empty data set")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if drop_last and batch_size > n:
-            raise UsageError(
-                f"batch_size {batch_size} is larger than the data set ({n} samples) with drop_last: "
-                f"use a batch size <= {n}"
-            )
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise UsageError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if batch_size % world_size:
-            raise UsageError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
+        self._setup(len(data), data.name, batch_size=batch_size, drop_last=drop_last, rank=rank,
+                    world_size=world_size)
         self.data = data
         self.device = torch.device(device)
         self.classes = list(data.classes)
         self.name = data.name
-        self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
-        self.drop_last = drop_last
         self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.channels_last = channels_last
         self.num_workers = data.num_workers if num_workers is None else int(num_workers)
-        self._epoch = 0
-        self._skip = 0
 
     @property
     def num_samples(self) -> int:
         """Number of samples in the data set (all ranks together)."""
         return len(self.data)
-
-    @property
-    def local_batch_size(self) -> int:
-        """Rows this rank gets per full step (``batch_size // world_size``)."""
-        return self.batch_size // self.world_size
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration produces."""
-        return self._epoch
-
-    def __len__(self) -> int:
-        """Steps per epoch."""
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch``'s order and augmentation."""
-        self._epoch = int(epoch)
-
-    def skip(self, n_steps: int) -> StreamLoader:
-        """Make the next iteration start at step ``n_steps`` of the epoch (mid-epoch resume); returns self."""
-        if not 0 <= n_steps <= len(self):
-            raise UsageError(f"cannot skip {n_steps} steps of an epoch of {len(self)}")
-        self._skip = int(n_steps)
-        return self
-
-    def __iter__(self) -> Iterator[Batch]:
-        start, self._skip = self._skip, 0
-        return self.batches(start_step=start)
 
     def step_items(self, start_step: int = 0) -> list[list[tuple[int, int | None]]]:
         """This rank's ``(index, augmentation seed)`` lists, one per step from ``start_step`` on."""
