@@ -50,7 +50,7 @@ from rkd.attacks.checks import (
     frozen_parameters,
     model_device,
 )
-from rkd.attacks.predictions import predicted_class
+from rkd.attacks.predictions import batched_classes
 from rkd.data.subsets import samples_sha256
 from rkd.errors import UsageError
 
@@ -167,14 +167,8 @@ def _preserved_rng(device: torch.device) -> Iterator[None]:
 
 
 def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
-    """argmax predictions (N,) on x's device, batched, without grad."""
-    preds = []
-    with torch.no_grad():
-        for chunk in x.split(batch_size):
-            preds.append(predicted_class(model(chunk.to(device))).to(x.device))
-    if not preds:
-        return torch.empty(0, dtype=torch.long, device=x.device)
-    return torch.cat(preds)
+    """:func:`~rkd.attacks.predictions.predicted_class` (N,) on x's device, batched, without grad."""
+    return batched_classes(model, x, batch_size, device).to(x.device)
 
 
 def _model_sha256(model: nn.Module) -> str:

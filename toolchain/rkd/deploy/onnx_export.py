@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from rkd.atomic import atomic_write
+from rkd.attacks.predictions import logit_agreement
 from rkd.errors import MissingDependencyError, UsageError
 
 INPUT_NAME = "input"
@@ -139,14 +140,5 @@ def compare_onnx(
     finally:
         model.train(was_training)
     got = OnnxRuntime(onnx_path, batch_size=batch_size).predict(x).cpu()
-    diff = (ref - got).abs()
-    agree = ref.argmax(1) == got.argmax(1)
-    return {
-        "n": len(x),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "max_abs_logit": float(ref.abs().max()),
-        "top1_agreement": float(agree.float().mean()),
-        "top1_disagreements": int((~agree).sum()),
-        "runtime": "onnxruntime CPUExecutionProvider",
-    }
+    return logit_agreement(ref, got) | {"max_abs_logit": float(ref.abs().max()),
+                                        "runtime": "onnxruntime CPUExecutionProvider"}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rkd.atomic import scratch_dir, sweep_scratch
-from rkd.attacks.predictions import predicted_class
+from rkd.attacks.predictions import batched_classes, predicted_class
 from rkd.data import FALLBACK_DATASET, indices_sha256, load_dataset, recorded_data, select_indices
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
@@ -149,12 +149,6 @@ def _bundle_action(checkpoint: Path, bundle: Path, ck_sha: str, *, force: bool) 
     return "reused"
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-
-
 def _pgd_adv(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, seed: int,
     batch_size: int,
@@ -175,7 +169,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Clean and PGD accuracy of the float model and the INT8 engine, and surrogate/engine agreement."""
     t0 = time.perf_counter()
-    f_pred = predicted_class(_predict(model, x, batch_size))
+    f_pred = batched_classes(model.eval(), x, batch_size)
     q_pred = predicted_class(engine.predict(x))
     f_clean, q_clean = f_pred == y, q_pred == y
     result: dict[str, Any] = {
@@ -192,7 +186,7 @@ def _evaluate(
         if len(idx):
             x_adv = _pgd_adv(model, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, seed=seed,
                              batch_size=batch_size)
-            f_rob[idx] = predicted_class(_predict(model, x_adv, batch_size)) == y[idx]
+            f_rob[idx] = batched_classes(model, x_adv, batch_size) == y[idx]
         seconds[f"float_{name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         q_rob = torch.zeros_like(q_clean)

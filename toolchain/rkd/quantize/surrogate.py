@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rkd.atomic import atomic_write, atomic_write_text
+from rkd.attacks.predictions import batched_logits, logit_agreement
 from rkd.errors import CheckpointError, UsageError
 
 FORMAT = "rkd-surrogate"
@@ -740,19 +741,6 @@ def agreement(
         engine = int8_onnx
     else:
         engine = OnnxRuntime(int8_onnx, batch_size=batch_size)
-    param = next(surrogate.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     surrogate.eval()
-    ours = torch.cat([surrogate(x[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(x), batch_size)])
     ref = engine.predict(x.cpu()).cpu()
-    diff = (ours - ref).abs()
-    agree = ours.argmax(1) == ref.argmax(1)
-    return {
-        "n": len(x),
-        "top1_agreement": float(agree.float().mean()),
-        "top1_disagreements": int((~agree).sum()),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "max_abs_logit": float(ref.abs().max()),
-    }
+    return logit_agreement(batched_logits(surrogate, x, batch_size), ref) | {"max_abs_logit": float(ref.abs().max())}

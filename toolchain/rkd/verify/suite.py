@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rkd.attacks.predictions import NO_CLASS, predicted_class
+from rkd.attacks.predictions import NO_CLASS, batched_classes, predicted_class
 from rkd.errors import UsageError
 from rkd.stats import wilson_interval
 
@@ -264,19 +264,11 @@ def _attack_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            out.append(predicted_class(model(x[i : i + batch_size].to(device))).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
 def predict_correct(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """Per-sample top-1 correctness (bool, CPU) of ``model`` on ``x`` (kept on CPU, moved per batch)."""
-    return _predict(model, x, batch_size, torch.device(device)) == y.cpu()
+    return batched_classes(model, x, batch_size, device) == y.cpu()
 
 
 def class_counts(pred: torch.Tensor, y: torch.Tensor) -> list[int]:
@@ -398,7 +390,7 @@ def evaluate_robustness(
     if "clean" in done:
         outcomes["clean"] = done["clean"]
     else:
-        pred = _predict(model, x, batch_size, dev)
+        pred = batched_classes(model, x, batch_size, dev)
         clean = pred == y
         outcomes["clean"] = AttackOutcome("clean", clean, time.perf_counter() - t0, x_adv=x if keep_adv else None,
                                           details={"predicted": class_counts(pred, y),

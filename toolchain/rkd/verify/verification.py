@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rkd.attacks.predictions import predicted_class
+from rkd.attacks.predictions import batched_logits, logit_agreement, predicted_class
 from rkd.data import (
     FALLBACK_DATASET,
     indices_sha256,
@@ -165,15 +165,7 @@ def _agreement(surrogate: nn.Module, runtime: Any, x: torch.Tensor, batch_size: 
     """Top-1 agreement and logit difference of surrogate and engine on ``x``."""
     if len(x) == 0:
         return None
-    param = next(surrogate.parameters(), None)
-    dev = param.device if param is not None else torch.device("cpu")
-    with torch.inference_mode():
-        ours = torch.cat([surrogate(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
-    ref = runtime.predict(x).float().cpu()
-    agree = ours.argmax(1) == ref.argmax(1)
-    diff = (ours - ref).abs()
-    return {"n": len(x), "top1_agreement": float(agree.float().mean()), "top1_disagreements": int((~agree).sum()),
-            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    return logit_agreement(batched_logits(surrogate, x, batch_size), runtime.predict(x))
 
 
 def _perturbed(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -542,10 +534,7 @@ def _float_agreement(target: VerifyTarget, x: torch.Tensor, batch_size: int, dev
     """Per-sample top-1 agreement of the engine and the float reference on clean inputs."""
     if target.reference is None:
         return torch.zeros(0, dtype=torch.bool)
-    with torch.inference_mode():
-        ref = torch.cat([target.reference(x[i:i + batch_size].to(dev)).argmax(1).cpu()
-                         for i in range(0, len(x), batch_size)])
-    return _engine_predict(target.runtime, x) == ref
+    return _engine_predict(target.runtime, x) == batched_logits(target.reference, x, batch_size, dev).argmax(1)
 
 
 def request_from_config(artifact: str | Path, cfg: Any, *, source: str, required_n: int | None = None,
