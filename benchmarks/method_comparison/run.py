@@ -1114,6 +1114,22 @@ def distill_seconds(res: dict[int, dict[str, Any]]) -> str:
     return mean if len(secs) == len(res) else f"{mean} (seeds {','.join(map(str, secs))})"
 
 
+def is_default_adv_path(cfg: Settings, student: str, items: Sequence[str]) -> bool:
+    """Whether an ablation variant's overrides give the same validated recipe as the table's default adv_path row
+    (base.yaml with ``method_overrides.adv_path``; the ``preset`` field itself aside: it names knobs, it is not
+    one)."""
+    from rkd.config import validate_recipe
+
+    own = cfg.fill((cfg.raw.get("method_overrides") or {}).get("adv_path") or [])
+    base = apply_overrides(cfg.recipe(), [*student_overrides(cfg, student), "student.method.name=adv_path", *own])
+    dumps = []
+    for raw in (base, apply_overrides(base, list(items))):
+        dump = validate_recipe(raw).model_dump()
+        dump["student"]["method"].pop("preset", None)
+        dumps.append(dump)
+    return dumps[0] == dumps[1]
+
+
 def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, Any]) -> list[str]:
     """adv_path's default row (from the main parts), one row per ablation variant, and each variant minus the
     default, paired by seed."""
@@ -1130,6 +1146,15 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
              "|---|---|---|" + "---|" * (len(a_cols) + 1)]
     variants: list[tuple[str, list[str], str | None]] = [("default", [], None)]
     variants += [(v, cfg.fill(items), v) for v, items in abl["variants"].items()]
+    same = [v for v, items, _ in variants[1:] if is_default_adv_path(cfg, student, items)]
+    if "adv_path" not in cfg["methods"]:  # no default parts planned: a variant that resolves to it stands for it
+        variants = variants[1:]
+        lines[-2:-2] = [f"The default adv_path is not trained as a row of its own here; "
+                        + (f"{', '.join(f'`{v}`' for v in same)} resolves to the same recipe as it "
+                           f"(checked when this table was made): its row is the default's."
+                           if same else "no variant resolves to it."), ""]
+    elif same:
+        lines[-2:-2] = [f"{', '.join(f'`{v}`' for v in same)} resolves to the same recipe as the default.", ""]
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for name, items, variant in variants:
         ids = {s: train_part_id(student, "adv_path", s, variant) for s in a_seeds}
@@ -1141,7 +1166,7 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
         tj["ablations"][name] = {"overrides": items, **entry}
         lines.append(line + f" {distill_seconds(res)} |")
     rows = []
-    for name, _, _ in variants[1:]:
+    for name, _, _ in variants[1:] if "default" in runs else []:
         entry, cells = paired_cells(runs[name], runs["default"], a_cols, want_n, "variant_higher")
         if entry["seeds"]:
             tj["ablations"][name]["minus_default"] = entry

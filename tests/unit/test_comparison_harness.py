@@ -105,3 +105,17 @@ def test_paired_cells_subtract_by_seed_and_count_the_seeds_ahead(harness: Module
     # an evaluation on another n is not paired with one on the configured n
     entry, cells = harness.paired_cells(ours, theirs, ["pgd20"], {"pgd20": 500}, "wins")
     assert cells == ["–"] and "pgd20" not in entry
+
+
+def test_a_variant_is_the_default_only_when_its_recipe_is(harness: ModuleType) -> None:
+    """The 4x table lets path_kl_linear_sum stand for the default row: true only while the two recipes validate
+    to the same thing; the 192-step table pins its default row to the reconstruction, which no variant is."""
+    four_x = harness.Settings.load(harness.HERE / "comparison-4x.yaml", smoke=False)
+    variants = {v: four_x.fill(items) for v, items in four_x["ablations"]["variants"].items()}
+    assert harness.is_default_adv_path(four_x, "r18", variants["path_kl_linear_sum"])
+    assert not harness.is_default_adv_path(four_x, "r18", variants["path_kl_uniform_sum"])
+    assert not harness.is_default_adv_path(four_x, "r18", [*variants["path_kl_linear_sum"], "student.train.lr=0.3"])
+    pinned = harness.Settings.load(harness.CONFIG, smoke=False)
+    linear = pinned.fill(pinned["ablations"]["variants"]["path_kl_linear_sum"])
+    assert not harness.is_default_adv_path(pinned, "r18", linear)
+    assert harness.is_default_adv_path(pinned, "r18", ["student.method.preset=reconstruction"])
