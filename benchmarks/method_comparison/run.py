@@ -1149,7 +1149,7 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
     same = [v for v, items, _ in variants[1:] if is_default_adv_path(cfg, student, items)]
     if "adv_path" not in cfg["methods"]:  # no default parts planned: a variant that resolves to it stands for it
         variants = variants[1:]
-        lines[-2:-2] = [f"The default adv_path is not trained as a row of its own here; "
+        lines[-2:-2] = ["The default adv_path is not trained as a row of its own here; "
                         + (f"{', '.join(f'`{v}`' for v in same)} resolves to the same recipe as it "
                            f"(checked when this table was made): its row is the default's."
                            if same else "no variant resolves to it."), ""]
@@ -1166,13 +1166,14 @@ def table_ablations(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[
         tj["ablations"][name] = {"overrides": items, **entry}
         lines.append(line + f" {distill_seconds(res)} |")
     rows = []
-    for name, _, _ in variants[1:] if "default" in runs else []:
-        entry, cells = paired_cells(runs[name], runs["default"], a_cols, want_n, "variant_higher")
+    default, stand_in = ("default", "") if "default" in runs else (same[0], f" (`{same[0]}`)") if same else ("", "")
+    for name, _, _ in [v for v in variants if v[0] not in ("default", default)] if default else []:
+        entry, cells = paired_cells(runs[name], runs[default], a_cols, want_n, "variant_higher")
         if entry["seeds"]:
             tj["ablations"][name]["minus_default"] = entry
             rows.append(f"| {name} | {','.join(map(str, entry['seeds']))} | " + " | ".join(cells) + " |")
     if rows:
-        lines += ["", f"### {student}: each variant minus the default, paired by seed", "",
+        lines += ["", f"### {student}: each variant minus the default{stand_in}, paired by seed", "",
                   "Points of accuracy, mean ± std over the seeds both finished; in brackets, the seeds where the "
                   "variant is higher.", "",
                   "| variant | seeds | " + " | ".join(label(c) for c in a_cols) + " |",
