@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-VOLATILE = {"timing", "seconds", "versions", "device", "total_s", "path", "file", "checkpoint", "created"}
+VOLATILE = {"timing", "seconds", "versions", "device", "total_s", "path", "file", "checkpoint", "created", "bundle",
+            "png"}
 DATA = "synthetic:n=400"
 
 

@@ -191,10 +191,10 @@ def test_gradient_masking_is_caught(tmp_path: Path) -> None:
     assert rep["attacks"]["pgd10"]["acc"] <= 0.5  # BPDA through the interpreted Round
     # Through the masked model itself every input gradient is exactly zero: what the zero-gradient warning counts.
     from rkd.deploy.runtimes import TorchRuntime
+    from rkd.verify.diagnostics import zero_gradients
     from rkd.verify.engine_model import EngineModel
-    from rkd.verify.verification import _zero_gradients
 
-    assert _zero_gradients(EngineModel(TorchRuntime(masked), masked), x, y, 50, torch.device("cpu")) == len(x)
+    assert zero_gradients(EngineModel(TorchRuntime(masked), masked), x, y, 50, torch.device("cpu")) == len(x)
 
 
 def test_a_killed_run_resumes_from_its_state_to_the_same_result(
@@ -366,7 +366,7 @@ def test_transfer_covers_the_reference_errors_and_counts_what_it_cannot() -> Non
     suite made none: examples of the same attack run from those samples (``errors``) cover them, and without
     them the outcome says how many engine-correct samples are left unattacked."""
     from rkd.verify.suite import AttackOutcome, RobustnessResult
-    from rkd.verify.verification import _transfer_outcome
+    from rkd.verify.transfer import transfer_outcome
 
     class _Runtime:  # predicts class 0 on adversarial inputs (all 1.0) and the label otherwise
         def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -380,7 +380,7 @@ def test_transfer_covers_the_reference_errors_and_counts_what_it_cannot() -> Non
     ref = RobustnessResult(outcomes={"clean": AttackOutcome("clean", ref_clean, 0.0),
                                      "pgd5": AttackOutcome("pgd5", torch.zeros(6, dtype=torch.bool), 0.0, x_adv=x_adv)},
                            eps=8 / 255, norm="linf", seed=0, n=6)
-    out = _transfer_outcome(_Runtime(), ref, engine_clean, x, y)
+    out = transfer_outcome(_Runtime(), ref, engine_clean, x, y)
     assert out.correct.tolist() == [False, True, False, True, True, False]
     assert out.details["broken_by_source"] == {"pgd5": 1} and out.details["not_covered"] == 2  # samples 3, 4
     gap = torch.tensor([3, 4])
@@ -390,7 +390,7 @@ def test_transfer_covers_the_reference_errors_and_counts_what_it_cannot() -> Non
                                         "pgd5": AttackOutcome("pgd5", torch.zeros(2, dtype=torch.bool), 0.0,
                                                               x_adv=gap_adv)},
                               eps=8 / 255, norm="linf", seed=0, n=2)
-    out = _transfer_outcome(_Runtime(), ref, engine_clean, x, y, (gap, errors))
+    out = transfer_outcome(_Runtime(), ref, engine_clean, x, y, (gap, errors))
     assert out.correct.tolist() == [False, True, False, True, False, False]
     assert out.details["broken_by_source"] == {"pgd5": 2}
     assert out.details["not_covered"] == 0 and out.details["from_reference_errors"] == 2
@@ -421,22 +421,24 @@ def test_warnings_and_adversarial_agreement_look_only_at_what_was_attacked() -> 
     or not attacked) are not adversarial inputs."""
     from types import SimpleNamespace
 
+    from rkd.verify.checks import TRANSFER
+    from rkd.verify.diagnostics import Diagnostics, perturbed, warnings
     from rkd.verify.suite import AttackOutcome, RobustnessResult, parse_attacks
-    from rkd.verify.verification import TRANSFER, _perturbed, _warnings
 
     clean = torch.tensor([True, False, False, True])
     result = RobustnessResult({"clean": AttackOutcome("clean", clean, 0.0),
                                "square": AttackOutcome("square", clean.clone(), 0.0, {}),
                                TRANSFER: AttackOutcome(TRANSFER, clean.clone(), 0.0, {})}, 8 / 255, "linf", 0, 4)
     target = SimpleNamespace(warnings=[], threat_model=None)
-    assert _warnings(target, result, parse_attacks("square"), {}, 0, 2, VerifyRequest(artifact="x"), 8 / 255) == []
+    request, checks = VerifyRequest(artifact="x", eps=8 / 255, norm="linf"), Diagnostics({}, 0, 2)
+    assert warnings(target, result, parse_attacks("square"), checks, request) == []
     result.outcomes["square"].correct[0] = False
-    warned = _warnings(target, result, parse_attacks("square"), {}, 0, 2, VerifyRequest(artifact="x"), 8 / 255)
+    warned = warnings(target, result, parse_attacks("square"), checks, request)
     assert len(warned) == 1 and "Square (no gradients) broke 1 sample(s)" in warned[0]
     x = torch.rand(4, 3, 2, 2)
     x_adv = x.clone()
     x_adv[2] += 0.01
-    assert torch.equal(_perturbed(x_adv, x), x_adv[2:3])
+    assert torch.equal(perturbed(x_adv, x), x_adv[2:3])
 
 
 def test_a_tensorrt_engine_without_a_gpu_says_where_to_verify_it(tmp_path: Path) -> None:

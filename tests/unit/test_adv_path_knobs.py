@@ -4,6 +4,8 @@ adversarial term. Each on a case whose answer can be checked by hand."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,7 +158,22 @@ def test_an_unknown_knob_value_is_a_one_line_error(knob: str, value: str) -> Non
     with pytest.raises(UsageError) as err:
         AdvPath(student, teacher, **{knob: value})
     text = str(err.value)
-    assert "\n" not in text and knob in text and repr(value) in text and "choose one of" in text
+    allowed = typing.get_args(AdvPathConfig.model_fields[knob].annotation)  # the recipe schema's values
+    assert "\n" not in text and knob in text and repr(value) in text
+    assert allowed and all(repr(a) in text for a in allowed)
+
+
+def test_a_method_takes_its_recipe_section_and_keyword_knobs_on_top() -> None:
+    """One source of knobs: the recipe section (as ``rkd distill`` builds it) or keywords, validated the same."""
+    student, teacher = _models()
+    cfg = AdvPathConfig(preset="reconstruction", steps=4)
+    method = AdvPath(student, teacher, cfg, gamma=0.5)
+    assert (method.steps, method.weights, method.aggregate, method.gamma) == (4, "prob_change", "mean", 0.5)
+    assert method.config.gamma == 0.5 and cfg.gamma == 1.0  # the given section is not changed
+    with pytest.raises(UsageError, match="unknown key"):
+        AdvPath(student, teacher, stepz=3)
+    with pytest.raises(UsageError, match="distils from a teacher"):
+        AdvPath(student, None)
 
 
 @pytest.mark.parametrize("preset", sorted(ADV_PATH_PRESETS))
@@ -169,14 +186,12 @@ def test_preset_fills_the_knobs_a_recipe_leaves_unset(preset: str) -> None:
 
 
 def test_the_defaults_are_the_kl_linear_sum_preset_in_the_recipe_and_the_class() -> None:
-    """One default, stated once in the presets: the recipe schema and the method's constructor agree with it."""
-    import inspect
-
-    cfg = AdvPathConfig()
-    params = inspect.signature(AdvPath.__init__).parameters
+    """One default, stated once in the presets: the recipe schema and a method built without settings agree."""
+    student, teacher = _models()
+    cfg, method = AdvPathConfig(), AdvPath(student, teacher)
     for knob, value in ADV_PATH_PRESETS["kl_linear_sum"].items():
         assert getattr(cfg, knob) == value, knob
-        assert params[knob].default == value, knob
+        assert getattr(method, knob) == value, knob
 
 
 @pytest.mark.parametrize(("knobs", "expected"), [

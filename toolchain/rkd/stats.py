@@ -26,6 +26,13 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (lo, hi)
 
 
+def accuracy_summary(correct: int, n: int) -> dict[str, object]:
+    """``{"acc", "correct", "n", "ci95"}``: an accuracy as every rkd report writes it, with its 95% Wilson
+    interval (acc 0.0 when n == 0)."""
+    lo, hi = wilson_interval(correct, n)
+    return {"acc": correct / n if n else 0.0, "correct": correct, "n": n, "ci95": [lo, hi]}
+
+
 def _z(confidence: float) -> float:
     """Two-sided standard normal quantile (inverse error function by bisection; no SciPy needed)."""
     if not 0.0 < confidence < 1.0:

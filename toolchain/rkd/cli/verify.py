@@ -152,17 +152,9 @@ def verify(
         from rkd.verify.verification import request_from_config, verify_artifact
 
         prof = load_profile(profile) if profile else None
-        cfg = prof.verify.model_copy() if prof else VerifyConfig()
-        try:
-            if n is not None:
-                cfg.n = n
-            if attacks is not None:
-                cfg.attacks = attacks
-            l2_eps = None
-            if eps is not None and norm is Norm.l2:  # an L2 radius may exceed 1: set on the request below
-                l2_eps = parse_radius(eps, "l2")
-            elif eps is not None:
-                cfg.eps = parse_eps(eps)
+        try:  # the command line's values get the checks a profile's get
+            VerifyConfig(**{k: v for k, v in (("n", n), ("attacks", attacks)) if v is not None})
+            eps_v = None if eps is None else parse_radius(eps, "l2") if norm is Norm.l2 else parse_eps(eps)
             alpha_v = parse_radius(alpha, norm.value if norm is not None else "linf")
             curve_values = [0.0 if v.strip() in ("0", "0/255") else parse_eps(v) for v in curve_eps.split(",")]
         except ValidationError as exc:
@@ -171,31 +163,24 @@ def verify(
             raise UsageError(where + err["msg"].removeprefix("Value error, ")) from None
         except ValueError as exc:
             raise UsageError(f"--eps/--alpha/--curve-eps: {exc}") from None
-        if fail_on_warnings is not None:
-            cfg.fail_on_warnings = fail_on_warnings
-        cfg.sample = sample.value
-        extra = [parse_gate(g) for g in gate or []]
         dataset, options = parse_data_arg(data) if data is not None else (None, None)
+        flags = {"n": n, "attacks": attacks, "eps": eps_v, "norm": norm.value if norm is not None else None,
+                 "dataset": dataset, "sample": sample.value, "fail_on_warnings": fail_on_warnings,
+                 "transfer": None if transfer else False, "allow_no_floor": True if allow_no_floor else None}
         request = request_from_config(
-            engine, cfg, source=f"profile {prof.name}" if prof else "command line",
+            engine, prof.verify if prof else VerifyConfig(), source=f"profile {prof.name}" if prof else "default",
+            flags=flags, extra_gates=[parse_gate(g) for g in gate or []],
             required_n=prof.verify.n if prof and prof.verify.gates else None,
-            dataset=dataset, data_options=options, data_root=data_root, split=split, eps_text=eps, alpha=alpha_v,
-            norm=norm.value if norm is not None else None,
+            data_options=options, data_root=data_root, split=split, eps_text=eps, alpha=alpha_v,
             seed=seed, batch_size=batch_size, device=_device(device, engine), state=state,
             curve_eps=curve_values if curve else None, surrogate=surrogate, reference=reference,
             profile={"name": prof.name, "runtime": prof.runtime, "precision": prof.precision} if prof else None,
+            require_gates=not no_gates,
+            floor_fix=("add --gate 'robust_acc>=X' with X what your model must keep (e.g. 'lower.robust_acc>="
+                       "0.40'), or --allow-no-floor to judge only what deployment changes"),
         )
-        if not transfer:
-            request.transfer = False
-        request.gates += extra
-        if l2_eps is not None:
-            request.eps = l2_eps
         if no_gates and (request.gates or request.fail_on_warnings):
             raise UsageError("--no-gates with gates (--gate, the profile's or --fail-on-warnings): drop one of them")
-        request.require_gates = not no_gates
-        request.allow_no_floor = allow_no_floor
-        request.floor_fix = ("add --gate 'robust_acc>=X' with X what your model must keep (e.g. 'lower.robust_acc>="
-                             "0.40'), or --allow-no-floor to judge only what deployment changes")
         folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
         check_output_path(folder, "--report", folder=True)
         for name in report_names(curve=curve, junit=junit is None):

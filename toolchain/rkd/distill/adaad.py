@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rkd.attacks import pgd
+from rkd.config import AdaadConfig
 from rkd.distill.ard import grad_if
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import kl_per_sample, soft_targets
@@ -40,24 +40,8 @@ class Adaad(DistillMethod):
     """
 
     name = "adaad"
+    config_class = AdaadConfig
     needs_teacher = True
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        kd_weight: float = 1.0,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(student, teacher)
-        self.kd_weight = kd_weight
-        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
-        self.generator = generator
 
     def _teacher_with_input_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits (float32) keeping the graph to ``x`` (the autocast policy of ``teacher_logits``)."""

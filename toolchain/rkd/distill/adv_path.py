@@ -50,25 +50,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rkd.attacks import cw_margin, pgd
+from rkd.config import AdvPathConfig
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets
-from rkd.errors import UsageError
 
 START_STD = 0.001
 WEIGHT_EPS = 1e-8
-CHOICES: dict[str, tuple[str, ...]] = {
-    "path_model": ("student", "teacher"),
-    "target": ("random", "runner_up", "least_likely"),
-    "step_loss": ("ce", "cw", "kl"),
-    "align_target": ("same_point", "clean"),
-    "weights": ("prob_change", "uniform", "linear", "entropy"),
-    "weight_model": ("teacher", "path"),
-    "aggregate": ("mean", "sum"),
-    "crafting_mode": ("eval", "train"),
-}
 
 
 @dataclass
@@ -118,50 +107,8 @@ class AdvPath(DistillMethod):
     """
 
     name = "adv_path"
+    config_class = AdvPathConfig
     needs_teacher = True
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        path_model: str = "student",
-        target: str = "random",
-        step_loss: str = "kl",
-        iterate_stride: int = 1,
-        align_target: str = "clean",
-        weights: str = "linear",
-        weight_model: str = "teacher",
-        aggregate: str = "sum",
-        reliability: bool = False,
-        reliability_beta: float = 0.1,
-        gamma: float = 0.0,
-        lambda_nat: float = 1 / 6,
-        temperature: float = 1.0,
-        crafting_mode: str = "eval",
-        max_batch: int | None = None,
-        low_memory: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(student, teacher)
-        given = {"path_model": path_model, "target": target, "step_loss": step_loss, "align_target": align_target,
-                 "weights": weights, "weight_model": weight_model, "aggregate": aggregate,
-                 "crafting_mode": crafting_mode}
-        for knob, value in given.items():
-            if value not in CHOICES[knob]:
-                raise UsageError(f"adv_path {knob}: unknown value {value!r} (choose one of {', '.join(CHOICES[knob])})")
-        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
-        self.path_model, self.target, self.step_loss = path_model, target, step_loss
-        self.iterate_stride, self.align_target, self.weights = iterate_stride, align_target, weights
-        self.weight_model, self.aggregate = weight_model, aggregate
-        self.reliability, self.reliability_beta = reliability, reliability_beta
-        self.gamma, self.lambda_nat, self.temperature = gamma, lambda_nat, temperature
-        self.crafting_mode, self.max_batch, self.low_memory = crafting_mode, max_batch, low_memory
-        self.generator = generator
 
     def _draw(self, shape: torch.Size | tuple[int, ...], device: torch.device, kind: str, high: int = 0) -> torch.Tensor:
         gen = self.generator

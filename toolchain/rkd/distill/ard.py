@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rkd.attacks import pgd
+from rkd.config import ArdConfig
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import ard_kl_scale, kl_per_sample, soft_targets
 
@@ -61,25 +61,8 @@ class Ard(DistillMethod):
     """
 
     name = "ard"
+    config_class = ArdConfig
     needs_teacher = True
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        temperature: float = 30.0,
-        kd_weight: float = 1.0,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(student, teacher)
-        self.temperature, self.kd_weight = temperature, kd_weight
-        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
-        self.generator = generator
 
     def craft(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x_adv = PGD-k on CE(S(.), y) from a uniform random start, on the student in its current mode."""

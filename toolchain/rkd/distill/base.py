@@ -47,8 +47,18 @@ class DistillMethod(nn.Module):
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
+    #: The method's recipe section (:mod:`rkd.config`): its fields are the method's knobs, set as attributes.
+    config_class: ClassVar[type[Any] | None] = None
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, config: Any = None, *,
+                 generator: torch.Generator | None = None, **knobs: Any) -> None:
+        """``config`` (the validated recipe section) with ``knobs`` on top, validated again: an unknown knob or
+        value is a one-line :class:`~rkd.errors.UsageError`. ``generator`` seeds the method's random draws."""
         super().__init__()
+        if self.needs_teacher and teacher is None:
+            from rkd.errors import UsageError
+
+            raise UsageError(f"method '{self.name}' distils from a teacher: give one (--teacher CHECKPOINT)")
         self.student = student
         if teacher is not None:
             teacher.eval()
@@ -57,18 +67,34 @@ class DistillMethod(nn.Module):
         self.teacher = teacher
         self.attack_model: nn.Module = student  # replaced by a compiled twin when compile_attack is on
         self.epoch = 0
+        self.generator = generator
+        self.config = self._settings(config, knobs)
+        if self.config is not None:
+            for key, value in self.config.model_dump(exclude={"name", "preset"}).items():
+                setattr(self, key, value)
+
+    @classmethod
+    def _settings(cls, config: Any, knobs: dict[str, Any]) -> Any:
+        """``config`` updated with ``knobs`` and validated by :attr:`config_class` (None without one)."""
+        if cls.config_class is None:
+            if knobs:
+                raise TypeError(f"method '{cls.name}' takes no settings, got {', '.join(knobs)}")
+            return None
+        from pydantic import ValidationError
+
+        from rkd.config import format_validation_error
+        from rkd.errors import UsageError
+
+        base = config.model_dump(exclude={"preset"}) if config is not None else {}
+        try:
+            return cls.config_class.model_validate({**base, **knobs, "name": cls.name})
+        except ValidationError as exc:
+            raise UsageError(format_validation_error(exc, f"method {cls.name}", cls.config_class)) from None
 
     @classmethod
     def from_config(cls, config: Any, *, student: nn.Module, teacher: nn.Module | None = None) -> DistillMethod:
-        """Build from the method's validated recipe section: every field but ``name`` is a keyword argument."""
-        knobs = config.model_dump(exclude={"name", "preset"})  # a preset is already applied to the knobs
-        if cls.needs_teacher:
-            if teacher is None:
-                from rkd.errors import UsageError
-
-                raise UsageError(f"method '{cls.name}' distils from a teacher: give one (--teacher CHECKPOINT)")
-            return cls(student, teacher, **knobs)
-        return cls(student, **knobs)
+        """Build from the method's validated recipe section."""
+        return cls(student, teacher if cls.needs_teacher else None, config)
 
     def train(self, mode: bool = True) -> DistillMethod:
         """Train/eval the student; the teacher stays in eval mode."""

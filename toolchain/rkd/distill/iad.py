@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from rkd.config import IadConfig
 from rkd.distill.ard import Ard
 from rkd.distill.base import METHODS, StepOutput
 from rkd.distill.losses import ard_kl_scale, kl_per_sample
@@ -39,27 +39,7 @@ class Iad(Ard):
     """
 
     name = "iad"
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        temperature: float = 1.0,
-        kd_weight: float = 1.0,
-        warmup_epochs: int = 60,
-        beta: float = 0.1,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            student, teacher, temperature=temperature, kd_weight=kd_weight, eps=eps, alpha=alpha, steps=steps,
-            norm=norm, generator=generator,
-        )
-        self.warmup_epochs, self.beta = warmup_epochs, beta
+    config_class = IadConfig
 
     @property
     def warming_up(self) -> bool:

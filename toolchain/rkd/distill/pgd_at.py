@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rkd.attacks import pgd
+from rkd.config import PgdAtConfig
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 
 
@@ -21,21 +21,7 @@ class PgdAt(DistillMethod):
     """
 
     name = "pgd_at"
-
-    def __init__(
-        self,
-        student: nn.Module,
-        *,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        start: str = "random",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(student)
-        self.eps, self.alpha, self.steps, self.norm, self.start = eps, alpha, steps, norm, start
-        self.generator = generator
+    config_class = PgdAtConfig
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         x_adv = pgd(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rkd.attacks import pgd
+from rkd.config import RsladConfig
 from rkd.distill.ard import grad_if
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets
@@ -54,24 +55,8 @@ class Rslad(DistillMethod):
     """
 
     name = "rslad"
+    config_class = RsladConfig
     needs_teacher = True
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        lambda_nat: float = 1 / 6,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(student, teacher)
-        self.lambda_nat = lambda_nat
-        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
-        self.generator = generator
 
     def craft(
         self, x: torch.Tensor, y: torch.Tensor, *, teacher_log_probs: torch.Tensor | None = None

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rkd.attacks import pgd
+from rkd.config import TradesConfig
 from rkd.distill.base import METHODS, DistillMethod, StepOutput
 from rkd.distill.losses import kl_per_sample
 
@@ -26,21 +26,7 @@ class Trades(DistillMethod):
     """
 
     name = "trades"
-
-    def __init__(
-        self,
-        student: nn.Module,
-        *,
-        beta: float = 6.0,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        norm: str = "linf",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(student)
-        self.beta, self.eps, self.alpha, self.steps, self.norm = beta, eps, alpha, steps, norm
-        self.generator = generator
+    config_class = TradesConfig
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         was_training = self.student.training

@@ -28,7 +28,7 @@ from rkd.models import load_checkpoint
 from rkd.quantize import ort_static
 from rkd.quantize.ort_static import METHODS, SCHEMES
 from rkd.quantize.surrogate import KIND, agreement, build_surrogate, save_surrogate
-from rkd.stats import wilson_interval
+from rkd.stats import accuracy_summary
 from rkd.verify.engine_model import EngineModel
 
 INT8_NAME = "model.int8.onnx"
@@ -44,9 +44,7 @@ DEFAULT_ALPHA = 2 / 255
 
 
 def _acc(correct: torch.Tensor) -> dict[str, Any]:
-    k, n = int(correct.sum()), int(correct.numel())
-    lo, hi = wilson_interval(k, n)
-    return {"acc": k / n if n else 0.0, "correct": k, "n": n, "ci95": [lo, hi]}
+    return accuracy_summary(int(correct.sum()), int(correct.numel()))
 
 
 def _positive(name: str, value: int, minimum: int = 1) -> int:
