@@ -158,9 +158,10 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads() if threads is None else int(threads)
         options.log_severity_level = 3
-        from rkd.deploy.bundle import file_sha256
+        from rkd.deploy.onnx_files import onnx_fingerprint
 
-        self.sha256 = file_sha256(self.path)
+        fingerprint = onnx_fingerprint(self.path)  # with external data: its files too
+        self.sha256, self.external_data = fingerprint["sha256"], fingerprint["external_data"]
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
@@ -195,6 +196,7 @@ class OnnxRuntime(Runtime):
             "runtime": self.name, "onnxruntime": _version("onnxruntime"), "providers": list(self.providers),
             "device": "cuda" if "CUDAExecutionProvider" in self.providers else "cpu",
             "file": str(self.path), "sha256": self.sha256,
+            **({"external_data": dict(self.external_data)} if self.external_data else {}),
             "input": self.input_name, "output": self.output_name,
         }
 

@@ -128,7 +128,7 @@ def _is_qdq(path: Path) -> bool:
 def load_differentiable(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """An rkd checkpoint (``.safetensors`` + sidecar) or an ONNX file (float or QDQ, interpreted in torch) as
     a differentiable module in eval mode, with a description (file, sha256, kind)."""
-    from rkd.deploy.bundle import file_sha256
+    from rkd.deploy.onnx_files import onnx_fingerprint
 
     path = Path(path)
     if not path.is_file():
@@ -139,7 +139,10 @@ def load_differentiable(path: str | Path, device: str | torch.device = "cpu") ->
 
         module = onnx_module(path)
         kind = "onnx-qdq-interpreter" if module.num_fake_quant else "onnx-interpreter"
-        return module.to(device).eval(), {"file": str(path), "sha256": file_sha256(path), "kind": kind}
+        fingerprint = onnx_fingerprint(path)  # with external data: its files too
+        return module.to(device).eval(), {"file": str(path), "sha256": fingerprint["sha256"], "kind": kind,
+                                          **({"external_data": fingerprint["external_data"]}
+                                             if fingerprint["external_data"] else {})}
     if suffix in CHECKPOINT_SUFFIXES:
         from rkd.models import load_checkpoint
 
