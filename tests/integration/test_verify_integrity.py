@@ -74,3 +74,86 @@ def test_missing_or_escaping_external_data_is_named(tmp_path: Path) -> None:
     onnx.save_model(model, str(path))
     with pytest.raises(CheckpointError, match="outside its folder"):
         verify_artifact(_request(path, None))
+
+
+# -- the threat model a gate judges ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An INT8 bundle of a tiny classifier trained for L-inf 8/255 (export + quantize, as rkd makes them)."""
+    from rkd.data import load_dataset
+    from rkd.models import save_checkpoint
+    from rkd.quantize.pipeline import quantize_checkpoint
+    from rkd.testing import train_tiny_classifier
+
+    root = tmp_path_factory.mktemp("integrity")
+    data = load_dataset("synthetic", "train")
+    meta = {"data": {"dataset": "synthetic", "classes": list(data.classes)},
+            "threat": {"norm": "linf", "eps": 8 / 255, "alpha": 2 / 255}}
+    ckpt = save_checkpoint(train_tiny_classifier(), root / "student.safetensors", metadata=meta)
+    quantize_checkpoint(ckpt, root / "bundle", calib_data=("synthetic", {}), calib_n=64, eval_n=0)
+    return root / "bundle"
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
+
+
+def _gated(path: Path, **kw: object) -> VerifyRequest:
+    from rkd.verify.gates import parse_gate
+
+    return VerifyRequest(artifact=path, dataset="synthetic", data_options={"n": 64}, n=16, attacks="fgsm",
+                         gates=[parse_gate("robust_acc>=0.01")], transfer=False, **kw)  # type: ignore[arg-type]
+
+
+def test_the_threat_model_comes_from_the_hashed_model_file_and_the_report_says_so(bundle: Path) -> None:
+    from rkd.deploy.onnx_files import stamped_threat_model
+
+    for name in ("model.onnx", "model.int8.onnx"):
+        assert stamped_threat_model(bundle / name) == {"norm": "linf", "eps": pytest.approx(8 / 255)}
+    rep = verify_artifact(_gated(bundle / "model.int8.onnx"))
+    assert rep["eps"] == pytest.approx(8 / 255)
+    assert rep["sources"]["eps"] == rep["sources"]["norm"] == "the model file (model.int8.onnx)"
+
+
+@pytest.mark.parametrize("eps", [1e-300, 16 / 255])
+def test_an_edited_manifest_threat_model_is_refused(bundle: Path, tmp_path: Path, eps: float) -> None:
+    import json
+
+    copy = _copy(bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["threat_model"]["eps"] = eps
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="differs from the one recorded in the model file"):
+        verify_artifact(_gated(copy / "model.int8.onnx"))
+
+
+def test_a_bundle_without_the_record_needs_a_stated_threat_model_to_judge(bundle: Path, tmp_path: Path) -> None:
+    """As an older bundle: the model file records nothing and the manifest's hashes match it."""
+    import json
+
+    from rkd.atomic import file_sha256
+
+    copy = _copy(bundle, tmp_path)
+    model = onnx.load(str(copy / "model.int8.onnx"))
+    del model.metadata_props[:]
+    onnx.save_model(model, str(copy / "model.int8.onnx"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["model.int8.onnx"]["sha256"] = file_sha256(copy / "model.int8.onnx")
+    manifest["files"]["model.int8.onnx"]["bytes"] = (copy / "model.int8.onnx").stat().st_size
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="no hash covers"):
+        verify_artifact(_gated(copy / "model.int8.onnx"))
+    stated = verify_artifact(_gated(copy / "model.int8.onnx", eps=8 / 255, norm="linf"))
+    assert stated["sources"]["eps"] == "given" and stated["verdict"] in ("pass", "fail")
+    measured = verify_artifact(VerifyRequest(artifact=copy / "model.int8.onnx", dataset="synthetic",
+                                             data_options={"n": 64}, n=16, attacks="fgsm", transfer=False))
+    assert "no hash covers it" in measured["sources"]["eps"] and measured["verdict"] == "no gates"
+
+
+def test_a_radius_below_one_intensity_level_cannot_be_judged(bundle: Path) -> None:
+    with pytest.raises(UsageError, match="below 1/255"):
+        verify_artifact(_gated(bundle / "model.int8.onnx", eps=0.5 / 255))

@@ -12,6 +12,7 @@ from rkd.data import FALLBACK_DATASET, load_dataset, recorded_data, select_indic
 from rkd.data.arrays import ImageArrays
 from rkd.deploy.bundle import stage_bundle, utc_now, write_manifest
 from rkd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, compare_onnx, export_onnx
+from rkd.deploy.onnx_files import stamp_threat_model
 from rkd.environment import package_versions
 from rkd.errors import DataError, UsageError
 from rkd.models import Classifier, load_checkpoint
@@ -174,6 +175,8 @@ def export_bundle(
             checkpoint_sha256=sidecar.get("sha256"), data=trained_on,
         )
         export_onnx(model, stage / ONNX_NAME, opset=opset, image_size=image_size)
+        if manifest.get("threat_model"):  # in the file too, where its sha256 covers it
+            stamp_threat_model(stage / ONNX_NAME, manifest["threat_model"])
         section: dict[str, Any] = {"file": ONNX_NAME, "opset": opset, "exporter": EXPORTER,
                                    "torch": torch.__version__, "parity": None, "parity_data": None}
         if data is not None and parity_data is not None:

@@ -67,3 +67,46 @@ def onnx_fingerprint(path: str | Path) -> dict[str, Any]:
         return {"sha256": own, "external_data": {}}
     combined = hashlib.sha256(json.dumps({"model": own, "external_data": files}, sort_keys=True).encode()).hexdigest()
     return {"sha256": combined, "external_data": files}
+
+
+#: The ONNX ``metadata_props`` key under which rkd records the threat model a model was trained and is judged for.
+THREAT_MODEL_KEY = "rkd.threat_model"
+
+
+def stamp_threat_model(path: str | Path, threat_model: dict[str, Any]) -> None:
+    """Record ``{"norm", "eps"}`` in the model file itself (``metadata_props``), so that the file's sha256,
+    which the bundle's manifest and every verify report carry, covers it (the manifest's copy is not covered
+    by any hash). Rewrites ``path`` in place; for a self-contained model only."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != THREAT_MODEL_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key = THREAT_MODEL_KEY
+    entry.value = json.dumps({"norm": threat_model.get("norm", "linf"), "eps": float(threat_model["eps"])},
+                             sort_keys=True)
+    onnx.save_model(model, str(path))
+
+
+def stamped_threat_model(path: str | Path) -> dict[str, Any] | None:
+    """The threat model :func:`stamp_threat_model` recorded in ``path`` (``{"norm", "eps"}``), or None.
+
+    Raises:
+        CheckpointError: a stamp that is not a threat model.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == THREAT_MODEL_KEY:
+            try:
+                value = json.loads(prop.value)
+                if not isinstance(value, dict) or value.get("norm") not in ("linf", "l2"):
+                    raise ValueError
+                return {"norm": value["norm"], "eps": float(value["eps"])}
+            except (ValueError, KeyError, TypeError):
+                raise CheckpointError(f"'{Path(path).name}' records a damaged threat model ({prop.value[:60]!r}); "
+                                      "re-export it") from None
+    return None

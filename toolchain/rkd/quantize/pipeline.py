@@ -23,6 +23,7 @@ from rkd.data import FALLBACK_DATASET, indices_sha256, load_dataset, recorded_da
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
 from rkd.deploy.bundle import check_replaceable, install_bundle, read_manifest, update_bundle, utc_now
+from rkd.deploy.onnx_files import stamp_threat_model
 from rkd.errors import DataError, RkdError, UsageError
 from rkd.models import load_checkpoint
 from rkd.quantize import ort_static
@@ -436,6 +437,8 @@ def _quantize_bundle(
                 teacher_path=qat_teacher,
             )
             timings["qat"] = time.perf_counter() - t0
+        if manifest.get("threat_model"):  # in the file too, where its sha256 covers it
+            stamp_threat_model(int8_path, manifest["threat_model"])
         t0 = time.perf_counter()
         surrogate = build_surrogate(int8_path)
         save_surrogate(surrogate, sur_path)

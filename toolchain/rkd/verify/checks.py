@@ -12,7 +12,7 @@ import torch
 from rkd.errors import CheckpointError, UsageError
 from rkd.verify.attack_spec import AttackSpec, check_suite, parse_attacks
 from rkd.verify.gates import Gate, check_floor, check_gate_metrics
-from rkd.verify.request import VerifyRequest
+from rkd.verify.request import MIN_JUDGED_EPS, VerifyRequest
 from rkd.verify.target import VerifyTarget
 
 TRANSFER = "transfer"
@@ -65,6 +65,30 @@ def check_judged(request: VerifyRequest) -> None:
         raise UsageError("no gate to judge the artifact against, so the run could not fail: add --gate (e.g. "
                          "'drop.robust_acc<=0.03'), --profile with gates or --fail-on-warnings, or --no-gates "
                          "to only measure")
+
+
+def check_threat_model(request: VerifyRequest) -> None:
+    """A judged run (gates or ``fail_on_warnings``) attacks at a radius someone stated or that the artifact's own
+    hash covers, and at one that can fail a model: not below :data:`~rkd.verify.request.MIN_JUDGED_EPS`.
+
+    Raises:
+        UsageError: the threat model would come from the bundle's manifest alone (which no hash covers, so an
+            edit to it could pass any model), or eps is too small to judge.
+    """
+    if not (request.gates or request.fail_on_warnings):
+        return
+    eps, norm = float(request.eps or 0.0), request.norm or "linf"
+    shown = f"{eps * 255:.4g}/255" if norm == "linf" else f"{eps:g}"
+    unprotected = [k for k in ("eps", "norm") if "no hash covers it" in request.source(k)]
+    if unprotected:
+        raise UsageError(f"the threat model ({norm} eps={shown}) would come from the bundle's manifest.json, which no "
+                         "hash covers, so an edit to it could pass any model: state it (--eps and --norm, or "
+                         "verify.eps in the profile or recipe), or re-export the bundle with this version of rkd, "
+                         "which records it in the model file")
+    if eps < MIN_JUDGED_EPS:
+        raise UsageError(f"eps={shown} ({request.source('eps')}) is below 1/255, one 8-bit intensity level: no attack "
+                         "can change a stored image at that radius, so a gate would pass a model with no "
+                         "robustness; judge at the radius the model must withstand (e.g. --eps 8/255)")
 
 
 def _placeholder(names: Sequence[str]) -> bool:

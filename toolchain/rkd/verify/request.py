@@ -25,8 +25,11 @@ MIN_CLEAN_AGREEMENT = 0.99
 MIN_ADVERSARIAL_AGREEMENT = 0.95
 DEFAULT = "default"
 GIVEN = "given"
-#: Where ``resolve_against`` finds a setting nobody stated.
+#: Where ``resolve_against`` finds a data set nobody stated.
 RECORDED = ("the bundle's manifest", "the checkpoint")
+#: The smallest radius a gate may judge: one 8-bit intensity level. Below it an attack cannot change a stored
+#: image at all, so every model "keeps" its accuracy and a gate would pass a model with no robustness.
+MIN_JUDGED_EPS = 1 / 255
 #: The settings whose origin ``VerifyRequest.sources`` records.
 SOURCED = ("dataset", "n", "sample", "attacks", "eps", "norm", "fail_on_warnings", "transfer", "allow_no_floor")
 #: A config field's name where it differs from the request's.
@@ -139,7 +142,7 @@ def resolve_against(request: VerifyRequest, target: Any, *,
         request = replace(request, data_options={**fill, **(request.data_options or {})})
 
     tm = target.threat_model or {}
-    recorded_at = RECORDED[0]
+    recorded_at = target.threat_model_source or DEFAULT
     norm = request.norm or str(tm.get("norm", DEFAULT_NORM))
     if request.norm is None:
         sources["norm"] = recorded_at if "norm" in tm else DEFAULT

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rkd.deploy.onnx_files import stamped_threat_model
 from rkd.deploy.runtimes import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, Runtime, open_runtime
 from rkd.errors import CheckpointError, UsageError
 
@@ -46,6 +47,15 @@ class VerifyTarget:
     manifest: dict[str, Any] | None
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    stamped_threat_model: dict[str, Any] | None = None  # recorded in the (hashed) model file itself
+
+    @property
+    def threat_model_source(self) -> str | None:
+        """Where :attr:`threat_model` comes from: the model file (covered by its sha256), the bundle's manifest
+        (covered by no hash), or None when neither records one."""
+        if self.stamped_threat_model is not None:
+            return f"the model file ({self.info.get('threat_model_file') or self.path.name})"
+        return f"the bundle's manifest ({MANIFEST}: no hash covers it)" if self.threat_model is not None else None
 
     @property
     def num_classes(self) -> int | None:
@@ -74,8 +84,9 @@ class VerifyTarget:
             CheckpointError: a recorded threat model that is not one (an unknown norm, an eps that is no radius).
         """
         tm = (self.manifest or {}).get("threat_model") or None
+        stamped = self.stamped_threat_model
         if tm is None:
-            return None
+            return stamped
         where = f"'{self.path.parent / MANIFEST}': threat_model"
         if not isinstance(tm, dict):
             raise CheckpointError(f"{where} is {tm!r}, not a mapping; re-export the bundle")
@@ -93,7 +104,13 @@ class VerifyTarget:
                 out["eps"] = check_eps(eps, norm)
             except UsageError:
                 raise CheckpointError(f"{where}.eps is {eps!r}, not a {norm} radius; re-export the bundle") from None
-        return out
+        if stamped is not None and (stamped["norm"] != out["norm"] or "eps" not in out
+                                    or abs(stamped["eps"] - out["eps"]) > 1e-9 * max(1.0, stamped["eps"])):
+            raise CheckpointError(
+                f"{where} ({out['norm']} eps={out.get('eps')}) differs from the one recorded in the model file "
+                f"({stamped['norm']} eps={stamped['eps']:.6g}), which its sha256 covers: the manifest was edited; "
+                "re-export the bundle, or state the threat model (--eps, --norm)")
+        return stamped or out
 
     def trained_on(self) -> tuple[dict[str, Any] | None, str]:
         """The data set the model was trained on (``{"dataset", "options"}``, or None) and where that is recorded:
@@ -261,11 +278,14 @@ def open_target(
                         "are not measured")
     if kind == "onnx-float" and surrogate is None:
         grad_info = {**grad_info, "kind": "onnx-interpreter (exact gradients)"}
+    stamp_file = engine_source if engine_source is not None else path if suffix in ONNX_SUFFIXES else None
+    stamped = stamped_threat_model(stamp_file) if stamp_file is not None else None
     info = {
+        "threat_model_file": stamp_file.name if stamped is not None and stamp_file is not None else None,
         "artifact": {"file": str(path), "kind": kind, **runtime.describe()},
         "surrogate": grad_info,
         "reference": ref_info or None,
         "bundle": str(path.parent) if manifest is not None else None,
     }
     return VerifyTarget(path=path, kind=kind, runtime=runtime, surrogate=grad_model, reference=ref_model,
-                        manifest=manifest, info=info, warnings=warnings)
+                        manifest=manifest, info=info, warnings=warnings, stamped_threat_model=stamped)

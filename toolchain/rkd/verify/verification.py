@@ -41,6 +41,7 @@ from rkd.verify.checks import (  # noqa: F401  (check_gates_measurable: also use
     check_judged,
     check_output_widths,
     check_request,
+    check_threat_model,
 )
 from rkd.verify.diagnostics import Diagnostics, diagnose, float_agreement, warnings
 from rkd.verify.engine_model import EngineModel
@@ -209,6 +210,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                          device=request.device, batch_size=request.batch_size,
                          runtime_options=request.runtime_options)
     request = resolve_against(request, target, log=log)
+    check_threat_model(request)
     has_reference = target.reference is not None
     same_model = target.kind == "checkpoint" and request.reference is None  # the model is its own reference
     check_gates_measurable(list(request.gates), specs, has_reference=has_reference,
