@@ -1,5 +1,6 @@
-"""What a verify verdict is bound to: an ONNX model's external data is part of its fingerprint (report and
-resumable state), so new weights beside an unchanged graph are never judged from a stale state."""
+"""What a verify verdict is bound to and when it cannot pass: an ONNX model's external data is part of its
+fingerprint; the threat model a gate judges is stated or recorded in the hashed model file; an evaluation whose
+gradients cannot be trusted, with nothing gradient-free beside them, is unreliable, not a pass."""
 
 from __future__ import annotations
 
@@ -157,3 +158,69 @@ def test_a_bundle_without_the_record_needs_a_stated_threat_model_to_judge(bundle
 def test_a_radius_below_one_intensity_level_cannot_be_judged(bundle: Path) -> None:
     with pytest.raises(UsageError, match="below 1/255"):
         verify_artifact(_gated(bundle / "model.int8.onnx", eps=0.5 / 255))
+
+
+# -- an evaluation that cannot be trusted does not pass ---------------------------------------------------------
+
+
+def _masked_onnx(path: Path) -> Path:
+    """A linear classifier on the input cast to 8 levels of int32 (no gradient through the cast), plus 0*x so
+    the graph still reaches the input: gradient attacks see exactly zero gradients."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(size=(3072, 10)).astype(np.float32), "w")
+    consts = [numpy_helper.from_array(np.array(255 / 32, np.float32), "k"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    nodes = [helper.make_node("Mul", ["input", "k"], ["scaled"]),
+             helper.make_node("Cast", ["scaled"], ["levels"], to=TensorProto.INT32),
+             helper.make_node("Cast", ["levels"], ["back"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["input", "zero"], ["nothing"]),
+             helper.make_node("Add", ["back", "nothing"], ["x"]),
+             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                              ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [w, *consts])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_zero_gradients_without_a_gradient_free_attack_are_unreliable_not_a_pass(tmp_path: Path) -> None:
+    from rkd.verify.gates import parse_gate
+    from rkd.verify.report import junit_xml, markdown, verdict_exit_code
+
+    path = _masked_onnx(tmp_path / "masked.onnx")
+    gate = [parse_gate("clean_acc>=0.0")]  # passes whatever the numbers: only reliability can stop it
+    base = dict(artifact=path, dataset="synthetic", data_options={"n": 64}, n=32, eps=8 / 255, norm="linf",
+                gates=gate, allow_no_floor=True, transfer=False)
+    rep = verify_artifact(VerifyRequest(attacks="pgd10", **base))  # type: ignore[arg-type]
+    assert rep["worst_case"]["acc"] == rep["clean_acc"] > 0  # the gradient attack moved nothing
+    assert all(g["passed"] for g in rep["gates"])
+    assert rep["verdict"] == "unreliable" and not rep["passed"] and verdict_exit_code(rep) == 5
+    assert any("zero or non-finite input gradients" in r for r in rep["reliability"]["unreliable"])
+    assert "UNRELIABLE" in markdown(rep) and "reliable evaluation" in junit_xml(rep)
+    # with Square on the engine the numbers stand on their own: judged as usual
+    square = verify_artifact(VerifyRequest(attacks="pgd10,square", **base))  # type: ignore[arg-type]
+    assert square["reliability"]["unreliable"] == [] and square["verdict"] == "pass"
+    # measuring only (no gates): reported, not a verdict
+    measured = verify_artifact(VerifyRequest(attacks="pgd10", **{**base, "gates": [], "allow_no_floor": False}))
+    assert measured["verdict"] == "no gates" and measured["reliability"]["unreliable"]
+
+
+def test_integer_div_in_the_interpreter_divides_as_onnx_runtime_does(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from rkd.quantize.surrogate import onnx_module
+
+    a = numpy_helper.from_array(np.array([7, -7, 3], np.int64), "a")
+    b = numpy_helper.from_array(np.array([2, 2, 2], np.int64), "b")
+    nodes = [helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["input", "qf"], ["out"])]
+    graph = helper.make_graph(nodes, "intdiv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])], [a, b])
+    path = tmp_path / "intdiv.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.ones((1, 3), np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = onnx_module(path)(torch.from_numpy(x)).detach().numpy()
+    assert np.array_equal(expected, [[3.0, -3.0, 1.0]]) and np.array_equal(got, expected)

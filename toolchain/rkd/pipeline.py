@@ -75,8 +75,10 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """The verify exit code: 1 when a gate failed, else 0."""
-        return 1 if self.report is not None and not self.report.get("passed") else 0
+        """The verify exit code (:func:`~rkd.verify.report.verdict_exit_code`), 0 without a verify stage."""
+        from rkd.verify.report import verdict_exit_code
+
+        return verdict_exit_code(self.report) if self.report is not None else 0
 
 
 def _key(*parts: Any) -> str:

@@ -41,8 +41,8 @@ def run(
 ) -> None:
     """Run a whole recipe: teacher, distill, export, quantize, engine, verify; unchanged stages are skipped.
 
-    Exit code: verify's (0 every gate passed, 1 a gate failed), else 2 usage/recipe error, 3 backend missing,
-    4 internal error.
+    Exit code: verify's (0 every gate passed, 1 a gate failed, 5 an unreliable evaluation), else 2 usage/recipe
+    error, 3 backend missing, 4 internal error.
     """
     with handle_errors():
         from rkd.config import load_recipe
@@ -61,7 +61,8 @@ def run(
         out.print(table)
         if result.report is not None:
             rep = result.report
-            verdict = "[bold green]PASS[/]" if rep.get("passed") else "[bold red]FAIL[/]"
+            verdict = ("[bold green]PASS[/]" if rep.get("passed") else "[bold red]UNRELIABLE[/]"
+                       if rep.get("verdict") == "unreliable" else "[bold red]FAIL[/]")
             out.print(f"{verdict}  clean {rep['clean_acc']:.1%}, worst-case robust {rep['robust_acc']:.1%} "
                       f"(n={rep['n']}, {rep['norm']} eps={rep['eps_text']}); report: {result.run_dir / 'verify'}",
                       highlight=False)

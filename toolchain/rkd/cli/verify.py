@@ -55,10 +55,12 @@ def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
     for g in rep["gates"]:
         mark = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
         out.print(f"{mark} {g['gate']}  ({g['message']}; {g['source']})", highlight=False)
-    note = (rep.get("floor") or {}).get("note")
-    if note:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
-    verdict = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]",
+    for note in ((rep.get("floor") or {}).get("note"), (rep.get("reliability") or {}).get("note")):
+        if note:
+            out.print(f"[yellow]note:[/] {note}", highlight=False)
+    for reason in (rep.get("reliability") or {}).get("unreliable") or []:
+        out.print(f"[bold red]unreliable:[/] {reason}", highlight=False)
+    verdict = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]", "unreliable": "[bold red]UNRELIABLE[/]",
                "no gates": "[bold]MEASURED[/] (no gates)"}[rep["verdict"]]
     out.print(f"{verdict}  report: {paths['json']}  junit: {paths['junit']}", highlight=False)
 
@@ -139,7 +141,8 @@ def verify(
     """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
 
     Exit codes: 0 every gate passed, 1 a gate failed, 2 usage error, 3 backend or hardware missing, 4 internal
-    error.
+    error, 5 unreliable: the gates passed but the gradient attacks could not be trusted (zero gradients or low
+    engine/surrogate agreement) and no gradient-free attack ran.
     """
     with handle_errors():
         from pydantic import ValidationError
@@ -148,7 +151,7 @@ def verify(
         from rkd.data import parse_data_arg
         from rkd.errors import UsageError
         from rkd.verify.gates import parse_gate
-        from rkd.verify.report import report_names, write_reports
+        from rkd.verify.report import report_names, verdict_exit_code, write_reports
         from rkd.verify.verification import request_from_config, verify_artifact
 
         prof = load_profile(profile) if profile else None
@@ -196,4 +199,4 @@ def verify(
         paths = write_reports(rep, folder, junit=junit)
         render_report(rep, paths, by_class=by_class)
         if not rep["passed"]:
-            raise typer.Exit(1)
+            raise typer.Exit(verdict_exit_code(rep))

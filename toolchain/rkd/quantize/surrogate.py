@@ -254,6 +254,15 @@ def _dequantize(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
     return centred.to(scale.dtype) * _broadcast(scale, x, axis)
 
 
+def _div(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    """ONNX Div: integer inputs divide as integers, truncating toward zero (as ONNX Runtime does, e.g. on shape
+    values), floats as floats."""
+    x, y = inp[0], inp[1]
+    if not x.is_floating_point() and not y.is_floating_point():
+        return torch.div(x, y, rounding_mode="trunc")
+    return torch.div(x, y)
+
+
 def _binary(fn: Callable[[Any, Any], Any]) -> Op:
     return lambda inp, a: fn(inp[0], inp[1])
 
@@ -278,7 +287,7 @@ OPS: dict[str, Op] = {
     "Add": _binary(torch.add),
     "Sub": _binary(torch.sub),
     "Mul": _binary(torch.mul),
-    "Div": _binary(torch.div),
+    "Div": _div,
     "Relu": _unary(F.relu),
     "LeakyRelu": lambda inp, a: F.leaky_relu(inp[0], a.get("alpha", 0.01)),
     "Sigmoid": _unary(torch.sigmoid),

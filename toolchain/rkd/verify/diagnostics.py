@@ -123,6 +123,24 @@ def warnings(target: VerifyTarget, engine: RobustnessResult, specs: Sequence[Att
     return list(dict.fromkeys(out))
 
 
+def unreliable_reasons(diagnostics: Diagnostics, specs: Sequence[AttackSpec], request: VerifyRequest) -> list[str]:
+    """Why the white-box numbers cannot be trusted, when the suite has no gradient-free attack to fall back on
+    (Square, alone or inside AutoAttack): zero or non-finite input gradients on at least
+    ``request.max_zero_gradient_share`` of the attacked samples, or engine/surrogate agreement below the
+    request's thresholds. Empty when the evaluation is reliable or Square runs on the engine itself."""
+    if any(s.kind == "autoattack" and "square" in s.subattacks for s in specs):
+        return []
+    reasons = []
+    if diagnostics.attacked and diagnostics.zero_gradients / diagnostics.attacked >= request.max_zero_gradient_share:
+        reasons.append(f"zero or non-finite input gradients on {diagnostics.zero_gradients} of "
+                       f"{diagnostics.attacked} attacked samples")
+    for key, floor in (("clean", request.min_clean_agreement), ("adversarial", request.min_adversarial_agreement)):
+        agree = (diagnostics.agreement.get(key) or {}).get("top1_agreement")
+        if agree is not None and agree < floor:
+            reasons.append(f"engine/surrogate top-1 agreement on {key} inputs {agree:.1%} < {floor:.0%}")
+    return reasons
+
+
 def float_agreement(target: VerifyTarget, x: torch.Tensor, batch_size: int, dev: torch.device) -> torch.Tensor:
     """Per-sample top-1 agreement of the engine and the float reference on clean inputs."""
     if target.reference is None:

@@ -33,6 +33,16 @@ def _ci(entry: Mapping[str, Any] | None) -> str:
     return f"{100 * lo:.1f}-{100 * hi:.1f}"
 
 
+#: ``rkd verify``'s exit code per verdict (``no gates`` measures only: 0).
+VERDICT_EXIT_CODES = {"pass": 0, "no gates": 0, "fail": 1, "unreliable": 5}
+
+
+def verdict_exit_code(report: Mapping[str, Any]) -> int:
+    """The exit code of a verify report: 0 pass (or no gates), 1 a gate failed, 5 the evaluation was unreliable
+    and nothing gradient-free could stand in for it."""
+    return VERDICT_EXIT_CODES.get(str(report.get("verdict")), 0 if report.get("passed") else 1)
+
+
 def junit_xml(report: Mapping[str, Any]) -> str:
     """JUnit XML with one test case per gate (and one for warnings when they fail the run)."""
     cases: list[tuple[str, str | None, str]] = []
@@ -42,6 +52,10 @@ def junit_xml(report: Mapping[str, Any]) -> str:
     if report.get("fail_on_warnings"):
         text = "; ".join(warnings)
         cases.append(("no verification warnings", text or None, text or "none"))
+    unreliable = (report.get("reliability") or {}).get("unreliable") or []
+    if report.get("gates") and unreliable:
+        text = "; ".join(unreliable) + ": " + str((report.get("reliability") or {}).get("note"))
+        cases.append(("reliable evaluation", text, text))
     failures = sum(1 for _, fail, _ in cases if fail)
     suite = ET.Element("testsuite", name="rkd-verify", tests=str(len(cases)), failures=str(failures), errors="0",
                        time=f"{(report.get('timing') or {}).get('total_s', 0):.3f}")
@@ -70,8 +84,8 @@ def junit_xml(report: Mapping[str, Any]) -> str:
 def markdown(report: Mapping[str, Any]) -> str:
     """A Markdown summary: verdict, gates, per-attack table (engine vs float), agreement, warnings."""
     artifact = report.get("artifact") or {}
-    verdict = {"no gates": "measured, no gates"}.get(report.get("verdict", ""),
-                                                    "PASS" if report.get("passed") else "FAIL")
+    verdict = {"no gates": "measured, no gates", "unreliable": "UNRELIABLE"}.get(
+        report.get("verdict", ""), "PASS" if report.get("passed") else "FAIL")
     lines = [
         f"## rkd verify: {verdict}",
         "",
@@ -88,9 +102,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             value = "not measured" if g["value"] is None else f"{g['value']:.4g}"
             lines.append(f"| `{g['gate']}` | {value} | {'pass' if g['passed'] else '**FAIL**'} |")
         lines.append("")
-    note = (report.get("floor") or {}).get("note")
-    if note:
-        lines += [f"**Note:** {note}.", ""]
+    for note in ((report.get("floor") or {}).get("note"), (report.get("reliability") or {}).get("note")):
+        if note:
+            lines += [f"**Note:** {note}.", ""]
+    reasons = (report.get("reliability") or {}).get("unreliable") or []
+    if reasons:
+        lines += [*(f"- unreliable: {r}" for r in reasons), ""]
     float_attacks = (report.get("float") or {}).get("attacks") or {}
     lines += ["| attack | engine | 95% CI | float | drop |", "|---|---|---|---|---|"]
     for name, entry in (report.get("attacks") or {}).items():

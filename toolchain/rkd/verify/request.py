@@ -23,6 +23,8 @@ DEFAULT_NORM = "linf"
 #: Below these engine/surrogate top-1 agreements the surrogate's gradients are suspect (a warning).
 MIN_CLEAN_AGREEMENT = 0.99
 MIN_ADVERSARIAL_AGREEMENT = 0.95
+#: From this share of attacked samples with zero or non-finite input gradients on, gradient attacks say nothing.
+MAX_ZERO_GRADIENT_SHARE = 0.05
 DEFAULT = "default"
 GIVEN = "given"
 #: Where ``resolve_against`` finds a data set nobody stated.
@@ -69,6 +71,7 @@ class VerifyRequest:
     curve_attack: str = "pgd20"
     min_clean_agreement: float = MIN_CLEAN_AGREEMENT
     min_adversarial_agreement: float = MIN_ADVERSARIAL_AGREEMENT
+    max_zero_gradient_share: float = MAX_ZERO_GRADIENT_SHARE
     profile: dict[str, Any] | None = None
     runtime_options: dict[str, Any] | None = None  # passed to the runtime (e.g. ONNX Runtime providers)
     require_gates: bool = False  # refuse a run that could not fail (rkd verify without --no-gates)

@@ -43,7 +43,7 @@ from rkd.verify.checks import (  # noqa: F401  (check_gates_measurable: also use
     check_request,
     check_threat_model,
 )
-from rkd.verify.diagnostics import Diagnostics, diagnose, float_agreement, warnings
+from rkd.verify.diagnostics import Diagnostics, diagnose, float_agreement, unreliable_reasons, warnings
 from rkd.verify.engine_model import EngineModel
 from rkd.verify.gates import NO_FLOOR_NOTE, evaluate_gates, is_floor
 from rkd.verify.outcome import RobustnessResult
@@ -64,6 +64,9 @@ from rkd.verify.target import VerifyTarget, open_target
 from rkd.verify.transfer import run_transfer
 
 REPORT_SCHEMA_VERSION = 1
+UNRELIABLE_NOTE = ("the gradient attacks could not be trusted on this artifact and the suite has no gradient-free "
+                   "attack: a judged run does not pass (verdict 'unreliable', exit 5); add 'square' or 'autoattack' "
+                   "to --attacks, or fix the surrogate")
 SEMANTICS = ("robust = correct on the clean input and on every attack's output (white-box through the surrogate, "
              "Square on the engine, transfer from the float reference)")
 
@@ -82,6 +85,7 @@ class VerifyReport:
     float_engine_agreement: float | None
     target_info: dict[str, Any]
     curve: dict[str, Any] | None = None
+    unreliable: list[str] = field(default_factory=list)  # why the white-box numbers cannot be trusted
     timing: dict[str, float] = field(default_factory=dict)
     engine_calls: dict[str, int] = field(default_factory=dict)
 
@@ -120,12 +124,16 @@ class VerifyReport:
         gates = evaluate_gates(list(req.gates), report)
         report["gates"] = gates
         report["fail_on_warnings"] = req.fail_on_warnings
-        report["passed"] = all(g["passed"] for g in gates) and not (req.fail_on_warnings and self.warnings)
+        failed = not all(g["passed"] for g in gates) or bool(req.fail_on_warnings and self.warnings)
         judged = bool(gates) or req.fail_on_warnings
+        report["reliability"] = {"unreliable": list(self.unreliable), "note": UNRELIABLE_NOTE if self.unreliable
+                                 else None}
+        report["passed"] = not failed and not (judged and self.unreliable)
         floors = [g.text for g in req.gates if is_floor(g)]
         report["floor"] = {"gates": floors, "allow_no_floor": req.allow_no_floor,
                            "note": NO_FLOOR_NOTE if judged and not floors else None}
-        report["verdict"] = ("pass" if report["passed"] else "fail") if judged else "no gates"
+        report["verdict"] = ("no gates" if not judged else "fail" if failed else
+                             "unreliable" if self.unreliable else "pass")
         report["per_sample"] = body["per_sample"]
         report["data"] = {"dataset": req.dataset, "options": dict(req.data_options or {}),
                           "source": _data_source(req.source("dataset")), "split": req.split, "n": len(self.idx),
@@ -275,5 +283,6 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     return VerifyReport(request=request, engine=engine, reference=reference, classes=data.classes, idx=idx,
                         diagnostics=diagnostics, warnings=found, float_engine_agreement=agree,
                         target_info=target.info, curve=curve, timing=timing,
+                        unreliable=unreliable_reasons(diagnostics, specs, request),
                         engine_calls={"engine_calls": engine_model.calls,
                                       "engine_images": engine_model.images}).to_dict()
