@@ -224,3 +224,17 @@ def test_integer_div_in_the_interpreter_divides_as_onnx_runtime_does(tmp_path: P
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     got = onnx_module(path)(torch.from_numpy(x)).detach().numpy()
     assert np.array_equal(expected, [[3.0, -3.0, 1.0]]) and np.array_equal(got, expected)
+
+
+def test_the_cli_exits_5_on_an_unreliable_evaluation_and_says_why(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = _masked_onnx(tmp_path / "masked.onnx")
+    proc = subprocess.run([sys.executable, "-m", "rkd", "verify", "--engine", str(path), "--data", "synthetic:n=64",
+                           "--n", "32", "--attacks", "pgd10", "--gate", "clean_acc>=0.0", "--allow-no-floor",
+                           "--no-transfer", "--report", str(tmp_path / "out")],
+                          capture_output=True, text=True, env={**__import__("os").environ, "NO_COLOR": "1", "COLUMNS": "250"})
+    assert proc.returncode == 5, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "UNRELIABLE" in proc.stdout and "zero or non-finite input gradients" in proc.stdout
+    assert "threat model: linf eps=8/255 (eps from default, norm from default)" in proc.stderr  # the progress log
