@@ -19,7 +19,8 @@ def _linear_onnx(path: Path, weight: np.ndarray, *, external: str | None) -> Pat
     """A linear classifier over flattened 3x32x32 inputs, its weights inside the file or in ``external``."""
     w = numpy_helper.from_array(weight.astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
         "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -227,6 +228,7 @@ def test_integer_div_in_the_interpreter_divides_as_onnx_runtime_does(tmp_path: P
 
 
 def test_the_cli_exits_5_on_an_unreliable_evaluation_and_says_why(tmp_path: Path) -> None:
+    import os
     import subprocess
     import sys
 
@@ -234,7 +236,8 @@ def test_the_cli_exits_5_on_an_unreliable_evaluation_and_says_why(tmp_path: Path
     proc = subprocess.run([sys.executable, "-m", "rkd", "verify", "--engine", str(path), "--data", "synthetic:n=64",
                            "--n", "32", "--attacks", "pgd10", "--gate", "clean_acc>=0.0", "--allow-no-floor",
                            "--no-transfer", "--report", str(tmp_path / "out")],
-                          capture_output=True, text=True, env={**__import__("os").environ, "NO_COLOR": "1", "COLUMNS": "250"})
+                          capture_output=True, text=True,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
     assert proc.returncode == 5, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "UNRELIABLE" in proc.stdout and "zero or non-finite input gradients" in proc.stdout
     assert "threat model: linf eps=8/255 (eps from default, norm from default)" in proc.stderr  # the progress log
