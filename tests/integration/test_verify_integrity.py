@@ -164,9 +164,10 @@ def test_a_radius_below_one_intensity_level_cannot_be_judged(bundle: Path) -> No
 # -- an evaluation that cannot be trusted does not pass ---------------------------------------------------------
 
 
-def _masked_onnx(path: Path) -> Path:
+def _masked_onnx(path: Path, *, keep_path: bool = True) -> Path:
     """A linear classifier on the input cast to 8 levels of int32 (no gradient through the cast), plus 0*x so
-    the graph still reaches the input: gradient attacks see exactly zero gradients."""
+    the graph still reaches the input (``keep_path``): gradient attacks see exactly zero gradients. Without
+    it the only way from the input to the logits goes through the cast."""
     rng = np.random.default_rng(1)
     w = numpy_helper.from_array(rng.normal(size=(3072, 10)).astype(np.float32), "w")
     consts = [numpy_helper.from_array(np.array(255 / 32, np.float32), "k"),
@@ -175,7 +176,8 @@ def _masked_onnx(path: Path) -> Path:
              helper.make_node("Cast", ["scaled"], ["levels"], to=TensorProto.INT32),
              helper.make_node("Cast", ["levels"], ["back"], to=TensorProto.FLOAT),
              helper.make_node("Mul", ["input", "zero"], ["nothing"]),
-             helper.make_node("Add", ["back", "nothing"], ["x"]),
+             helper.make_node("Add", ["back", "nothing"], ["x"]) if keep_path else helper.make_node(
+                 "Identity", ["back"], ["x"]),
              helper.make_node("Flatten", ["x"], ["flat"], axis=1),
              helper.make_node("MatMul", ["flat", "w"], ["logits"])]
     graph = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
@@ -205,6 +207,16 @@ def test_zero_gradients_without_a_gradient_free_attack_are_unreliable_not_a_pass
     # measuring only (no gates): reported, not a verdict
     measured = verify_artifact(VerifyRequest(attacks="pgd10", **{**base, "gates": [], "allow_no_floor": False}))
     assert measured["verdict"] == "no gates" and measured["reliability"]["unreliable"]
+
+
+def test_a_model_reached_only_through_a_cast_is_unreliable_not_a_crash(tmp_path: Path) -> None:
+    from rkd.verify.gates import parse_gate
+
+    path = _masked_onnx(tmp_path / "cast_only.onnx", keep_path=False)
+    rep = verify_artifact(VerifyRequest(artifact=path, dataset="synthetic", data_options={"n": 64}, n=32,
+                                        attacks="fgsm,pgd5,cw", eps=8 / 255, norm="linf", transfer=False,
+                                        gates=[parse_gate("clean_acc>=0.0")], allow_no_floor=True))
+    assert rep["verdict"] == "unreliable" and rep["worst_case"]["acc"] == rep["clean_acc"]
 
 
 def test_integer_div_in_the_interpreter_divides_as_onnx_runtime_does(tmp_path: Path) -> None:

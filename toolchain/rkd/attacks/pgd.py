@@ -241,7 +241,10 @@ def pgd(
                             fooled |= new
                 if objective.dim() > 0:
                     objective = objective.sum()
-                (grad,) = torch.autograd.grad(objective, x_adv)
+                if objective.requires_grad:
+                    (grad,) = torch.autograd.grad(objective, x_adv)
+                else:  # the model's output does not depend differentiably on its input: no direction to take
+                    grad = torch.zeros_like(x_adv)
             with torch.no_grad():
                 if grad.dtype in (torch.float16, torch.bfloat16):
                     grad = grad.float()

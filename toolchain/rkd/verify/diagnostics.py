@@ -53,6 +53,9 @@ def zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(dev).requires_grad_(True)
         loss = nn.functional.cross_entropy(model(xb), y[i:i + batch_size].to(dev), reduction="sum")
+        if not loss.requires_grad:  # no differentiable path from the input at all
+            zeros += len(xb)
+            continue
         (grad,) = torch.autograd.grad(loss, xb)
         flat = grad.flatten(1)
         zeros += int(((flat.abs().amax(1) == 0) | ~torch.isfinite(flat).all(1)).sum())
