@@ -36,7 +36,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,7 +48,8 @@ from typing import Any
 
 import yaml
 
-from rkd.atomic import try_lock
+from rkd.atomic import atomic_write_text, try_lock
+from rkd.config import apply_overrides
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -73,19 +73,6 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides to a recipe mapping the way ``rkd --set`` does (values parsed as YAML)."""
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        key, _, text = item.partition("=")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
     return out
 
 
@@ -504,22 +491,6 @@ def say(message: str) -> None:
         print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def child_env() -> dict[str, str]:
     """The environment of the rkd subprocesses: OMP_NUM_THREADS passed through (1 when unset)."""
     env = dict(os.environ)
@@ -594,7 +565,7 @@ def run_step(step: Step, folder: Path) -> float:
     if rc not in step.ok:
         tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-12:])
         raise RuntimeError(f"`{step.text}` exited {rc} after {seconds:.0f} s; see {folder / 'log.txt'}:\n{tail}")
-    atomic_write(marker, json.dumps({"command": step.text, "seconds": seconds, "exit": rc,
+    atomic_write_text(marker, json.dumps({"command": step.text, "seconds": seconds, "exit": rc,
                                      "peak_rss_mib": round(peak_mib),
                                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
     return seconds
@@ -718,7 +689,7 @@ def run_part(cfg: Settings, part: Part) -> str:
             say(f"{part.id}: {step.text}")
             seconds[step.name] = run_step(step, folder)
         record = collect_result(cfg, part, steps, seconds, previous=read_result(cfg, part.id))
-        atomic_write(REPO / result_path(cfg, part.id), json.dumps(record, indent=1) + "\n")
+        atomic_write_text(REPO / result_path(cfg, part.id), json.dumps(record, indent=1) + "\n")
         return "done"
 
 
@@ -909,7 +880,7 @@ def probe(cfg: Settings) -> int:
     say(f"probe deploy {measured}: PTQ {quant_s:.0f} s, verify n={vrep['n']} {verify_s:.0f} s, "
         f"QAT {out['deploy'][measured]['qat_step_s']:.2f} s/step")
     out["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write(REPO / cfg.results_dir / "probe.json", json.dumps(out, indent=1) + "\n")
+    atomic_write_text(REPO / cfg.results_dir / "probe.json", json.dumps(out, indent=1) + "\n")
     say(f"wrote {cfg.results_dir / 'probe.json'}")
     return 0
 
@@ -1303,8 +1274,8 @@ def table(cfg: Settings) -> int:
         lines += table_deploy(cfg, results, tj)
     lines += table_runs(cfg, plan, results, tj)
     out_dir = REPO / cfg.results_dir
-    atomic_write(out_dir / "table.md", "\n".join(lines))
-    atomic_write(out_dir / "table.json", json.dumps(tj, indent=1) + "\n")
+    atomic_write_text(out_dir / "table.md", "\n".join(lines))
+    atomic_write_text(out_dir / "table.json", json.dumps(tj, indent=1) + "\n")
     say(f"wrote {cfg.results_dir / 'table.md'} and table.json ({len(results)}/{len(plan)} parts)")
     return 0
 
