@@ -4,6 +4,7 @@ gradients cannot be trusted, with nothing gradient-free beside them, is unreliab
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,20 @@ def test_the_cli_exits_5_on_an_unreliable_evaluation_and_says_why(tmp_path: Path
     assert proc.returncode == 5, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "UNRELIABLE" in proc.stdout and "zero or non-finite input gradients" in proc.stdout
     assert "threat model: linf eps=8/255 (eps from default, norm from default)" in proc.stderr  # the progress log
+
+
+def test_a_flag_wins_over_the_profile_which_wins_over_the_default_and_each_source_is_recorded() -> None:
+    from rkd.config import VerifyConfig
+    from rkd.verify.request import request_from_config
+
+    profile = VerifyConfig(n=500, sample="random", gates=["robust_acc>=0.3"])
+    unset = {"n": None, "sample": None, "eps": None, "attacks": None}
+    req = request_from_config("m.onnx", profile, source="profile p", flags=unset)
+    assert (req.n, req.sample, req.attacks) == (500, "random", "pgd20,autoattack")
+    assert (req.source("n"), req.source("sample"), req.source("attacks"), req.source("eps")) == (
+        "profile p", "profile p", "default", "default")
+    assert [g.source for g in req.gates] == ["profile p"]
+    req = request_from_config("m.onnx", profile, source="profile p", flags={**unset, "sample": "first", "eps": 0.01})
+    assert (req.sample, req.eps, req.source("sample"), req.source("eps")) == ("first", 0.01, "--sample", "--eps")
+    with pytest.raises(dataclasses.FrozenInstanceError):  # nothing edits a request once it is built
+        req.n = 3  # type: ignore[misc]

@@ -96,7 +96,8 @@ def verify(
                                                      "$RKD_DATA_ROOT, else ~/.cache/rkd/data].")] = None,
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     n: Annotated[Optional[int], typer.Option(help="Samples \\[default: the profile's, else 1000].")] = None,
-    sample: Annotated[Sample, typer.Option(help="The first n samples, or a seeded random subset.")] = Sample.first,
+    sample: Annotated[Optional[Sample], typer.Option(help="The first n samples, or a seeded random subset "
+                                                     "\\[default: the profile's, else first].")] = None,
     attacks: Annotated[Optional[str], typer.Option(help="Comma-separated: fgsm, pgdK, pgdKrR, cw[K], autoattack, "
                                                    "square, aa-custom:A+B \\[default: profile's, else "
                                                    "pgd20,autoattack].")] = None,
@@ -168,8 +169,9 @@ def verify(
             raise UsageError(f"--eps/--alpha/--curve-eps: {exc}") from None
         dataset, options = parse_data_arg(data) if data is not None else (None, None)
         flags = {"n": n, "attacks": attacks, "eps": eps_v, "norm": norm.value if norm is not None else None,
-                 "dataset": dataset, "sample": sample.value, "fail_on_warnings": fail_on_warnings,
-                 "transfer": None if transfer else False, "allow_no_floor": True if allow_no_floor else None}
+                 "dataset": dataset, "sample": sample.value if sample is not None else None,
+                 "fail_on_warnings": fail_on_warnings, "transfer": None if transfer else False,
+                 "allow_no_floor": True if allow_no_floor else None}
         request = request_from_config(
             engine, prof.verify if prof else VerifyConfig(), source=f"profile {prof.name}" if prof else "default",
             flags=flags, extra_gates=[parse_gate(g) for g in gate or []],
