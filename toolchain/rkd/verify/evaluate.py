@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from rkd.data import indices_sha256, load_dataset, select_indices
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
+from rkd.verify.samples import load_samples
 from rkd.verify.suite import check_suite, evaluate_robustness, parse_attacks
 
 REPORT_SCHEMA_VERSION = 1
@@ -49,16 +49,10 @@ def evaluate_model(
     t0 = time.perf_counter()
     specs = parse_attacks(request.attacks)
     check_suite(specs, seed=request.seed)  # before any data or model call
-    data = load_dataset(request.dataset, request.split, root=request.data_root, **(request.data_options or {}))
-    num_classes = getattr(getattr(model, "spec", None), "num_classes", None)
-    if num_classes is not None and num_classes != len(data.classes):
-        raise CheckpointError(
-            f"the model has {num_classes} classes but {request.dataset} has {len(data.classes)}: "
-            "evaluate it on the data set it was trained for"
-        )
-    idx = select_indices(len(data), request.n, seed=request.seed, mode=request.sample)
-    x = data.to_float(idx)
-    y = data.y[idx]
+    samples = load_samples(request.dataset, request.split, n=request.n, sample=request.sample, seed=request.seed,
+                           root=request.data_root, options=request.data_options,
+                           num_classes=getattr(getattr(model, "spec", None), "num_classes", None))
+    x, y = samples.x, samples.y
     model = model.to(request.device).eval()
     result = evaluate_robustness(
         model, x, y, attacks=specs, eps=request.eps, alpha=request.alpha,
@@ -69,13 +63,10 @@ def evaluate_model(
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "rkd-eval",
         **result.to_dict(),
-        "by_class": result.by_class(data.classes),
+        "by_class": result.by_class(samples.classes),
         "eps_text": request.eps_text,
         "alpha": request.alpha,
-        "data": {
-            "dataset": request.dataset, "split": request.split, "n": len(idx), "sample": request.sample,
-            "indices_sha256": indices_sha256(idx), "first_indices": idx[:10].tolist(),
-        },
+        "data": samples.record(),
         "model": model_info or {},
         "batch_size": request.batch_size,
         "timing": {"total_s": time.perf_counter() - t0},

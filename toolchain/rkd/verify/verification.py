@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rkd.data import indices_sha256, load_dataset, samples_sha256, select_indices
+from rkd.data import indices_sha256, samples_sha256
 from rkd.environment import device_description, package_versions
-from rkd.errors import CheckpointError, UsageError
 from rkd.verify.attack_spec import AttackSpec, parse_attacks
 from rkd.verify.checks import (  # noqa: F401  (check_gates_measurable: also used by rkd run before it trains)
     TRANSFER,
@@ -58,6 +57,7 @@ from rkd.verify.request import (  # noqa: F401  (re-exported: the request is par
     request_from_config,
     resolve_against,
 )
+from rkd.verify.samples import SampleSet, load_samples
 from rkd.verify.state import VerifyState
 from rkd.verify.suite import evaluate_robustness
 from rkd.verify.target import VerifyTarget, open_target
@@ -78,8 +78,7 @@ class VerifyReport:
     request: VerifyRequest  # resolved: dataset, norm and eps set
     engine: RobustnessResult
     reference: RobustnessResult | None
-    classes: Sequence[str]
-    idx: torch.Tensor
+    samples: SampleSet
     diagnostics: Diagnostics
     warnings: list[str]
     float_engine_agreement: float | None
@@ -103,7 +102,7 @@ class VerifyReport:
             "clean_acc": body["clean_acc"], "robust_acc": body["robust_acc"],
             **({"autoattack_acc": body["autoattack_acc"]} if "autoattack_acc" in body else {}),
             "attacks": body["attacks"], "worst_case": body["worst_case"],
-            "by_class": self.engine.by_class(list(self.classes)),
+            "by_class": self.engine.by_class(self.samples.classes),
             "semantics": SEMANTICS,
             "sources": {k: req.source(k) for k in ("eps", "norm", "dataset", "n", "attacks")},
         }
@@ -135,10 +134,8 @@ class VerifyReport:
         report["verdict"] = ("no gates" if not judged else "fail" if failed else
                              "unreliable" if self.unreliable else "pass")
         report["per_sample"] = body["per_sample"]
-        report["data"] = {"dataset": req.dataset, "options": dict(req.data_options or {}),
-                          "source": _data_source(req.source("dataset")), "split": req.split, "n": len(self.idx),
-                          "sample": req.sample, "indices_sha256": indices_sha256(self.idx),
-                          "first_indices": self.idx[:10].tolist()}
+        report["data"] = {**self.samples.record(), "options": self.samples.options,
+                          "source": _data_source(req.source("dataset"))}
         for key in ("artifact", "surrogate", "reference", "bundle"):
             report[key] = self.target_info[key]
         if req.profile:
@@ -225,21 +222,16 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
                            transfer=request.transfer and has_reference and not same_model)
     check_judged(request)
 
-    data = load_dataset(request.dataset, request.split, root=request.data_root, **(request.data_options or {}))
-    if request.n > len(data):
-        raise UsageError(f"--n {request.n} asks for more samples than {request.dataset} {request.split} has "
-                         f"({len(data)}); lower --n")
-    if target.num_classes is not None and target.num_classes != len(data.classes):
-        raise CheckpointError(f"'{target.path.name}' predicts {target.num_classes} classes but {request.dataset} has "
-                              f"{len(data.classes)}: verify it on the data set it was trained for")
-    check_class_names(target, data.classes, request.dataset or "the data")
-    idx = select_indices(len(data), request.n, seed=request.seed, mode=request.sample)
-    x, y = data.to_float(idx), data.y[idx]
+    samples = load_samples(str(request.dataset), request.split, n=request.n, sample=request.sample, seed=request.seed,
+                           root=request.data_root, options=request.data_options, num_classes=target.num_classes,
+                           model=f"'{target.path.name}'", action="verify")
+    check_class_names(target, samples.classes, samples.dataset)
+    x, y = samples.x, samples.y
     dev = torch.device(request.device)
     check_input_shape(target, x, f"{request.dataset} {request.split}")
-    check_output_widths(target, x[:1], dev, num_classes=len(data.classes), dataset=request.dataset or "the data")
+    check_output_widths(target, x[:1], dev, num_classes=len(samples.classes), dataset=samples.dataset)
 
-    state = VerifyState(request.state, _state_settings(target, request, specs, idx, x, y))
+    state = VerifyState(request.state, _state_settings(target, request, specs, samples.idx, x, y))
     timing: dict[str, float] = {}
     suite_kw = dict(eps=float(request.eps or 0.0), alpha=request.alpha, norm=request.norm or "linf",
                     batch_size=request.batch_size, seed=request.seed, device=dev, keep_adv=True,
@@ -280,7 +272,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     agree = (float(float_agreement(target, x, request.batch_size, dev).float().mean())
              if reference is not None else None)
     timing["total_s"] = time.perf_counter() - t_start
-    return VerifyReport(request=request, engine=engine, reference=reference, classes=data.classes, idx=idx,
+    return VerifyReport(request=request, engine=engine, reference=reference, samples=samples,
                         diagnostics=diagnostics, warnings=found, float_engine_agreement=agree,
                         target_info=target.info, curve=curve, timing=timing,
                         unreliable=unreliable_reasons(diagnostics, specs, request),
