@@ -27,6 +27,14 @@ class CheckpointError(UsageError):
     """A checkpoint that is missing, corrupt or does not match the model it is loaded into."""
 
 
+class UnsupportedOperatorError(CheckpointError):
+    """An ONNX model with operators rkd's torch interpreter cannot differentiate; ``ops`` names them."""
+
+    def __init__(self, message: str, ops: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.ops = sorted(ops or [])
+
+
 class DataError(UsageError):
     """A data set that cannot be found or read."""
 

@@ -20,6 +20,20 @@ class Norm(str, Enum):
     l2 = "l2"
 
 
+class Layout(str, Enum):
+    """A model's input layout."""
+
+    nchw = "nchw"
+    nhwc = "nhwc"
+
+
+class Channels(str, Enum):
+    """A model's channel order."""
+
+    rgb = "rgb"
+    bgr = "bgr"
+
+
 class Sample(str, Enum):
     """Which samples: the first n, or a seeded random subset."""
 
@@ -58,6 +72,9 @@ def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
     for note in ((rep.get("floor") or {}).get("note"), (rep.get("reliability") or {}).get("note")):
         if note:
             out.print(f"[yellow]note:[/] {note}", highlight=False)
+    white_box = rep.get("white_box") or {}
+    if white_box and not white_box.get("ran"):
+        out.print(f"[yellow]note:[/] no white-box attack ran ({white_box.get('why_not')})", highlight=False)
     for reason in (rep.get("reliability") or {}).get("unreliable") or []:
         out.print(f"[bold red]unreliable:[/] {reason}", highlight=False)
     verdict = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]", "unreliable": "[bold red]UNRELIABLE[/]",
@@ -134,6 +151,29 @@ def verify(
                                            "in the reports).")] = False,
     no_gates: Annotated[bool, typer.Option("--no-gates", help="Measure without a verdict (exit 0 whatever the "
                                            "numbers); without it a run with no gate is a usage error.")] = False,
+    mean: Annotated[Optional[str], typer.Option(help="A model rkd did not make: the mean it subtracts, three "
+                                                "numbers in its channel order and pixel scale, or 'imagenet'.",
+                                                rich_help_panel="Models rkd did not make")] = None,
+    std: Annotated[Optional[str], typer.Option(help="The std it divides by (three numbers, or 'imagenet').",
+                                               rich_help_panel="Models rkd did not make")] = None,
+    pixel_scale: Annotated[Optional[float], typer.Option("--pixel-scale", help="Its pixel range: 1 for [0, 1], 255 "
+                                                         "for [0, 255] \\[default: 1].",
+                                                         rich_help_panel="Models rkd did not make")] = None,
+    layout: Annotated[Optional[Layout], typer.Option(help="Its input layout \\[default: nchw].",
+                                                     rich_help_panel="Models rkd did not make")] = None,
+    channels: Annotated[Optional[Channels], typer.Option(help="Its channel order \\[default: rgb].",
+                                                         rich_help_panel="Models rkd did not make")] = None,
+    input_size: Annotated[Optional[int], typer.Option("--input-size", min=1, help="Decode an image folder at this "
+                                                      "side (resize + center crop) \\[default: the model's declared "
+                                                      "input].", rich_help_panel="Models rkd did not make")] = None,
+    label_map: Annotated[Optional[Path], typer.Option("--label-map", help="JSON mapping each class of the data to "
+                                                      "the model output that scores it (e.g. an ImageNet model on a "
+                                                      "10-class folder).", rich_help_panel="Models rkd did not make")]
+        = None,
+    reference_model: Annotated[Optional[str], typer.Option("--reference-model", help="--reference is a plain "
+                                                           "state_dict of this architecture (e.g. tv_mobilenet_v2, "
+                                                           "or NAME:CLASSES).",
+                                                           rich_help_panel="Models rkd did not make")] = None,
     allow_no_floor: Annotated[bool, typer.Option("--allow-no-floor", help="Judge gates without a floor on robust "
                                                  "accuracy (e.g. only drops and agreement, which a model without "
                                                  "robustness passes; the report says so); without it such a gate "
@@ -150,6 +190,7 @@ def verify(
 
         from rkd.config import VerifyConfig, load_profile, parse_eps, parse_radius
         from rkd.data import parse_data_arg
+        from rkd.deploy.adapters import parse_preprocessing
         from rkd.errors import UsageError
         from rkd.verify.gates import parse_gate
         from rkd.verify.report import report_names, verdict_exit_code, write_reports
@@ -168,6 +209,16 @@ def verify(
         except ValueError as exc:
             raise UsageError(f"--eps/--alpha/--curve-eps: {exc}") from None
         dataset, options = parse_data_arg(data) if data is not None else (None, None)
+        if input_size is not None:
+            if dataset != "imagefolder":
+                raise UsageError("--input-size decodes an image folder at that size: it needs --data imagefolder:DIR "
+                                 "(other data sets have their own size)")
+            options = {**(options or {}), "image_size": input_size}
+        preprocessing = parse_preprocessing(mean=mean, std=std, scale=pixel_scale,
+                                            layout=layout.value if layout is not None else None,
+                                            channels=channels.value if channels is not None else None)
+        if reference_model is not None and reference is None:
+            raise UsageError("--reference-model names the architecture of --reference: give --reference FILE too")
         flags = {"n": n, "attacks": attacks, "eps": eps_v, "norm": norm.value if norm is not None else None,
                  "dataset": dataset, "sample": sample.value if sample is not None else None,
                  "fail_on_warnings": fail_on_warnings, "transfer": None if transfer else False,
@@ -180,7 +231,8 @@ def verify(
             seed=seed, batch_size=batch_size, device=_device(device, engine), state=state,
             curve_eps=curve_values if curve else None, surrogate=surrogate, reference=reference,
             profile={"name": prof.name, "runtime": prof.runtime, "precision": prof.precision} if prof else None,
-            require_gates=not no_gates,
+            require_gates=not no_gates, preprocessing=preprocessing, label_map=label_map,
+            reference_model=reference_model,
             floor_fix=("add --gate 'robust_acc>=X' with X what your model must keep (e.g. 'lower.robust_acc>="
                        "0.40'), or --allow-no-floor to judge only what deployment changes"),
         )

@@ -143,7 +143,8 @@ def check_output_widths(target: VerifyTarget, probe: torch.Tensor, dev: torch.de
     engine = int(target.runtime.predict(probe).shape[1])
     if num_classes is not None and engine != num_classes:
         raise CheckpointError(f"'{target.path.name}' outputs {engine} scores per image but {dataset} has "
-                              f"{num_classes} classes: verify it on the data set it was trained for (--data)")
+                              f"{num_classes} classes: verify it on the data set it was trained for (--data), or "
+                              "map its outputs to the data set's classes with --label-map FILE")
     for what, model, info in (("--surrogate", target.surrogate, target.info["surrogate"]),
                               ("--reference", target.reference, target.info["reference"])):
         if model is None:

@@ -67,6 +67,8 @@ def diagnose(target: VerifyTarget, engine_model: nn.Module, engine: RobustnessRe
     """Agreement on the clean inputs and on the gradient attacks' perturbed inputs, and the zero-gradient count
     on the engine's clean-correct samples."""
     attacked = engine.outcomes["clean"].correct.nonzero().flatten()
+    if target.surrogate is None:  # black-box only: nothing to compare with the engine, no gradients to check
+        return Diagnostics({"clean": None, "adversarial": None}, 0, 0)
     adv = [perturbed(o.x_adv[attacked], x[attacked]) for s in specs if s.kind != "clean" and s.uses_gradients
            for o in [engine.outcomes[s.name]] if o.x_adv is not None]
     adv = [a for a in adv if len(a)]
@@ -79,10 +81,11 @@ def diagnose(target: VerifyTarget, engine_model: nn.Module, engine: RobustnessRe
 
 
 def warnings(target: VerifyTarget, engine: RobustnessResult, specs: Sequence[AttackSpec], diagnostics: Diagnostics,
-             request: VerifyRequest) -> list[str]:
+             request: VerifyRequest, *, num_classes: int | None = None) -> list[str]:
     """The run's warnings: the artifact's and the suite's, a threat model other than the bundle's, Square or
     transfer breaking what the gradient attacks did not, AutoAttack's own messages, zero gradients and low
-    agreement (below the request's thresholds). Deduplicated, in that order."""
+    agreement (below the request's thresholds), and a clean accuracy at chance level (of ``num_classes``).
+    Deduplicated, in that order."""
     eps, norm = float(request.eps or 0.0), request.norm or "linf"
     out = list(target.warnings) + list(engine.warnings)
     tm = target.threat_model
@@ -111,6 +114,12 @@ def warnings(target: VerifyTarget, engine: RobustnessResult, specs: Sequence[Att
         if extra:
             out.append(f"transfer from the float model broke {extra} sample(s) the white-box attacks on the engine did "
                        "not: the surrogate's gradients are weaker than the float model's")
+    clean = engine.outcomes["clean"].correct
+    classes = num_classes or 0
+    if classes >= 2 and len(clean) >= 20 and float(clean.float().mean()) <= 1.5 / classes:
+        out.append(f"clean accuracy {float(clean.float().mean()):.1%} is at chance level (1/{classes}): the model does "
+                   "not classify these images; check --data and, for a model rkd did not make, how it wants its "
+                   "input (--mean/--std, --pixel-scale, --layout, --channels, --input-size)")
     if diagnostics.zero_gradients:
         out.append(f"zero or non-finite input gradient through the surrogate on {diagnostics.zero_gradients} of "
                    f"{diagnostics.attacked} clean-correct samples: gradient attacks cannot move them (gradient "
@@ -126,11 +135,28 @@ def warnings(target: VerifyTarget, engine: RobustnessResult, specs: Sequence[Att
     return list(dict.fromkeys(out))
 
 
-def unreliable_reasons(diagnostics: Diagnostics, specs: Sequence[AttackSpec], request: VerifyRequest) -> list[str]:
-    """Why the white-box numbers cannot be trusted, when the suite has no gradient-free attack to fall back on
-    (Square, alone or inside AutoAttack): zero or non-finite input gradients on at least
-    ``request.max_zero_gradient_share`` of the attacked samples, or engine/surrogate agreement below the
-    request's thresholds. Empty when the evaluation is reliable or Square runs on the engine itself."""
+def white_box_record(target: VerifyTarget, specs: Sequence[AttackSpec]) -> dict[str, Any]:
+    """The report's ``white_box``: whether a white-box attack ran, through what, and why not when none did."""
+    asked = [s.name for s in specs if s.kind != "clean" and s.uses_gradients]
+    ran = bool(asked) and target.surrogate is not None
+    why = None
+    if not ran:
+        why = ("the suite has no white-box attack" if not asked else
+               f"no gradients: {target.info['surrogate'].get('note')}")
+    return {"ran": ran, "attacks": asked if ran else [], "gradients_from": target.info["surrogate"].get("kind"),
+            "gradient_rules": target.info["surrogate"].get("gradients"), "why_not": why}
+
+
+def unreliable_reasons(diagnostics: Diagnostics, specs: Sequence[AttackSpec], request: VerifyRequest, *,
+                       white_box: bool = True) -> list[str]:
+    """Why the numbers cannot be trusted: no white-box attack ran (black-box attacks alone overstate robustness;
+    ``white_box`` False: the target has no surrogate), or, when the suite has no gradient-free attack to fall
+    back on (Square, alone or inside AutoAttack), zero or non-finite input gradients on at least
+    ``request.max_zero_gradient_share`` of the attacked samples or engine/surrogate agreement below the
+    request's thresholds. Empty when the evaluation is reliable."""
+    if not white_box or not any(s.kind != "clean" and s.uses_gradients for s in specs):
+        return ["no white-box attack ran (black-box attacks alone overstate robustness): a gate cannot pass on "
+                "them; give the gradients a source (--reference, --surrogate) or add a gradient attack"]
     if any(s.kind == "autoattack" and "square" in s.subattacks for s in specs):
         return []
     reasons = []

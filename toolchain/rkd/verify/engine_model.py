@@ -25,9 +25,9 @@ class EngineModel(nn.Module):
         calls: engine forward passes so far, and ``images``: images sent to the engine (for timing reports).
     """
 
-    def __init__(self, engine: Any, surrogate: nn.Module) -> None:
+    def __init__(self, engine: Any, surrogate: nn.Module | None) -> None:
         super().__init__()
-        self.surrogate = surrogate.eval()
+        self.surrogate = surrogate.eval() if surrogate is not None else None  # None: engine values only
         self.engine = engine
         self.calls = 0
         self.images = 0
@@ -36,7 +36,7 @@ class EngineModel(nn.Module):
         """Engine logits, carrying the surrogate's gradient when ``x`` requires one."""
         self.calls += 1
         self.images += int(x.shape[0])
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if self.surrogate is None or not (torch.is_grad_enabled() and x.requires_grad):
             return self.engine.predict(x)
         s = self.surrogate(x)
         e = self.engine.predict(x).to(device=s.device, dtype=s.dtype)

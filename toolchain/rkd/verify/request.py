@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rkd.deploy.adapters import Preprocessing
 from rkd.errors import UsageError
 from rkd.verify.gates import Gate
 
@@ -74,6 +75,9 @@ class VerifyRequest:
     max_zero_gradient_share: float = MAX_ZERO_GRADIENT_SHARE
     profile: dict[str, Any] | None = None
     runtime_options: dict[str, Any] | None = None  # passed to the runtime (e.g. ONNX Runtime providers)
+    preprocessing: Preprocessing | None = None  # what a model rkd did not make wants instead of [0, 1] RGB NCHW
+    label_map: str | Path | None = None  # JSON: data-set class name -> model output index
+    reference_model: str | None = None  # the architecture of a --reference that is a plain state_dict
     require_gates: bool = False  # refuse a run that could not fail (rkd verify without --no-gates)
     allow_no_floor: bool = False  # judge gates without a floor on robust accuracy (drops/agreement only)
     floor_fix: str = ("add a gate such as 'robust_acc>=0.40' (what the model must keep), or set allow_no_floor to "

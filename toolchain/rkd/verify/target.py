@@ -14,18 +14,25 @@ artifact              runtime          gradient surrogate                       
 
 When the artifact sits in an rkd bundle (a ``manifest.json`` beside it) every file's sha256 is checked, the
 threat model and classes come from the manifest, and an engine whose source ONNX changed since it was built
-is refused. ``surrogate=``/``reference=`` override the choice (an rkd checkpoint or an ONNX file).
+is refused. ``surrogate=``/``reference=`` override the choice (an rkd checkpoint or an ONNX file; a reference
+may also be a plain state_dict of a registered architecture).
+
+A model rkd did not make (no manifest) runs behind the input convention the user states
+(:class:`~rkd.deploy.adapters.Preprocessing`), and so do its interpreted surrogate and an ONNX reference. If
+the interpreter cannot differentiate the file, the float reference gives the gradients (BPDA), or, for a
+suite of gradient-free attacks only, there is no surrogate and the report says that no white-box attack ran.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rkd.deploy.adapters import AdaptedRuntime, Preprocessing
 from rkd.deploy.onnx_files import stamped_threat_model
 from rkd.deploy.runtimes import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, Runtime, open_runtime
 from rkd.errors import CheckpointError, UsageError
@@ -42,7 +49,7 @@ class VerifyTarget:
     path: Path
     kind: str  # onnx-int8 | onnx-float | tensorrt | checkpoint
     runtime: Runtime
-    surrogate: nn.Module
+    surrogate: nn.Module | None  # None: no gradients here (black-box attacks only)
     reference: nn.Module | None
     manifest: dict[str, Any] | None
     info: dict[str, Any] = field(default_factory=dict)
@@ -125,11 +132,37 @@ class VerifyTarget:
 
     @property
     def image_size(self) -> int | None:
-        """The side of the model's square input, when the manifest records it."""
+        """The side of the model's square input, when the manifest records it or the model file declares it."""
         shape = ((self.manifest or {}).get("input") or {}).get("shape")
-        if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3]:
+        if self.manifest is None:
+            shape = getattr(self.runtime, "input_shape", None)
+        if isinstance(shape, (list, tuple)) and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3]:
             return shape[2]
         return None
+
+    def with_outputs(self, outputs: list[int], probe: torch.Tensor) -> VerifyTarget:
+        """This target scoring only the model outputs ``outputs`` (a label map), in that order: the runtime, and
+        the surrogate and reference where they score as many classes as the engine (one ``probe`` each)."""
+        from rkd.deploy.adapters import AdaptedModule
+
+        width = int(self.runtime.predict(probe).shape[1])
+
+        def adapt(model: nn.Module | None) -> nn.Module | None:
+            if model is None:
+                return None
+            with torch.inference_mode():
+                same = int(model(probe.to(next(iter(model.parameters()), probe).device)).shape[1]) == width
+            return AdaptedModule(model, None, outputs).eval() if same else model
+
+        surrogate = adapt(self.surrogate)
+        reference = surrogate if self.reference is self.surrogate else adapt(self.reference)
+        return replace(self, runtime=AdaptedRuntime(self.runtime, None, outputs), surrogate=surrogate,
+                       reference=reference)
+
+    @property
+    def white_box(self) -> bool:
+        """Whether white-box attacks can run: there is a surrogate to take gradients from."""
+        return self.surrogate is not None
 
 
 def _is_qdq(path: Path) -> bool:
@@ -139,12 +172,39 @@ def _is_qdq(path: Path) -> bool:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise CheckpointError(f"cannot read ONNX file '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    return any(node.op_type in _INTEGER_OPS for node in model.graph.node)
 
 
-def load_differentiable(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """An rkd checkpoint (``.safetensors`` + sidecar) or an ONNX file (float or QDQ, interpreted in torch) as
-    a differentiable module in eval mode, with a description (file, sha256, kind)."""
+#: Operators that make an ONNX graph an integer (quantized) one: QDQ and ONNX Runtime's QOperator format.
+_INTEGER_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                          "ConvInteger", "MatMulInteger"})
+
+
+#: How the ONNX interpreter differentiates what has no useful derivative; every report that uses it says so.
+INTERPRETER_GRADIENTS = (
+    "rounding (QuantizeLinear/DequantizeLinear pairs, the re-quantization of QLinear* outputs, Round, Floor, "
+    "Ceil): straight-through, the identity inside the quantized range and zero where it saturates; a Cast to "
+    "an integer type: no gradient (such samples count as zero gradients)"
+)
+
+
+def load_differentiable(path: str | Path, device: str | torch.device = "cpu", *,
+                        preprocessing: Preprocessing | None = None, model: str | None = None,
+                        num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A model file as a differentiable module in eval mode taking [0, 1] RGB NCHW images, with a description
+    (file, sha256, kind, and for an ONNX file how its gradients are taken).
+
+    - an ONNX file (float, QDQ or QOperator): interpreted in torch, behind ``preprocessing``;
+    - an rkd checkpoint (``.safetensors`` + sidecar): as it is (it normalises its own input);
+    - with ``model`` (a registered architecture such as ``tv_mobilenet_v2``): a plain state_dict from
+      torchvision, timm-style or RobustBench code (:func:`rkd.models.load_foreign_checkpoint`, never unpickled)
+      with ``num_classes`` outputs and the normalisation ``preprocessing`` states (or the architecture's default).
+
+    Raises:
+        UsageError: a missing file or one that cannot give gradients.
+        UnsupportedOperatorError: an ONNX file with operators the interpreter cannot differentiate.
+    """
+    from rkd.deploy.adapters import AdaptedModule
     from rkd.deploy.onnx_files import onnx_fingerprint
 
     path = Path(path)
@@ -154,18 +214,37 @@ def load_differentiable(path: str | Path, device: str | torch.device = "cpu") ->
     if suffix in ONNX_SUFFIXES:
         from rkd.quantize.surrogate import onnx_module
 
-        module = onnx_module(path)
+        module: nn.Module = onnx_module(path)
         kind = "onnx-qdq-interpreter" if module.num_fake_quant else "onnx-interpreter"
         fingerprint = onnx_fingerprint(path)  # with external data: its files too
+        if preprocessing is not None:
+            module = AdaptedModule(module, preprocessing)
         return module.to(device).eval(), {"file": str(path), "sha256": fingerprint["sha256"], "kind": kind,
+                                          "gradients": INTERPRETER_GRADIENTS,
                                           **({"external_data": fingerprint["external_data"]}
                                              if fingerprint["external_data"] else {})}
+    if model is not None:
+        from rkd.atomic import file_sha256
+        from rkd.models import load_foreign_checkpoint
+
+        if num_classes is None:
+            raise UsageError(f"--reference-model {model}: the number of classes is unknown; write it as {model}:N")
+        mean = std = None
+        if preprocessing is not None and not (preprocessing.mean == (0.0, 0.0, 0.0)
+                                              and preprocessing.std == (1.0, 1.0, 1.0)):
+            order = slice(None, None, -1) if preprocessing.channels == "bgr" else slice(None)
+            mean = [v / preprocessing.scale for v in preprocessing.mean][order]
+            std = [v / preprocessing.scale for v in preprocessing.std][order]
+        clf = load_foreign_checkpoint(path, model=model, num_classes=num_classes, mean=mean, std=std,
+                                      map_location=device)
+        return clf.eval(), {"file": str(path), "sha256": file_sha256(path), "kind": f"state_dict ({model})"}
     if suffix in CHECKPOINT_SUFFIXES:
         from rkd.models import load_checkpoint
 
-        model, sidecar = load_checkpoint(path, map_location=device)
-        return model.eval(), {"file": str(path), "sha256": sidecar.get("sha256"), "kind": "checkpoint"}
-    raise UsageError(f"'{path}' cannot give gradients: use an rkd checkpoint (.safetensors) or an ONNX file")
+        model_, sidecar = load_checkpoint(path, map_location=device)
+        return model_.eval(), {"file": str(path), "sha256": sidecar.get("sha256"), "kind": "checkpoint"}
+    raise UsageError(f"'{path}' cannot give gradients: use an rkd checkpoint (.safetensors), an ONNX file, or a "
+                     "plain state_dict with --reference-model NAME")
 
 
 def _bundle_manifest(path: Path) -> dict[str, Any] | None:
@@ -207,6 +286,19 @@ def _engine_source(path: Path, manifest: dict[str, Any] | None) -> Path:
     return source
 
 
+def _reference_classes(spec: str, runtime: Runtime, image_size: int | None) -> tuple[str, int]:
+    """``NAME[:CLASSES]`` of ``--reference-model``; CLASSES defaults to the engine's output width (one probe)."""
+    name, _, count = spec.partition(":")
+    if count:
+        if not count.isdigit() or int(count) < 1:
+            raise UsageError(f"--reference-model '{spec}': write NAME or NAME:CLASSES (a positive integer)")
+        return name, int(count)
+    declared = runtime.input_shape or ()
+    side = declared[2] if len(declared) == 4 and isinstance(declared[2], int) else image_size or 32
+    side_w = declared[3] if len(declared) == 4 and isinstance(declared[3], int) else side
+    return name, int(runtime.predict(torch.zeros(1, 3, side, side_w)).shape[1])
+
+
 def open_target(
     artifact: str | Path,
     *,
@@ -215,15 +307,30 @@ def open_target(
     device: str | torch.device = "cpu",
     batch_size: int = 256,
     runtime_options: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
+    reference_model: str | None = None,
+    image_size: int | None = None,
+    need_gradients: bool = True,
 ) -> VerifyTarget:
     """Open ``artifact`` (a file, or a bundle directory: its ``model.int8.onnx``, else ``model.onnx``) with its
     surrogate and float reference as in the module table. ``runtime_options`` go to the runtime's constructor.
 
+    A model rkd did not make (an ONNX file or engine with no bundle manifest) may want another input
+    (``preprocessing``): it then runs behind it, as do its interpreted surrogate and an ONNX reference.
+    ``reference_model`` names the architecture of a ``reference`` that is a plain state_dict. When the
+    interpreter cannot differentiate the file, the float reference gives the gradients (BPDA) if there is one;
+    else, with ``need_gradients`` False (a suite of gradient-free attacks), the target has no surrogate.
+
     Raises:
-        UsageError: unknown suffix, missing file, an engine without a manifest or surrogate.
+        UsageError: unknown suffix, missing file, an engine without a manifest or surrogate, preprocessing
+            stated for an rkd model (which normalises its own input).
+        UnsupportedOperatorError: operators the interpreter cannot differentiate, no reference to take
+            gradients from and a suite that needs them.
         CheckpointError: a changed bundle file, a stale engine, unreadable files.
         MissingDependencyError: the runtime's backend is not installed (exit 3).
     """
+    from rkd.errors import UnsupportedOperatorError
+
     path = Path(artifact)
     if path.is_dir():
         for name in ("model.int8.onnx", FLOAT_ONNX):
@@ -241,12 +348,20 @@ def open_target(
             "or .safetensors (an rkd checkpoint)"
         )
     manifest = _bundle_manifest(path) if suffix not in CHECKPOINT_SUFFIXES else None
+    if preprocessing is not None and (manifest is not None or suffix in CHECKPOINT_SUFFIXES):
+        what = "checkpoint" if suffix in CHECKPOINT_SUFFIXES else "bundle's model"
+        raise UsageError(f"'{path.name}' is an rkd {what}, which takes [0, 1] RGB NCHW images and normalises them "
+                         "itself: drop --mean/--std/--pixel-scale/--layout/--channels")
     warnings: list[str] = []
     engine_source = None
     if suffix in ENGINE_SUFFIXES:  # refuse a stale engine before touching TensorRT
         engine_source = Path(surrogate) if surrogate is not None else _engine_source(path, manifest)
-    runtime = open_runtime(path, device=device, batch_size=batch_size, **(runtime_options or {}))
+    runtime: Runtime = open_runtime(path, device=device, batch_size=batch_size, **(runtime_options or {}))
+    if preprocessing is not None:
+        runtime = AdaptedRuntime(runtime, preprocessing)
 
+    unsupported: UnsupportedOperatorError | None = None
+    grad_model: nn.Module | None
     if suffix in CHECKPOINT_SUFFIXES:
         kind = "checkpoint"
         grad_model = runtime.model  # type: ignore[attr-defined]
@@ -257,18 +372,24 @@ def open_target(
         else:
             kind = "onnx-int8" if _is_qdq(path) else "onnx-float"
             source = Path(surrogate) if surrogate is not None else path
-        grad_model, grad_info = load_differentiable(source, device)
+        try:
+            grad_model, grad_info = load_differentiable(source, device, preprocessing=preprocessing)
+        except UnsupportedOperatorError as exc:
+            unsupported, grad_model, grad_info = exc, None, {}
     if surrogate is not None and suffix in CHECKPOINT_SUFFIXES:
         grad_model, grad_info = load_differentiable(surrogate, device)
 
     ref_model: nn.Module | None
     ref_info: dict[str, Any]
     if reference is not None:
-        ref_model, ref_info = load_differentiable(reference, device)
+        name, classes = (_reference_classes(reference_model, runtime, image_size) if reference_model is not None
+                         else (None, None))
+        ref_model, ref_info = load_differentiable(reference, device, preprocessing=preprocessing, model=name,
+                                                  num_classes=classes)
     elif kind == "checkpoint":
         ref_model = runtime.model  # type: ignore[attr-defined]
         ref_info = {"file": str(path), "sha256": runtime.sha256, "note": "the verified model is the float model"}
-    elif kind == "onnx-float" and surrogate is None:
+    elif kind == "onnx-float" and surrogate is None and grad_model is not None:
         ref_model, ref_info = grad_model, {**grad_info, "note": "the verified model is the float model"}
     elif manifest is not None and (path.parent / FLOAT_ONNX).is_file() and FLOAT_ONNX in manifest.get("files", {}):
         ref_model, ref_info = load_differentiable(path.parent / FLOAT_ONNX, device)
@@ -276,8 +397,20 @@ def open_target(
         ref_model, ref_info = None, {}
         warnings.append("no float reference (no bundle model.onnx, no --reference): drops and transfer attacks "
                         "are not measured")
-    if kind == "onnx-float" and surrogate is None:
+    if kind == "onnx-float" and surrogate is None and grad_model is not None:
         grad_info = {**grad_info, "kind": "onnx-interpreter (exact gradients)"}
+    if unsupported is not None:
+        if ref_model is not None:  # BPDA through the float model: the engine's values, the reference's gradients
+            grad_model = ref_model
+            grad_info = {**{k: v for k, v in ref_info.items() if k != "note"}, "kind": "the float reference (BPDA)",
+                         "note": f"{unsupported}"}
+            warnings.append(f"the gradients come from the float reference, not the engine's own graph "
+                            f"({', '.join(unsupported.ops)} cannot be differentiated): white-box numbers are "
+                            "transfer-like and may overstate robustness")
+        elif need_gradients:
+            raise unsupported
+        else:
+            grad_info = {"kind": "none", "note": f"{unsupported}"}
     stamp_file = engine_source if engine_source is not None else path if suffix in ONNX_SUFFIXES else None
     stamped = stamped_threat_model(stamp_file) if stamp_file is not None else None
     info = {

@@ -42,7 +42,14 @@ from rkd.verify.checks import (  # noqa: F401  (check_gates_measurable: also use
     check_request,
     check_threat_model,
 )
-from rkd.verify.diagnostics import Diagnostics, diagnose, float_agreement, unreliable_reasons, warnings
+from rkd.verify.diagnostics import (
+    Diagnostics,
+    diagnose,
+    float_agreement,
+    unreliable_reasons,
+    warnings,
+    white_box_record,
+)
 from rkd.verify.engine_model import EngineModel
 from rkd.verify.gates import NO_FLOOR_NOTE, evaluate_gates, is_floor
 from rkd.verify.outcome import RobustnessResult
@@ -85,6 +92,7 @@ class VerifyReport:
     target_info: dict[str, Any]
     curve: dict[str, Any] | None = None
     unreliable: list[str] = field(default_factory=list)  # why the white-box numbers cannot be trusted
+    white_box: dict[str, Any] = field(default_factory=dict)  # whether white-box attacks ran, and with what
     timing: dict[str, float] = field(default_factory=dict)
     engine_calls: dict[str, int] = field(default_factory=dict)
 
@@ -133,9 +141,12 @@ class VerifyReport:
                            "note": NO_FLOOR_NOTE if judged and not floors else None}
         report["verdict"] = ("no gates" if not judged else "fail" if failed else
                              "unreliable" if self.unreliable else "pass")
+        report["white_box"] = self.white_box
         report["per_sample"] = body["per_sample"]
         report["data"] = {**self.samples.record(), "options": self.samples.options,
                           "source": _data_source(req.source("dataset"))}
+        report["preprocessing"] = req.preprocessing.record() if req.preprocessing is not None else None
+        report["label_map"] = str(req.label_map) if req.label_map is not None else None
         for key in ("artifact", "surrogate", "reference", "bundle"):
             report[key] = self.target_info[key]
         if req.profile:
@@ -190,7 +201,18 @@ def _state_settings(target: VerifyTarget, request: VerifyRequest, specs: Sequenc
         "norm": request.norm, "seed": request.seed, "attacks": [s.name for s in specs], "transfer": request.transfer,
         "samples_sha256": samples_sha256(x, y), "device": request.device,
         "runtime_options": request.runtime_options, "batch_size": request.batch_size,
+        "preprocessing": request.preprocessing.record() if request.preprocessing is not None else None,
+        "label_map": _file_record(request.label_map),
     }
+
+
+def _file_record(path: Any) -> dict[str, Any] | None:
+    """A file's name and sha256, for what a resumable state must match."""
+    if path is None:
+        return None
+    from rkd.atomic import file_sha256
+
+    return {"file": str(path), "sha256": file_sha256(path)}
 
 
 def _attack(model: nn.Module, who: str, x: torch.Tensor, y: torch.Tensor, specs: Sequence[AttackSpec],
@@ -211,9 +233,12 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     """
     t_start = time.perf_counter()
     specs = check_request(request)
+    white_box = any(s.kind != "clean" and s.uses_gradients for s in specs)
     target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
                          device=request.device, batch_size=request.batch_size,
-                         runtime_options=request.runtime_options)
+                         runtime_options=request.runtime_options, preprocessing=request.preprocessing,
+                         reference_model=request.reference_model,
+                         image_size=(request.data_options or {}).get("image_size"), need_gradients=white_box)
     request = resolve_against(request, target, log=log)
     check_threat_model(request)
     has_reference = target.reference is not None
@@ -228,6 +253,12 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     check_class_names(target, samples.classes, samples.dataset)
     x, y = samples.x, samples.y
     dev = torch.device(request.device)
+    if request.label_map is not None:
+        from rkd.deploy.adapters import read_label_map
+
+        check_input_shape(target, x, f"{request.dataset} {request.split}")
+        width = int(target.runtime.predict(x[:1]).shape[1])
+        target = target.with_outputs(read_label_map(request.label_map, samples.classes, width), x[:1])
     check_input_shape(target, x, f"{request.dataset} {request.split}")
     check_output_widths(target, x[:1], dev, num_classes=len(samples.classes), dataset=samples.dataset)
 
@@ -262,7 +293,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     t0 = time.perf_counter()
     diagnostics = diagnose(target, engine_model, engine, specs, x, y, request.batch_size, dev)
     timing["checks_s"] = time.perf_counter() - t0
-    found = warnings(target, engine, specs, diagnostics, request)
+    found = warnings(target, engine, specs, diagnostics, request, num_classes=len(samples.classes))
 
     curve = None
     if request.curve_eps:
@@ -275,6 +306,7 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     return VerifyReport(request=request, engine=engine, reference=reference, samples=samples,
                         diagnostics=diagnostics, warnings=found, float_engine_agreement=agree,
                         target_info=target.info, curve=curve, timing=timing,
-                        unreliable=unreliable_reasons(diagnostics, specs, request),
+                        unreliable=unreliable_reasons(diagnostics, specs, request, white_box=target.white_box),
+                        white_box=white_box_record(target, specs),
                         engine_calls={"engine_calls": engine_model.calls,
                                       "engine_images": engine_model.images}).to_dict()
