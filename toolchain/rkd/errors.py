@@ -27,6 +27,18 @@ class CheckpointError(UsageError):
     """A checkpoint that is missing, corrupt or does not match the model it is loaded into."""
 
 
+class UnsupportedOperatorError(CheckpointError):
+    """An ONNX model with operators the gradient interpreter cannot differentiate; ``ops`` lists their types
+    (sorted), ``counts`` and ``first_nodes`` give, per type, how many nodes use it and the first one's name."""
+
+    def __init__(self, message: str, ops: list[str] | None = None, counts: dict[str, int] | None = None,
+                 first_nodes: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.ops: list[str] = sorted(ops or [])
+        self.counts: dict[str, int] = dict(counts or {})
+        self.first_nodes: dict[str, str] = dict(first_nodes or {})
+
+
 class DataError(UsageError):
     """A data set that cannot be found or read."""
 
