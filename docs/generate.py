@@ -4,7 +4,8 @@
 - ``recipe.md``: every recipe and export-profile key, from the pydantic models in ``rkd.config`` (dotted name,
   type, default, allowed values, and the ``# comment`` written beside or above the field in ``config.py``);
 - ``exit-codes.md``: the exit code of every error class in ``rkd.errors``, with its docstring;
-- ``cli.md``: every command, argument and option of the Typer app ``rkd.cli.app.app``.
+- ``cli.md``: every command, argument and option of the Typer app ``rkd.cli.app.app``;
+- ``onnx-ops.md``: every ONNX operator the gradient interpreter runs, from ``rkd.quantize.onnx_ops.supported_ops``.
 
     python docs/generate.py            # (re)write the pages
     python docs/generate.py --check    # exit 1, with a diff, when a committed page differs from the code
@@ -553,12 +554,30 @@ def _cli_text_block(text: str | None) -> str:
     return (text or "").replace("\\[", "[").replace("\b", "")
 
 
+def onnx_ops_reference() -> str:
+    """``docs/reference/onnx-ops.md``: the interpreter's operator registry, by domain, with each gradient rule."""
+    from rkd.quantize import onnx_ops
+
+    ops = onnx_ops.supported_ops()
+    lines = [_banner("rkd.quantize.onnx_ops.supported_ops()"), "", "# ONNX operators of the gradient interpreter", "",
+             "`rkd verify` runs an ONNX model in ONNX Runtime and takes its gradients from the same file interpreted "
+             "in torch (`rkd.quantize.surrogate`). These are the operators that interpreter runs; a model using any "
+             "other is refused when it is read, with an `UnsupportedOperatorError` (exit code 2) naming each missing "
+             "operator, how many nodes use it and the first one.", "",
+             *[line for par in _paragraphs(onnx_ops.__doc__)[2:] for line in (_cell(_rst_to_md(par)), "")]]
+    for domain in sorted({o.domain for o in ops}):
+        rows = [[f"`{o.op}`", _cell(o.gradient)] for o in ops if o.domain == domain]
+        lines += [f"## {domain} ({len(rows)} operators)", "", *_table(["operator", "gradient"], rows), ""]
+    return "\n".join(lines)
+
+
 # -- the pages -----------------------------------------------------------------------------------------------------
 
 PAGES: dict[str, Callable[[], str]] = {
     "recipe.md": recipe_reference,
     "exit-codes.md": exit_code_reference,
     "cli.md": cli_reference,
+    "onnx-ops.md": onnx_ops_reference,
 }
 
 

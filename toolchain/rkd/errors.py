@@ -28,11 +28,15 @@ class CheckpointError(UsageError):
 
 
 class UnsupportedOperatorError(CheckpointError):
-    """An ONNX model with operators rkd's torch interpreter cannot differentiate; ``ops`` names them."""
+    """An ONNX model with operators the gradient interpreter cannot differentiate; ``ops`` lists their types
+    (sorted), ``counts`` and ``first_nodes`` give, per type, how many nodes use it and the first one's name."""
 
-    def __init__(self, message: str, ops: list[str] | None = None) -> None:
+    def __init__(self, message: str, ops: list[str] | None = None, counts: dict[str, int] | None = None,
+                 first_nodes: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.ops = sorted(ops or [])
+        self.ops: list[str] = sorted(ops or [])
+        self.counts: dict[str, int] = dict(counts or {})
+        self.first_nodes: dict[str, str] = dict(first_nodes or {})
 
 
 class DataError(UsageError):

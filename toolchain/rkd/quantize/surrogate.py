@@ -1,7 +1,8 @@
-"""The differentiable surrogate of an INT8 QDQ model: the QDQ graph itself, executed with torch ops.
+"""The differentiable surrogate of an ONNX classifier (float, INT8 QDQ or INT8 QOperator): the graph itself,
+executed with torch ops.
 
-Design (chosen over hooking the original torch modules): :class:`OnnxGraphModule` interprets the INT8 QDQ
-ONNX file node by node, so whatever ``quantize_static`` wrote (BatchNorm folded into Conv by the exporter,
+Design (chosen over hooking the original torch modules): :class:`OnnxGraphModule` interprets the ONNX file
+node by node, so whatever ``quantize_static`` wrote (BatchNorm folded into Conv by the exporter,
 Relu removed after asymmetric Q, shared scales across MaxPool/Flatten, the normalisation Sub/Div, float
 logits) is replicated exactly by construction, with no mapping from ONNX names back to torch modules:
 
@@ -12,7 +13,12 @@ logits) is replicated exactly by construction, with no mapping from ONNX names b
   ``torch.fake_quantize_per_tensor_affine`` (``_per_channel_affine`` for an ``axis``). Its gradient is the
   straight-through estimator, masked where the value saturates (the true derivative of the clamp):
   ``dout/dx=1`` inside the quantization range.
-- Everything else (Conv, Gemm, Add, Relu, pools, BatchNormalization, Reshape, ...) runs as the torch op.
+- Everything else (Conv, Gemm, Add, Relu, pools, BatchNormalization, Reshape, ..., and the QOperator ops
+  ``QLinearConv``, ``QGemm``, ``QLinearAdd``, ... that ``QuantFormat.QOperator`` writes: dequantize, float op,
+  requantize with straight-through rounding) runs as its torch function in :mod:`rkd.quantize.onnx_ops`, whose
+  docstring states each gradient choice; :func:`supported_ops` lists them. A graph using an operator missing
+  there is refused when it is read, with an :class:`~rkd.errors.UnsupportedOperatorError` naming each such
+  operator, its count and its first node.
 
 The forward value therefore matches ONNX Runtime's INT8 output up to float rounding at quantization ties
 (ONNX Runtime fuses DQ -> Conv -> Q into integer kernels that requantize with a float multiplier); agreement
@@ -30,296 +36,28 @@ the module from them (no pickle).
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rkd.atomic import atomic_write, atomic_write_text
 from rkd.attacks.predictions import batched_logits, logit_agreement
-from rkd.errors import CheckpointError, UsageError
+from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
+from rkd.quantize.onnx_ops import OPS, QRANGE, Op, _broadcast, _dequantize, domain_name, lookup, supported_ops
+
+__all__ = ["OPS", "OnnxGraphModule", "agreement", "build_surrogate", "graph_spec", "load_surrogate",
+           "onnx_module", "save_surrogate", "supported_ops", "unsupported_operator_error"]
+
+_QRANGE = QRANGE
 
 FORMAT = "rkd-surrogate"
 FORMAT_VERSION = 1
 KIND = "onnx-qdq-interpreter"
-
-_QRANGE: dict[torch.dtype, tuple[int, int]] = {
-    torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int16: (-32768, 32767),
-    torch.int32: (-2**31, 2**31 - 1),
-}
-_ONNX_TO_TORCH: dict[int, torch.dtype] = {
-    1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-    9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16,
-}
-
-Op = Callable[[list[Any], dict[str, Any]], Any]
-
-
-# --------------------------------------------------------------------------------------------------- ops
-def _pads(pads: Sequence[int] | None, n: int) -> tuple[list[int], list[int]]:
-    pads = list(pads or [0] * (2 * n))
-    return pads[:n], pads[n:]
-
-
-def _pad_input(x: torch.Tensor, begin: list[int], end: list[int], value: float = 0.0) -> torch.Tensor:
-    spec: list[int] = []
-    for b, e in zip(reversed(begin), reversed(end), strict=True):
-        spec += [b, e]
-    return F.pad(x, spec, value=value)
-
-
-def _no_auto_pad(attrs: dict[str, Any], op: str) -> None:
-    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise UsageError(f"surrogate: {op} with auto_pad={attrs['auto_pad']} is not supported; export with "
-                         "explicit pads")
-
-
-def _conv(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    _no_auto_pad(a, "Conv")
-    x, w = inp[0], inp[1]
-    b = inp[2] if len(inp) > 2 else None
-    n = w.dim() - 2
-    begin, end = _pads(a.get("pads"), n)
-    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-    stride, dilation = a.get("strides", [1] * n), a.get("dilations", [1] * n)
-    if begin != end:
-        x, begin = _pad_input(x, begin, end), [0] * n
-    return fn(x, w, b, stride=stride, padding=begin, dilation=dilation, groups=a.get("group", 1))
-
-
-def _gemm(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    x, w = inp[0], inp[1]
-    x = x.t() if a.get("transA", 0) else x
-    w = w.t() if a.get("transB", 0) else w
-    y = x @ w
-    if a.get("alpha", 1.0) != 1.0:
-        y = y * a["alpha"]
-    if len(inp) > 2 and inp[2] is not None:
-        c = inp[2] if a.get("beta", 1.0) == 1.0 else inp[2] * a["beta"]
-        y = y + c
-    return y
-
-
-def _pool(inp: list[Any], a: dict[str, Any], kind: str) -> torch.Tensor:
-    _no_auto_pad(a, kind)
-    x = inp[0]
-    kernel = a["kernel_shape"]
-    n = len(kernel)
-    begin, end = _pads(a.get("pads"), n)
-    if begin != end:
-        raise UsageError(f"surrogate: {kind} with asymmetric pads {a.get('pads')} is not supported")
-    stride = a.get("strides", [1] * n)
-    ceil = bool(a.get("ceil_mode", 0))
-    if kind == "MaxPool":
-        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-        return fn(x, kernel, stride, begin, a.get("dilations", [1] * n), ceil_mode=ceil)
-    if any(d != 1 for d in a.get("dilations", [1] * n)):
-        raise UsageError("surrogate: AveragePool with dilations is not supported")
-    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-    return fn(x, kernel, stride, begin, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
-
-
-def _reshape(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    x, shape = inp[0], [int(s) for s in inp[1].tolist()]
-    if not a.get("allowzero", 0):
-        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-    return x.reshape(shape)
-
-
-def _flatten(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    x, axis = inp[0], a.get("axis", 1)
-    axis = axis + x.dim() if axis < 0 else axis
-    lead = math.prod(x.shape[:axis])
-    return x.reshape(lead, -1)
-
-
-def _axes(inp: list[Any], a: dict[str, Any]) -> list[int] | None:
-    if len(inp) > 1 and inp[1] is not None:
-        return [int(v) for v in inp[1].tolist()]
-    return a.get("axes")
-
-
-def _unsqueeze(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    x = inp[0]
-    axes = _axes(inp, a) or []
-    rank = x.dim() + len(axes)
-    for ax in sorted(ax + rank if ax < 0 else ax for ax in axes):
-        x = x.unsqueeze(ax)
-    return x
-
-
-def _squeeze(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    x = inp[0]
-    axes = _axes(inp, a)
-    if axes is None:
-        return x.squeeze()
-    return x.squeeze(tuple(ax + x.dim() if ax < 0 else ax for ax in axes))
-
-
-def _gather(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    data, idx = inp[0], inp[1].long()
-    axis = a.get("axis", 0)
-    axis = axis + data.dim() if axis < 0 else axis
-    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
-    out = torch.index_select(data, axis, idx.reshape(-1).to(data.device))
-    # a scalar index drops the axis; one shape tuple, so that a 0-d result (a scalar index into a 1-D
-    # tensor, as in Shape -> Gather of ``x.view(x.size(0), -1)``) reshapes too
-    return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))
-
-
-def _clip(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    lo = inp[1] if len(inp) > 1 and inp[1] is not None else a.get("min")
-    hi = inp[2] if len(inp) > 2 and inp[2] is not None else a.get("max")
-    return torch.clamp(inp[0], min=lo, max=hi)
-
-
-def _batchnorm(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    if a.get("training_mode", 0):
-        raise UsageError(
-            "surrogate: BatchNormalization in training mode is not supported; export in eval mode"
-        )
-    x, scale, bias, mean, var = inp[:5]
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, a.get("epsilon", 1e-5))
-
-
-def _pad(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    if a.get("mode", "constant") != "constant":
-        raise UsageError(f"surrogate: Pad mode '{a['mode']}' is not supported")
-    x = inp[0]
-    pads = [int(p) for p in (inp[1].tolist() if len(inp) > 1 and inp[1] is not None else a["pads"])]
-    value = float(inp[2]) if len(inp) > 2 and inp[2] is not None else float(a.get("value", 0.0))
-    n = x.dim()
-    return _pad_input(x, pads[:n], pads[n:], value)
-
-
-def _reduce_mean(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    axes = _axes(inp, a)
-    keep = bool(a.get("keepdims", 1))
-    if axes is None:
-        return inp[0].mean().reshape([1] * inp[0].dim()) if keep else inp[0].mean()
-    return inp[0].mean(dim=tuple(axes), keepdim=keep)
-
-
-def _shape(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    dims = list(inp[0].shape)[a.get("start", 0):a.get("end", None)]
-    return torch.tensor(dims, dtype=torch.int64)
-
-
-def _cast(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    to = a["to"]
-    if to not in _ONNX_TO_TORCH:
-        raise UsageError(f"surrogate: Cast to ONNX type {to} is not supported")
-    return inp[0].to(_ONNX_TO_TORCH[to])
-
-
-def _qparams(inp: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = inp[1]
-    zp = inp[2] if len(inp) > 2 and inp[2] is not None else torch.zeros((), dtype=torch.uint8)
-    return scale, zp
-
-
-def _broadcast(param: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
-    if param.numel() == 1:
-        return param.reshape(())
-    axis = axis + x.dim() if axis < 0 else axis
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return param.reshape(shape)
-
-
-def _quantize(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    """ONNX QuantizeLinear: saturate(round(x / scale) + zero_point), round half to even."""
-    x = inp[0]
-    scale, zp = _qparams(inp)
-    if zp.dtype not in _QRANGE:
-        raise UsageError(f"surrogate: QuantizeLinear to {zp.dtype} is not supported")
-    lo, hi = _QRANGE[zp.dtype]
-    axis = a.get("axis", 1)
-    q = torch.round(x / _broadcast(scale, x, axis)) + _broadcast(zp, x, axis).to(x.dtype)
-    return q.clamp_(lo, hi).to(zp.dtype)
-
-
-def _dequantize(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    """ONNX DequantizeLinear: (x - zero_point) * scale, in float32."""
-    x = inp[0]
-    scale, zp = _qparams(inp)
-    axis = a.get("axis", 1)
-    centred = x.to(torch.int64) - _broadcast(zp, x, axis).to(torch.int64)
-    return centred.to(scale.dtype) * _broadcast(scale, x, axis)
-
-
-def _div(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    """ONNX Div: integer inputs divide as integers, truncating toward zero (as ONNX Runtime does, e.g. on shape
-    values), floats as floats."""
-    x, y = inp[0], inp[1]
-    if not x.is_floating_point() and not y.is_floating_point():
-        return torch.div(x, y, rounding_mode="trunc")
-    return torch.div(x, y)
-
-
-def _binary(fn: Callable[[Any, Any], Any]) -> Op:
-    return lambda inp, a: fn(inp[0], inp[1])
-
-
-def _unary(fn: Callable[[Any], Any]) -> Op:
-    return lambda inp, a: fn(inp[0])
-
-
-def _straight_through(fn: Callable[[Any], Any]) -> Op:
-    """A piecewise-constant op (Round, Floor, Ceil) with the identity as its backward pass: BPDA (Athalye et al.
-    2018), so a model that quantizes its own input cannot hide behind zero gradients."""
-    def op(inp: list[Any], a: dict[str, Any]) -> Any:
-        x = inp[0]
-        return x + (fn(x) - x).detach() if x.is_floating_point() else fn(x)
-    return op
-
-
-OPS: dict[str, Op] = {
-    "Conv": _conv,
-    "Gemm": _gemm,
-    "MatMul": _binary(torch.matmul),
-    "Add": _binary(torch.add),
-    "Sub": _binary(torch.sub),
-    "Mul": _binary(torch.mul),
-    "Div": _div,
-    "Relu": _unary(F.relu),
-    "LeakyRelu": lambda inp, a: F.leaky_relu(inp[0], a.get("alpha", 0.01)),
-    "Sigmoid": _unary(torch.sigmoid),
-    "Tanh": _unary(torch.tanh),
-    "HardSigmoid": lambda inp, a: torch.clamp(inp[0] * a.get("alpha", 0.2) + a.get("beta", 0.5), 0.0, 1.0),
-    "HardSwish": _unary(F.hardswish),
-    "Clip": _clip,
-    "Softmax": lambda inp, a: torch.softmax(inp[0], dim=a.get("axis", -1)),
-    "BatchNormalization": _batchnorm,
-    "MaxPool": lambda inp, a: _pool(inp, a, "MaxPool"),
-    "AveragePool": lambda inp, a: _pool(inp, a, "AveragePool"),
-    "GlobalAveragePool": lambda inp, a: inp[0].mean(dim=tuple(range(2, inp[0].dim())), keepdim=True),
-    "GlobalMaxPool": lambda inp, a: inp[0].amax(dim=tuple(range(2, inp[0].dim())), keepdim=True),
-    "ReduceMean": _reduce_mean,
-    "Flatten": _flatten,
-    "Reshape": _reshape,
-    "Transpose": lambda inp, a: inp[0].permute(*(a.get("perm") or reversed(range(inp[0].dim())))),
-    "Concat": lambda inp, a: torch.cat([t for t in inp if t is not None], dim=a["axis"]),
-    "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze,
-    "Gather": _gather,
-    "Shape": _shape,
-    "Cast": _cast,
-    "Pad": _pad,
-    "Identity": _unary(lambda x: x),
-    "Round": _straight_through(torch.round),
-    "Floor": _straight_through(torch.floor),
-    "Ceil": _straight_through(torch.ceil),
-    "Dropout": _unary(lambda x: x),
-    "QuantizeLinear": _quantize,
-    "DequantizeLinear": _dequantize,
-}
 
 
 # ---------------------------------------------------------------------------------------- graph parsing
@@ -341,11 +79,44 @@ def _attr_value(attr: Any, node_name: str, tensors: dict[str, torch.Tensor]) -> 
     raise UsageError(f"surrogate: attribute '{attr.name}' of node '{node_name}' has an unsupported type")
 
 
+def _constant_value(attrs: dict[str, Any], name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The tensor of an ONNX Constant node (``value`` or one of ``value_float(s)``/``value_int(s)``)."""
+    if isinstance(attrs.get("value"), dict):
+        return tensors.pop(attrs["value"]["__tensor__"])
+    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
+                       ("value_int", torch.int64), ("value_ints", torch.int64)):
+        if key in attrs:
+            return torch.tensor(attrs[key], dtype=dtype)
+    raise UsageError(f"surrogate: Constant node '{name}' without a tensor, float or int value is not supported")
+
+
+def unsupported_operator_error(path: str | Path, missing: Mapping[str, tuple[str, int, str]]
+                               ) -> UnsupportedOperatorError:
+    """The one-line error naming each operator of ``path`` that the interpreter lacks: ``missing`` maps
+    ``"domain:op"`` to ``(op, count, first node name)``."""
+    parts = []
+    for key, (op, count, first) in sorted(missing.items(), key=lambda kv: (kv[1][0], kv[0])):
+        domain = key.rsplit(":", 1)[0]
+        where = "" if domain == "ai.onnx" else f"domain {domain}, "
+        parts.append(f'{op} ({where}{count}, first at node "{first}")')
+    ops = sorted({op for op, _, _ in missing.values()})
+    return UnsupportedOperatorError(
+        f"{Path(path).name} uses operators the gradient interpreter does not support: {', '.join(parts)}; give "
+        "--surrogate (a differentiable model of it: an rkd checkpoint, or an ONNX file of supported operators, "
+        "docs/reference/onnx-ops.md) or run black-box attacks only (--attacks square)",
+        ops=ops, counts={op: sum(c for o, c, _ in missing.values() if o == op) for op in ops},
+        first_nodes={op: next(f for o, _, f in missing.values() if o == op) for op in ops})
+
+
 def graph_spec(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read an ONNX file into ``(spec, tensors)``: the JSON-ready node list and the initializers (raw dtypes).
 
     ``Constant`` nodes become initializers; tensor-valued attributes of other nodes are stored in ``tensors``
-    under ``"<node>::<attr>"``.
+    under ``"<node>::<attr>"``; a node of a domain other than ``ai.onnx`` records it as ``"domain"``.
+
+    Raises:
+        UnsupportedOperatorError: operators the interpreter lacks, each named with its count and first node.
+        CheckpointError: an unreadable file. UsageError: a missing file, not one image input.
     """
     import onnx
     from onnx import numpy_helper
@@ -365,29 +136,28 @@ def graph_spec(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     if len(inputs) != 1 or len(graph.output) < 1:
         raise UsageError(f"'{path}' must have one image input and a logits output; it has inputs {inputs}")
     nodes: list[dict[str, Any]] = []
+    missing: dict[str, tuple[str, int, str]] = {}  # "domain:op" -> (op, count, first node)
     for i, node in enumerate(graph.node):
-        if node.domain not in ("", "ai.onnx"):
-            raise UsageError(
-                f"surrogate: node '{node.name}' uses custom domain '{node.domain}' ({node.op_type})"
-            )
         name = node.name or f"node{i}"
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attrs = {a.name: _attr_value(a, name, tensors) for a in node.attribute}
-            value = attrs.get("value")
-            if not isinstance(value, dict):
-                raise UsageError(
-                    f"surrogate: Constant node '{name}' without a tensor 'value' is not supported"
-                )
-            tensors[node.output[0]] = tensors.pop(value["__tensor__"])
+            tensors[node.output[0]] = _constant_value(attrs, name, tensors)
             continue
-        if node.op_type not in OPS:
-            raise UsageError(
-                f"surrogate: op '{node.op_type}' (node '{name}') is not supported by the QDQ interpreter; "
-                f"supported: {', '.join(sorted(OPS))}"
-            )
+        if lookup(node.op_type, node.domain) is None:
+            key = f"{domain_name(node.domain)}:{node.op_type}"
+            op, count, first = missing.get(key, (node.op_type, 0, name))
+            missing[key] = (op, count + 1, first)
+            continue
+        if missing:
+            continue
         attrs = {a.name: _attr_value(a, name, tensors) for a in node.attribute}
-        nodes.append({"name": name, "op": node.op_type, "inputs": list(node.input),
-                      "outputs": list(node.output), "attrs": attrs})
+        record = {"name": name, "op": node.op_type, "inputs": list(node.input), "outputs": list(node.output),
+                  "attrs": attrs}
+        if domain_name(node.domain) != "ai.onnx":
+            record["domain"] = node.domain
+        nodes.append(record)
+    if missing:
+        raise unsupported_operator_error(path, missing)
     used = {t for n in nodes for t in n["inputs"] if t} | {
         v["__tensor__"] for n in nodes for v in n["attrs"].values() if isinstance(v, dict)}
     tensors = {k: v for k, v in tensors.items() if k in used}
@@ -397,6 +167,14 @@ def graph_spec(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 
 
 # ------------------------------------------------------------------------------------------- the module
+def _op_fn(node: Mapping[str, Any], source: str) -> Op:
+    fn = lookup(node["op"], node.get("domain", ""))
+    if fn is None:  # a sidecar written by another rkd version
+        raise unsupported_operator_error(source, {f"{domain_name(node.get('domain'))}:{node['op']}":
+                                                        (node["op"], 1, node["name"])})
+    return fn
+
+
 class OnnxGraphModule(nn.Module):
     """A torch interpreter of a (QDQ) ONNX classifier graph with fake quantization; see the module docstring.
 
@@ -434,15 +212,16 @@ class OnnxGraphModule(nn.Module):
             if self.trainable and self._is_weight_dq(node, ins):
                 steps.append(self._weight_step(node, ins, attrs))
                 continue
+            fn = _op_fn(node, str(self.source.get("file") or "the graph"))
             if all(not t or t in consts for t in ins):  # constant folding: weight DQ, shape arithmetic
                 with torch.no_grad():
-                    out = OPS[node["op"]]([consts[t] if t else None for t in ins], attrs)
+                    out = fn([consts[t] if t else None for t in ins], attrs)
                 outs = out if isinstance(out, (list, tuple)) else [out]
                 for name, value in zip(node["outputs"], outs, strict=False):
                     consts[name] = value.detach().contiguous()
                 continue
             steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
-                          "attrs": attrs})
+                          "attrs": attrs, "fn": fn})
         steps = self._fuse_qdq(steps, consts)
         needed = {t for s in steps for t in s["inputs"] if t and t in consts}
         self._const_keys: dict[str, tuple[str, str]] = {}
@@ -598,7 +377,7 @@ class OnnxGraphModule(nn.Module):
                 for out in s["outputs"]:
                     env[out] = y
                 continue
-            out = OPS[s["op"]](args, s["attrs"])
+            out = s["fn"](args, s["attrs"])
             if isinstance(out, (list, tuple)):
                 for name, value in zip(s["outputs"], out, strict=False):
                     env[name] = value
@@ -624,8 +403,9 @@ def build_surrogate(int8_onnx: str | Path, *, trainable: bool = False) -> OnnxGr
     equals the frozen surrogate's exactly.
 
     Raises:
-        UsageError: a missing file, an op the interpreter lacks, or a file without any QuantizeLinear (a float
-            model needs no surrogate). CheckpointError: an unreadable ONNX file.
+        UsageError: a missing file, or a file without any QuantizeLinear (a float model needs no surrogate).
+        UnsupportedOperatorError: operators the interpreter lacks (all named). CheckpointError: an unreadable
+            ONNX file.
     """
     path = Path(int8_onnx)
     spec, tensors = graph_spec(path)
@@ -638,7 +418,11 @@ def onnx_module(onnx_path: str | Path) -> OnnxGraphModule:
     """Any rkd ONNX classifier (float or QDQ) as a differentiable torch module, in eval mode on CPU.
 
     For a QDQ file this is :func:`build_surrogate`; for a float file it is the float model itself (same
-    graph, same weights), which makes the float ``model.onnx`` of a bundle its own gradient source.
+    graph, same weights), which makes the float ``model.onnx`` of a bundle its own gradient source. A QOperator
+    file (``QLinearConv``, ``QGemm``, ...) runs as :mod:`rkd.quantize.onnx_ops` defines those operators.
+
+    Raises:
+        UnsupportedOperatorError: operators the interpreter lacks, each named with its count and first node.
     """
     path = Path(onnx_path)
     spec, tensors = graph_spec(path)
