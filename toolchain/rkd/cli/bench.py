@@ -40,10 +40,10 @@ def render_bench(report: Any, json_path: Path | None) -> None:
     out.print(table)
     for row in skipped:
         out.print(f"[yellow]skipped[/] {escape(row.name)}: {escape(str(row.reason))}", highlight=False)
-    base = (f"lat x, thr x: vs {report.baseline} in this run (above 1: faster)" if report.baseline
+    base = (f"lat x, thr x: vs {report.baseline}, same run (>1: faster)" if report.baseline
             else "no ratios: onnx-fp32 did not run")
-    out.print(f"{report.rounds} interleaved rounds after {report.warmup} warm-up, {report.threads} threads, "
-              f"device {report.device}; {base}", highlight=False)
+    out.print(f"{report.rounds} rounds (interleaved) after {report.warmup} warm-up, {report.threads} thread(s), "
+              f"{report.device}; {base}", highlight=False)
     if json_path is not None:
         out.print(f"report: {json_path}", highlight=False)
 

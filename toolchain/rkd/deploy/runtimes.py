@@ -161,8 +161,9 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads() if threads is None else int(threads)
         options.log_severity_level = 3
-        for key, value in (session_config or {}).items():
-            options.add_session_config_entry(str(key), str(value))
+        self.session_config = {str(k): str(v) for k, v in (session_config or {}).items()}
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
         from rkd.deploy.onnx_files import onnx_fingerprint
 
         fingerprint = onnx_fingerprint(self.path)  # with external data: its files too
@@ -203,6 +204,7 @@ class OnnxRuntime(Runtime):
             "file": str(self.path), "sha256": self.sha256,
             **({"external_data": dict(self.external_data)} if self.external_data else {}),
             "input": self.input_name, "output": self.output_name,
+            **({"session_config": dict(self.session_config)} if self.session_config else {}),
         }
 
 
