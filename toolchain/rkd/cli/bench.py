@@ -14,7 +14,9 @@ from rkd.cli._common import check_output_path, handle_errors, out
 
 
 def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 def render_bench(report: Any, json_path: Path | None) -> None:
@@ -40,9 +42,9 @@ def render_bench(report: Any, json_path: Path | None) -> None:
     out.print(table)
     for row in skipped:
         out.print(f"[yellow]skipped[/] {escape(row.name)}: {escape(str(row.reason))}", highlight=False)
-    base = (f"lat x, thr x: vs {report.baseline}, same run (>1: faster)" if report.baseline
+    base = (f"x: vs {report.baseline} in this run (>1: faster)" if report.baseline
             else "no ratios: onnx-fp32 did not run")
-    out.print(f"{report.rounds} rounds (interleaved) after {report.warmup} warm-up, {report.threads} thread(s), "
+    out.print(f"{report.rounds} interleaved rounds after {report.warmup} warm-up, {report.threads} thread(s), "
               f"{report.device}; {base}", highlight=False)
     if json_path is not None:
         out.print(f"report: {json_path}", highlight=False)
