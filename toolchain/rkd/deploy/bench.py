@@ -405,6 +405,14 @@ def _calls(runtime: Any, x1: Any, xb: Any) -> tuple[Call, Call]:
     return call(a), call(b)
 
 
+def _machine(device: str) -> dict[str, Any]:
+    """The CPU (model, cores, extensions), Python and, on CUDA, the GPU and its compute capability."""
+    from rkd.environment import cpu_description, device_description
+
+    facts = {k: v for k, v in device_description(device).items() if k != "torch_threads"}
+    return cpu_description() | facts
+
+
 def bench_bundle(
     path: str | Path,
     *,
@@ -446,7 +454,7 @@ def bench_bundle(
 
     from rkd.config import resolve_device
     from rkd.deploy.bundle import read_manifest, utc_now
-    from rkd.environment import cpu_description, package_versions
+    from rkd.environment import package_versions
 
     _check_settings(batch_size, warmup, iters, seconds, threads)
     if runtimes is not None:
@@ -520,6 +528,6 @@ def bench_bundle(
     return BenchReport(
         bundle=str(bundle_dir), model=model.get("name"), input_shape=shape, batch_size=batch_size, warmup=warmup,
         rounds=rounds, seconds=seconds, threads=threads, device=device, seed=seed, baseline=baseline,
-        runtimes=results, machine=cpu_description() | {"torch_device": device}, versions=package_versions(),
+        runtimes=results, machine=_machine(device), versions=package_versions(),
         created=utc_now(), elapsed_s=time.perf_counter() - started,
     )
