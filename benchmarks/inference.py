@@ -1,8 +1,12 @@
 """Inference cost on this machine: torch eager FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (both schemes).
 
-Batch-1 latency (median and p90 over ``--runs`` calls) and batch-256 throughput (images/s, median over
-``--runs`` calls), measured interleaved (one call of each variant per round) so that background load hits all
-variants alike; ratios against torch eager FP32 from the same run; model file sizes.
+For one bundle, ``rkd bench BUNDLE`` is the way to measure this (every runtime the bundle can run here, JSON and
+a table; ``rkd.deploy.bench.bench_bundle`` in Python). This script compares two bundles of one checkpoint, the
+``cpu`` and ``trt`` quantization profiles, against torch eager, with the same timing loop
+(``rkd.deploy.bench.measure``): batch-1 latency (median and p90 over ``--runs`` calls) and batch-256 throughput
+(images/s, median over ``--runs`` calls), measured interleaved (one call of each variant per round, the order
+rotating) so that background load hits all variants alike; ratios against torch eager FP32 from the same run;
+model file sizes.
 
     .venv/bin/python benchmarks/inference.py --checkpoint CKPT --bundle-cpu DIR --bundle-trt DIR \
         --out benchmarks/results/inference-cpu.json
@@ -23,13 +27,8 @@ from typing import Any
 import torch
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _variants(args: argparse.Namespace) -> dict[str, tuple[Callable[[torch.Tensor], Any], Path]]:
+    from rkd.deploy.bench import ORT_SESSION_CONFIG
     from rkd.deploy.runtimes import OnnxRuntime
     from rkd.models import load_checkpoint
 
@@ -44,7 +43,7 @@ def _variants(args: argparse.Namespace) -> dict[str, tuple[Callable[[torch.Tenso
     for label, path in (("onnxruntime fp32", args.bundle_cpu / "model.onnx"),
                         ("onnxruntime int8 cpu (uint8 asym.)", args.bundle_cpu / "model.int8.onnx"),
                         ("onnxruntime int8 trt (int8 sym.)", args.bundle_trt / "model.int8.onnx")):
-        rt = OnnxRuntime(path, batch_size=args.batch)
+        rt = OnnxRuntime(path, batch_size=args.batch, session_config=ORT_SESSION_CONFIG)
         out[label] = (rt.predict, path)
     return out
 
@@ -61,15 +60,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variants = _variants(args)
+    from rkd.deploy.bench import measure
+
     x1, xb = torch.rand(1, 3, 32, 32), torch.rand(args.batch, 3, 32, 32)
-    lat: dict[str, list[float]] = {k: [] for k in variants}
-    thr: dict[str, list[float]] = {k: [] for k in variants}
-    for fn, _ in variants.values():  # warm-up
-        fn(x1), fn(xb)
-    for _ in range(args.runs):
-        for name, (fn, _) in variants.items():
-            lat[name].append(_time(lambda fn=fn: fn(x1)) * 1000)
-            thr[name].append(args.batch / _time(lambda fn=fn: fn(xb)))
+    calls = {name: ((lambda fn=fn: fn(x1)), (lambda fn=fn: fn(xb))) for name, (fn, _) in variants.items()}
+    timings, _ = measure(calls, batch_size=args.batch, warmup=1, iters=args.runs)
+    lat = {name: t.latency_ms for name, t in timings.items()}
+    thr = {name: t.throughput for name, t in timings.items()}
     base_lat = statistics.median(lat["torch eager fp32"])
     base_thr = statistics.median(thr["torch eager fp32"])
     rows = {}

@@ -42,6 +42,7 @@ def _root(
 
 
 def _register() -> None:
+    from rkd.cli import bench as bench_cli
     from rkd.cli import distill, env, evaluate, teacher
     from rkd.cli import export as export_cli
     from rkd.cli import quantize as quantize_cli
@@ -55,6 +56,7 @@ def _register() -> None:
     app.command("quantize", no_args_is_help=True)(quantize_cli.quantize)
     app.command("export", no_args_is_help=True)(export_cli.export)
     app.command("verify", no_args_is_help=True)(verify_cli.verify)
+    app.command("bench", no_args_is_help=True)(bench_cli.bench)
     app.command("env")(env.env)
 
 

@@ -12,7 +12,7 @@ is opened.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -128,6 +128,8 @@ class OnnxRuntime(Runtime):
         batch_size: images per ``session.run``.
         threads: ``SessionOptions.intra_op_num_threads``; default torch's thread count (so torch and ONNX
             Runtime timings compare like with like); 0 lets ONNX Runtime choose.
+        session_config: ``SessionOptions.add_session_config_entry(key, value)`` for each item, e.g.
+            ``{"session.intra_op.allow_spinning": "0"}`` (what ``rkd bench`` sets).
     """
 
     name: ClassVar[str] = "onnxruntime"
@@ -138,6 +140,7 @@ class OnnxRuntime(Runtime):
         providers: Sequence[str] | None = None,
         batch_size: int = 256,
         threads: int | None = None,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         ort = _import_onnxruntime()
         self.path = Path(path)
@@ -158,6 +161,9 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads() if threads is None else int(threads)
         options.log_severity_level = 3
+        self.session_config = {str(k): str(v) for k, v in (session_config or {}).items()}
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
         from rkd.deploy.onnx_files import onnx_fingerprint
 
         fingerprint = onnx_fingerprint(self.path)  # with external data: its files too
@@ -198,6 +204,7 @@ class OnnxRuntime(Runtime):
             "file": str(self.path), "sha256": self.sha256,
             **({"external_data": dict(self.external_data)} if self.external_data else {}),
             "input": self.input_name, "output": self.output_name,
+            **({"session_config": dict(self.session_config)} if self.session_config else {}),
         }
 
 
