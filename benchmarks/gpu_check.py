@@ -14,7 +14,9 @@ script stops itself at ``--budget`` seconds and still writes its report):
    preset and as the candidate variant (branch U only, RSLAD's KL ascent, linear weights summed, clean-teacher
    target); adv_path's one-pass alignment against chunks of B, chunks of 1024 (the paper recipe's
    ``max_batch``) and ``low_memory``; the research-code-style reference steps of ``reference_step.py`` /
-   ``distill_step.py`` (fp32 eager NCHW) in the same rounds, for the speed ratio. Images/s and peak memory
+   ``distill_step.py`` (fp32 eager NCHW) in the same rounds, for the speed ratio; with ``--published-rslad DIR``
+   (a zibojia/RSLAD checkout) also the published RSLAD step itself (``reference_step.PublishedRslad``), so the
+   same rounds give rkd / published and reference / published. Images/s and peak memory
    (``torch.cuda.max_memory_allocated`` during the step, and its growth over the memory held before it).
    Variants of one student run interleaved, in an order reversed every other round; median [min, max] over
    rounds. ``distill_step_compiled`` (run last, with whatever time is left): the same with the compiled attack

@@ -16,6 +16,20 @@ steps:
   eps-ball and [0, 1] as rkd does (the published code projects only after the first step), and RSLAD's KL uses
   the teacher's exact log-probabilities where ``kl_loss`` takes ``log(p + 1e-5)`` (a constant shift of the
   loss value, no change to its gradient).
+- ``published`` (``--published-rslad DIR``, ``--published-ard DIR``: a checkout of the authors' repository;
+  left out without it): the published code itself, not a re-creation. RSLAD: ``rslad_inner_loss`` imported
+  unchanged from ``DIR/rslad_loss.py``, and the loop body of ``mobilenet_v2_rslad_cifar10.py`` (from
+  ``student.train()`` to ``optimizer.step()``) and its ``kl_loss`` mirrored statement by statement in
+  :class:`PublishedRslad`. ARD: the ``AttackPGD`` class definition of ``DIR/main.py`` compiled unchanged (the
+  script's top level, which parses arguments and loads data, is not run), and the body of ``train`` mirrored in
+  :class:`PublishedArd`. On a CPU the published ``.cuda()`` calls are made no-ops for the step. Its batch is
+  the same NCHW batch as the reference's, laid out as torchvision's ``ToTensor`` (which the published scripts
+  load with) gives it. With ``--ablations channels_last_batch``: ``published+channels_last_batch``, the
+  published code fed the same batch in channels_last strides, as ``torch.from_numpy(hwc).permute(0, 3, 1, 2)``
+  gives it: PyTorch then runs the NCHW models' convolutions channels_last, i.e. the published code gets the
+  layout rkd chooses without asking for it. A published step timed on such a batch is not the published
+  scripts' speed; this is what made a comparison outside this benchmark find the published loop as fast as
+  rkd's channels_last step while the reference (NCHW batch) was 1.4x slower.
 - ``rkd``: rkd's method built from its recipe section (``DistillMethodConfig`` with ``steps = m``), one step as
   ``rkd.train.loop`` runs it (``method(x, y).loss``, zero_grad, backward, SGD step), student in train mode,
   models and inputs channels_last (the loop's default; ``--no-channels-last`` turns it off).
@@ -37,6 +51,11 @@ the attack start drawn from identically seeded generators: loss, x_adv and the s
 ulp); (b) rkd, NCHW and channels_last (as timed), with the reference's x_adv injected in place of its attack;
 (c) rkd+compile against rkd eager, same generator seed, loss compared (this call also compiles); (d) with
 ``--bf16``, rkd+bf16 against rkd fp32, same generator seed, loss compared.
+
+Every variant's FLOPs are counted once on one step (``torch.utils.flop_counter``'s formulas for convolutions
+and matrix products, forward and backward; compiled and bf16 variants carry their eager fp32 twin's count), and
+the report gives GFLOP/s beside every time. ``--data-npz`` takes real images (an .npz of HWC uint8 ``x`` and
+``y``, e.g. CIFAR-10) instead of uniform noise.
 
 How: every variant runs once as a warm-up, then ``--rounds`` rounds (ablations: the first
 ``--ablation-rounds`` of them); inside a round each variant runs once, in an order reversed every other round,
