@@ -63,11 +63,16 @@ so background load on a shared machine hits all variants alike. Ratios reference
 round, then their median and min/max. Data are uniform random images with random labels and the models are
 untrained: a step's cost depends on neither.
 
-Run (the machine's threads are shared, so pin them; about 17 minutes on one core of the 2-core development
-machine, most of it the MobileNetV2 student; a cold Inductor cache adds minutes of compiling)::
+Run (the machine's threads are shared, so pin them; a cold Inductor cache adds minutes of compiling to
+rkd+compile; RSLAD_DIR and ARD_DIR are checkouts of zibojia/RSLAD and goldblum/AdversariallyRobustDistillation)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reference_step.py \
-        --out benchmarks/results/reference_step-cpu.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reference_step.py --students mobilenet_v2:1.0 \
+        --teacher-width 1.0 --threads 1 --rounds 3 --ablations channels_last_batch --no-compile --bf16 \
+        --published-rslad RSLAD_DIR --published-ard ARD_DIR --data-npz CIFAR10_TRAIN_NPZ \
+        --out benchmarks/results/reference_step-published-cpu-mnv2.json
+
+(about 30 minutes on one core of the 2-core development machine). Without ``--published-*`` the published
+variants are left out and only the re-creation is compared, as in ``results/reference_step-cpu.md``.
 
 ``--render REPORT.json`` rewrites only the Markdown of an existing report.
 
