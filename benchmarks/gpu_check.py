@@ -14,7 +14,9 @@ script stops itself at ``--budget`` seconds and still writes its report):
    preset and as the candidate variant (branch U only, RSLAD's KL ascent, linear weights summed, clean-teacher
    target); adv_path's one-pass alignment against chunks of B, chunks of 1024 (the paper recipe's
    ``max_batch``) and ``low_memory``; the research-code-style reference steps of ``reference_step.py`` /
-   ``distill_step.py`` (fp32 eager NCHW) in the same rounds, for the speed ratio. Images/s and peak memory
+   ``distill_step.py`` (fp32 eager NCHW) in the same rounds, for the speed ratio; with ``--published-rslad DIR``
+   (a zibojia/RSLAD checkout) also the published RSLAD step itself (``reference_step.PublishedRslad``), so the
+   same rounds give rkd / published and reference / published. Images/s and peak memory
    (``torch.cuda.max_memory_allocated`` during the step, and its growth over the memory held before it).
    Variants of one student run interleaved, in an order reversed every other round; median [min, max] over
    rounds. ``distill_step_compiled`` (run last, with whatever time is left): the same with the compiled attack
@@ -480,14 +482,14 @@ def section_cuda_tests(report: Report, sizes: Sizes, sec: dict[str, Any], deadli
 @dataclass(frozen=True)
 class Variant:
     key: str  # "<name>/<precision>/<mode>"
-    kind: str  # adv_path | rslad | reference_adv_path | reference_rslad
+    kind: str  # adv_path | rslad | reference_adv_path | reference_rslad | published_rslad
     knobs: tuple[tuple[str, Any], ...]
     amp: str  # "bf16" | "off"
     compiled: bool
     what: str
 
 
-def eager_variants(batch: int) -> list[Variant]:
+def eager_variants(batch: int, published_rslad: Path | None = None) -> list[Variant]:
     rec, cand = tuple(RECONSTRUCTION.items()), tuple(CANDIDATE.items())
     out = []
     for amp, prec in (("bf16", "bf16"), ("off", "fp32")):
@@ -508,6 +510,10 @@ def eager_variants(batch: int) -> list[Variant]:
                     "call per iterate), fp32 eager NCHW"),
             Variant("reference_rslad/fp32/research_code", "reference_rslad", (), "off", False,
                     "RSLAD as zibojia/RSLAD writes it (fp32 eager NCHW, autograd.grad loop)")]
+    if published_rslad is not None:
+        out.append(Variant("published_rslad/fp32/published_code", "published_rslad", (), "off", False,
+                           "the published code itself: zibojia/RSLAD's rslad_inner_loss (imported from "
+                           f"{published_rslad}) and its training-loop body, fp32 eager NCHW"))
     return out
 
 
@@ -533,6 +539,7 @@ class StepContext:
     benches: dict[str, Any] = field(default_factory=dict)  # student label -> Bench (channels_last)
     nchw: dict[str, Any] = field(default_factory=dict)  # student label -> Bench (NCHW, for the references)
     reference_loss: Any = None
+    published_rslad: Path | None = None  # a zibojia/RSLAD checkout (--published-rslad); None: not timed
 
 
 def compile_model(sizes: Sizes, model: Any) -> Any:
@@ -563,6 +570,13 @@ def build_step(ctx: StepContext, student: str, v: Variant) -> Callable[[], None]
         method, opt = ds.build_method(nchw, "adv_path", **knobs)
         reference = ds.ReferenceAdvPath(method, nchw.num_classes, ctx.reference_loss)
         return lambda: ds.train_step(nchw, method, opt, lambda: reference.loss(nchw.x, nchw.y))
+    if v.kind == "published_rslad":
+        method, _ = ds.build_method(nchw, "rslad")
+        pub = rs.make_published(method, copy.deepcopy(nchw.student), copy.deepcopy(nchw.teacher),
+                                {"rslad": ctx.published_rslad})
+        if pub is None:
+            raise ValueError("published_rslad needs --published-rslad DIR")
+        return lambda: pub.step(nchw.x, nchw.y)
     if v.kind == "reference_rslad":
         method, _ = ds.build_method(nchw, "rslad")
         ref = rs.make_reference(method, copy.deepcopy(nchw.student), nchw.teacher, rs.Knobs(), None)
@@ -714,9 +728,12 @@ def summarise_student(sizes: Sizes, res: dict[str, Any], bench: Any) -> dict[str
         ratio(f"speedup_reference_over_rkd_adv_path_{prec}", "reference_adv_path/fp32/research_code",
               f"adv_path_reconstruction/{prec}/one_pass")
         ratio(f"speedup_reference_over_rkd_rslad_{prec}", "reference_rslad/fp32/research_code", f"rslad/{prec}/eager")
+        ratio(f"speedup_published_over_rkd_rslad_{prec}", "published_rslad/fp32/published_code", f"rslad/{prec}/eager")
         ratio(f"time_adv_path_over_rslad_{prec}", f"adv_path_reconstruction/{prec}/one_pass", f"rslad/{prec}/eager")
         ratio(f"time_candidate_over_reconstruction_{prec}", f"adv_path_candidate/{prec}/one_pass",
               f"adv_path_reconstruction/{prec}/one_pass")
+    ratio("time_reference_over_published_rslad", "reference_rslad/fp32/research_code",
+          "published_rslad/fp32/published_code")
     for name in ("adv_path_reconstruction", "adv_path_candidate"):
         ratio(f"speedup_bf16_over_fp32_{name}", f"{name}/fp32/one_pass", f"{name}/bf16/one_pass")
     ratio("speedup_bf16_over_fp32_rslad", "rslad/fp32/eager", "rslad/bf16/eager")
@@ -751,7 +768,7 @@ def section_distill_step(report: Report, ctx: StepContext, sec: dict[str, Any], 
         # the students share what is left; the last one gets the rest
         share = deadline - (deadline - report.elapsed()) * (len(labels) - 1 - i) / (len(labels) - i)
         report.log(f"distill_step {label}: until {share:.0f} s")
-        res = run_group(report, ctx, label, eager_variants(s.batch), share, s.warmup)
+        res = run_group(report, ctx, label, eager_variants(s.batch, ctx.published_rslad), share, s.warmup)
         times = res.pop("_times")
         rounds = res.pop("_rounds_done")
         summary = summarise_student(s, {**res, "_times": times}, ctx.benches[label])
@@ -1095,6 +1112,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu_check",
                    help="folder of gpu_check.json, gpu_check.md and gpu_check.log")
     p.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (about a minute)")
+    p.add_argument("--published-rslad", type=Path, default=None, metavar="DIR",
+                   help="a zibojia/RSLAD checkout: also time the published RSLAD step itself beside rkd's and "
+                        "the reference's (left out without it)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for everything; the script stops itself there (default 460, dry run 150)")
     p.add_argument("--sections", default=",".join(SECTION_ORDER), help="comma-separated subset to run")
@@ -1177,7 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    ctx = StepContext(sizes=sizes, device=torch.device(sizes.device))
+    ctx = StepContext(sizes=sizes, device=torch.device(sizes.device), published_rslad=args.published_rslad)
     work = Path(tempfile.mkdtemp(prefix="rkd-gpu-check-"))
     deadlines = {name: frac * budget for name, frac in sizes.deadlines}
     write_margin = 8.0 if not args.dry_run else 3.0

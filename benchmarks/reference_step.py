@@ -16,6 +16,20 @@ steps:
   eps-ball and [0, 1] as rkd does (the published code projects only after the first step), and RSLAD's KL uses
   the teacher's exact log-probabilities where ``kl_loss`` takes ``log(p + 1e-5)`` (a constant shift of the
   loss value, no change to its gradient).
+- ``published`` (``--published-rslad DIR``, ``--published-ard DIR``: a checkout of the authors' repository;
+  left out without it): the published code itself, not a re-creation. RSLAD: ``rslad_inner_loss`` imported
+  unchanged from ``DIR/rslad_loss.py``, and the loop body of ``mobilenet_v2_rslad_cifar10.py`` (from
+  ``student.train()`` to ``optimizer.step()``) and its ``kl_loss`` mirrored statement by statement in
+  :class:`PublishedRslad`. ARD: the ``AttackPGD`` class definition of ``DIR/main.py`` compiled unchanged (the
+  script's top level, which parses arguments and loads data, is not run), and the body of ``train`` mirrored in
+  :class:`PublishedArd`. On a CPU the published ``.cuda()`` calls are made no-ops for the step. Its batch is
+  the same NCHW batch as the reference's, laid out as torchvision's ``ToTensor`` (which the published scripts
+  load with) gives it. With ``--ablations channels_last_batch``: ``published+channels_last_batch``, the
+  published code fed the same batch in channels_last strides, as ``torch.from_numpy(hwc).permute(0, 3, 1, 2)``
+  gives it: PyTorch then runs the NCHW models' convolutions channels_last, i.e. the published code gets the
+  layout rkd chooses without asking for it. A published step timed on such a batch is not the published
+  scripts' speed; this is what made a comparison outside this benchmark find the published loop as fast as
+  rkd's channels_last step while the reference (NCHW batch) was 1.4x slower.
 - ``rkd``: rkd's method built from its recipe section (``DistillMethodConfig`` with ``steps = m``), one step as
   ``rkd.train.loop`` runs it (``method(x, y).loss``, zero_grad, backward, SGD step), student in train mode,
   models and inputs channels_last (the loop's default; ``--no-channels-last`` turns it off).
@@ -38,17 +52,27 @@ ulp); (b) rkd, NCHW and channels_last (as timed), with the reference's x_adv inj
 (c) rkd+compile against rkd eager, same generator seed, loss compared (this call also compiles); (d) with
 ``--bf16``, rkd+bf16 against rkd fp32, same generator seed, loss compared.
 
+Every variant's FLOPs are counted once on one step (``torch.utils.flop_counter``'s formulas for convolutions
+and matrix products, forward and backward; compiled and bf16 variants carry their eager fp32 twin's count), and
+the report gives GFLOP/s beside every time. ``--data-npz`` takes real images (an .npz of HWC uint8 ``x`` and
+``y``, e.g. CIFAR-10) instead of uniform noise.
+
 How: every variant runs once as a warm-up, then ``--rounds`` rounds (ablations: the first
 ``--ablation-rounds`` of them); inside a round each variant runs once, in an order reversed every other round,
 so background load on a shared machine hits all variants alike. Ratios reference / variant are computed per
 round, then their median and min/max. Data are uniform random images with random labels and the models are
 untrained: a step's cost depends on neither.
 
-Run (the machine's threads are shared, so pin them; about 17 minutes on one core of the 2-core development
-machine, most of it the MobileNetV2 student; a cold Inductor cache adds minutes of compiling)::
+Run (the machine's threads are shared, so pin them; a cold Inductor cache adds minutes of compiling to
+rkd+compile; RSLAD_DIR and ARD_DIR are checkouts of zibojia/RSLAD and goldblum/AdversariallyRobustDistillation)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reference_step.py \
-        --out benchmarks/results/reference_step-cpu.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reference_step.py --students mobilenet_v2:1.0 \
+        --teacher-width 1.0 --threads 1 --rounds 3 --ablations channels_last_batch --no-compile --bf16 \
+        --published-rslad RSLAD_DIR --published-ard ARD_DIR --data-npz CIFAR10_TRAIN_NPZ \
+        --out benchmarks/results/reference_step-published-cpu-mnv2.json
+
+(about 30 minutes on one core of the 2-core development machine). Without ``--published-*`` the published
+variants are left out and only the re-creation is compared, as in ``results/reference_step-cpu.md``.
 
 ``--render REPORT.json`` rewrites only the Markdown of an existing report.
 
@@ -59,15 +83,18 @@ summary beside it (same name, ``.md``). ``TORCHINDUCTOR_CACHE_DIR`` defaults to 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +120,8 @@ from distill_step import (
     train_step,
 )
 from torch import nn, optim
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from rkd.attacks import compile_attack_model
 from rkd.attacks.checks import frozen_parameters
@@ -102,9 +131,13 @@ from rkd.distill.rslad import Rslad
 
 Step = Callable[[], None]
 METHOD_NAMES = ("ard", "rslad")
-ABLATIONS = ("frozen", "channels_last", "no_grad_zero_weight", "all")
+ABLATIONS = ("frozen", "channels_last", "no_grad_zero_weight", "all", "channels_last_batch")
 TARGET_SPEEDUP = 2.0  # the product owners' target: rkd at least 2x faster than the reference on this CPU
 ARD_SOURCE = "goldblum/AdversariallyRobustDistillation main.py (AttackPGD.forward, train)"
+PUBLISHED_SOURCE = {
+    "ard": "AttackPGD from main.py, the body of train mirrored",
+    "rslad": "rslad_inner_loss from rslad_loss.py, the loop body of mobilenet_v2_rslad_cifar10.py mirrored",
+}
 RSLAD_SOURCE = (
     "zibojia/RSLAD rslad_loss.py (rslad_inner_loss) and resnet18_rslad_cifar10.py / mobilenet_v2_rslad_cifar10.py "
     "(the training loop)"
@@ -324,6 +357,174 @@ class RsladReference:
         self.optimizer.step()
 
 
+# ---- the published code itself (loaded from a folder the user gives; never part of this project) -----------
+
+
+@contextlib.contextmanager
+def cuda_calls_are_no_ops(device: torch.device) -> Any:
+    """On a CPU, ``Tensor.cuda()`` returns the tensor itself for the block (the published code calls it on
+    every batch and noise draw); on CUDA it is left alone."""
+    if device.type == "cuda":
+        yield
+        return
+    old = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *_a, **_k: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = old  # type: ignore[method-assign]
+
+
+def load_published_rslad(folder: Path) -> types.ModuleType:
+    """zibojia/RSLAD's ``rslad_loss.py`` from ``folder``, imported as it is."""
+    path = Path(folder) / "rslad_loss.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: give the folder of a zibojia/RSLAD checkout (--published-rslad)")
+    spec = importlib.util.spec_from_file_location("published_rslad_loss", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_published_ard(folder: Path) -> type[nn.Module]:
+    """The ``AttackPGD`` class of goldblum/AdversariallyRobustDistillation's ``main.py`` from ``folder``: only
+    that class definition is compiled and run (the script's top level parses arguments and loads data)."""
+    path = Path(folder) / "main.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: give the folder of a goldblum/AdversariallyRobustDistillation checkout (--published-ard)"
+        )
+    tree = ast.parse(path.read_text(), str(path))
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AttackPGD"]
+    if not found:
+        raise ImportError(f"{path} defines no class AttackPGD")
+    scope: dict[str, Any] = {"torch": torch, "nn": nn, "F": F}
+    exec(compile(ast.Module(body=found, type_ignores=[]), str(path), "exec"), scope)  # noqa: S102
+    cls: type[nn.Module] = scope["AttackPGD"]
+    return cls
+
+
+class PublishedRslad:
+    """RSLAD's step run by the published code: ``rslad_inner_loss`` from zibojia/RSLAD's ``rslad_loss.py``
+    (imported unchanged), and the body of the training loop of ``mobilenet_v2_rslad_cifar10.py`` (lines 53-68
+    at the fetched commit: ``student.train()`` ... ``optimizer.step()``, the ``print`` left out), mirrored
+    statement by statement in :meth:`step`, with its ``kl_loss`` (lines 40-42). ``DataParallel`` is left out
+    (on a CPU it calls the module directly; on one GPU it adds a scatter/gather)."""
+
+    def __init__(
+        self,
+        module: types.ModuleType,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        lambda_nat: float,
+        epsilon: float,
+        step_size: float,
+        perturb_steps: int,
+    ) -> None:
+        if abs(lambda_nat - 1 / 6) > 1e-12:
+            raise ValueError("the published loop weighs the terms 5/6 and 1/6 (lambda_nat = 1/6)")
+        self.module, self.student, self.teacher = module, student, teacher
+        self.epsilon, self.step_size, self.perturb_steps = epsilon, step_size, perturb_steps
+        self.device = next(student.parameters()).device
+        self.optimizer = optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        student.train()
+        teacher.eval()
+
+    @staticmethod
+    def kl_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        loss = -a * b + torch.log(b + 1e-5) * b
+        return loss
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        student, teacher, optimizer = self.student, self.teacher, self.optimizer
+        with cuda_calls_are_no_ops(self.device):
+            student.train()
+            train_batch_data, train_batch_labels = x.float(), y
+            optimizer.zero_grad()
+            with torch.no_grad():
+                teacher_logits = teacher(train_batch_data)
+            adv_logits = self.module.rslad_inner_loss(
+                student, teacher_logits, train_batch_data, train_batch_labels, optimizer,
+                step_size=self.step_size, epsilon=self.epsilon, perturb_steps=self.perturb_steps,
+            )
+            student.train()
+            nat_logits = student(train_batch_data)
+            kl_loss1 = self.kl_loss(F.log_softmax(adv_logits, dim=1), F.softmax(teacher_logits.detach(), dim=1))
+            kl_loss2 = self.kl_loss(F.log_softmax(nat_logits, dim=1), F.softmax(teacher_logits.detach(), dim=1))
+            kl_loss1 = torch.mean(kl_loss1)
+            kl_loss2 = torch.mean(kl_loss2)
+            loss = 5 / 6.0 * kl_loss1 + 1 / 6.0 * kl_loss2
+            loss.backward()
+            optimizer.step()
+
+
+class PublishedArd:
+    """ARD's step run by the published code: ``AttackPGD`` from goldblum/AdversariallyRobustDistillation's
+    ``main.py`` (its class definition, compiled unchanged), and the body of ``train`` (lines 118-124 at the
+    fetched commit: ``optimizer.zero_grad()`` ... ``optimizer.step()``, the loss bookkeeping left out) mirrored
+    statement by statement in :meth:`step`; ``net.train()`` as at the start of every epoch, the teacher's
+    parameters frozen and the teacher in eval mode as the script sets them."""
+
+    def __init__(
+        self,
+        attack_pgd: type[nn.Module],
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        temp: float,
+        alpha: float,
+        epsilon: float,
+        step_size: float,
+        num_steps: int,
+    ) -> None:
+        self.basic_net, self.teacher_net = student, teacher
+        for param in teacher.parameters():
+            param.requires_grad = False
+        teacher.eval()
+        self.net = attack_pgd(student, {"epsilon": epsilon, "num_steps": num_steps, "step_size": step_size})
+        self.net.train()
+        self.temp, self.alpha = temp, alpha
+        self.kl = nn.KLDivLoss()
+        self.xent = nn.CrossEntropyLoss()
+        self.optimizer = optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        optimizer, t, a = self.optimizer, self.temp, self.alpha
+        optimizer.zero_grad()
+        outputs, pert_inputs = self.net(inputs, targets)
+        teacher_outputs = self.teacher_net(inputs)
+        basic_outputs = self.basic_net(inputs)
+        loss = a * t * t * self.kl(
+            F.log_softmax(outputs / t, dim=1), F.softmax(teacher_outputs / t, dim=1)
+        ) + (1.0 - a) * self.xent(basic_outputs, targets)
+        loss.backward()
+        optimizer.step()
+
+
+Published = PublishedArd | PublishedRslad
+
+
+def make_published(
+    method: DistillMethod, student: nn.Module, teacher: nn.Module, folders: dict[str, Path | None]
+) -> Published | None:
+    """The published code's step for rkd's ``method`` (its hyper-parameters), or None without its folder."""
+    if isinstance(method, Ard) and folders.get("ard") is not None:
+        return PublishedArd(
+            load_published_ard(folders["ard"]), student, teacher, temp=method.temperature,
+            alpha=method.kd_weight, epsilon=method.eps, step_size=method.alpha, num_steps=method.steps,
+        )
+    if isinstance(method, Rslad) and folders.get("rslad") is not None:
+        return PublishedRslad(
+            load_published_rslad(folders["rslad"]), student, teacher, lambda_nat=method.lambda_nat,
+            epsilon=method.eps, step_size=method.alpha, perturb_steps=method.steps,
+        )
+    return None
+
+
 Reference = ArdReference | RsladReference
 
 
@@ -516,12 +717,40 @@ class Variant:
     rounds: int
     kind: str  # "main" or "ablation"
     what: str
+    flops_of: str | None = None  # the variant whose FLOP count this one shares (compiled: its eager twin)
 
 
 @dataclass
 class Times:
     wall: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)
+
+
+class FlopCount(TorchDispatchMode):
+    """Sums ``torch.utils.flop_counter``'s formulas (convolutions and matrix products, forward and backward;
+    2 FLOPs per multiply-add) over the operators dispatched in the block. ``FlopCounterMode`` itself cannot be
+    used: its module tracker breaks ``torch.autograd.grad`` on a leaf input, which every PGD step calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+def count_flops(step: Step) -> int:
+    """FLOPs of one call of ``step`` (:class:`FlopCount`). The call is a real step (it also warms up)."""
+    with FlopCount() as counter:
+        step()
+    return counter.total
 
 
 def run_rounds(
@@ -558,6 +787,17 @@ def ratios(times: dict[str, list[float]], num: str, den: str) -> dict[str, Any] 
 # ---- one student ------------------------------------------------------------------------------------------
 
 
+def npz_batch(path: Path, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``batch`` images and labels of an .npz (x: N, H, W, 3 uint8; y: N), as torchvision's
+    ``ToTensor`` gives them: float32 in [0, 1], NCHW contiguous."""
+    import numpy as np
+
+    with np.load(path) as d:
+        x = torch.from_numpy(np.ascontiguousarray(d["x"][:batch]))
+        y = torch.from_numpy(np.asarray(d["y"][:batch]).astype("int64"))
+    return x.permute(0, 3, 1, 2).float().div(255).contiguous(), y
+
+
 def bench_student(
     args: argparse.Namespace, student: ModelChoice, teacher: ModelChoice, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -568,6 +808,10 @@ def bench_student(
     )
     nchw = make_bench(student, teacher, channels_last=False, **common)
     cl = make_bench(student, teacher, channels_last=True, **common)
+    if args.data_npz is not None:
+        x, y = npz_batch(args.data_npz, args.batch)
+        nchw = dataclasses.replace(nchw, x=x, y=y)
+        cl = dataclasses.replace(cl, x=x.contiguous(memory_format=torch.channels_last), y=y.clone())
     timed_bench = cl if args.channels_last else nchw
     for a, b in zip(nchw.student.state_dict().values(), cl.student.state_dict().values(), strict=True):
         if not torch.equal(a, b):
@@ -588,6 +832,25 @@ def bench_student(
             return knobs.label(bench.channels_last), ref, bench
 
         runs = [ref_variant(nchw, Knobs())]
+        published = make_published(rkd, copy.deepcopy(nchw.student), nchw.teacher, args.published)
+        if published is not None:
+            variants[f"{name}/published"] = Variant(
+                step=lambda p=published: p.step(nchw.x, nchw.y),
+                rounds=args.rounds,
+                kind="main",
+                what=f"the published code itself ({PUBLISHED_SOURCE[name]}), the batch NCHW as torchvision's "
+                "ToTensor gives it",
+            )
+            if "channels_last_batch" in args.ablations and args.ablation_rounds > 0:
+                pub_cl = make_published(rkd, copy.deepcopy(nchw.student), nchw.teacher, args.published)
+                x_cl = nchw.x.contiguous(memory_format=torch.channels_last)
+                variants[f"{name}/published+channels_last_batch"] = Variant(
+                    step=lambda p=pub_cl, x=x_cl: p.step(x, nchw.y),  # type: ignore[union-attr]
+                    rounds=min(args.rounds, args.ablation_rounds),
+                    kind="ablation",
+                    what="the published code fed the same batch in channels_last strides (as a permuted HWC "
+                    "array is): its NCHW models then run channels_last",
+                )
         if args.ablation_rounds > 0:
             zero = has_zero_weight(rkd)
             if "frozen" in args.ablations:
@@ -630,6 +893,7 @@ def bench_student(
                 rounds=args.rounds,
                 kind="main",
                 what=f"rkd's {name} with train.compile_attack",
+                flops_of=f"{name}/rkd",
             )
         if args.bf16:
             bf16_bench = dataclasses.replace(timed_bench, amp="bf16")
@@ -641,15 +905,23 @@ def bench_student(
                 rounds=args.rounds,
                 kind="main",
                 what=f"rkd's {name} with train.amp: bf16 (bf16 autocast on CPU)",
+                flops_of=f"{name}/rkd",
             )
         c = checks[name]["same_start_noise"]
         log(f"  loss rkd {c['loss_rkd']:.8f} reference {c['loss_reference']:.8f} |diff| {c['abs_diff']:.2e}")
 
+    flops: dict[str, int] = {}
+    for key, v in variants.items():
+        if v.flops_of is None:
+            flops[key] = count_flops(v.step)
+    for key, v in variants.items():
+        if v.flops_of is not None:
+            flops[key] = flops[v.flops_of]
     log(f"{student.label()}: timing {len(variants)} variants: {', '.join(variants)}")
     times = run_rounds(timed_bench, variants, args.rounds, args.warmup, log)
     results: dict[str, Any] = {}
     for name in args.methods:
-        ref_key = f"{name}/reference"
+        ref_key, pub_key = f"{name}/reference", f"{name}/published"
         per_variant: dict[str, Any] = {}
         for key, v in variants.items():
             if not key.startswith(f"{name}/"):
@@ -663,8 +935,12 @@ def bench_student(
                 "seconds": summary(times.wall[key]),
                 "cpu": summary(times.cpu[key]),
                 "images_per_second": args.batch / statistics.median(times.wall[key]),
+                "gflop_per_step": flops[key] / 1e9,
+                "gflop_per_second": flops[key] / 1e9 / statistics.median(times.wall[key]),
+                "flops_counted_on": v.flops_of or key,
                 "speedup_over_reference": ratios(times.wall, ref_key, key),
                 "speedup_over_reference_cpu_time": ratios(times.cpu, ref_key, key),
+                "speedup_over_published": ratios(times.wall, pub_key, key) if pub_key in times.wall else None,
             }
         rkd_key = f"{name}/rkd"
         extra = (
@@ -786,19 +1062,29 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Step time",
         "",
-        "| student | method | variant | wall s/step | img/s | speed-up over the reference (wall) | "
-        "speed-up (CPU time) | rounds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| student | method | variant | wall s/step | img/s | GFLOP/step | GFLOP/s | speed-up over the "
+        "published code (wall) | speed-up over the reference (wall) | speed-up over the reference (CPU time) | "
+        "rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in report["students"]:
         for name, m in st["methods"].items():
             for label, r in m["variants"].items():
                 tag = f"**{label}**" if r["kind"] == "main" else label
+                gflop = f"{r['gflop_per_step']:.4g}" if "gflop_per_step" in r else ""
+                rate = f"{r['gflop_per_second']:.3g}" if "gflop_per_second" in r else ""
                 lines.append(
                     f"| {st['student']} | {name} | {tag} | {_cell(r['seconds'], 2)} | "
-                    f"{r['images_per_second']:.1f} | {_cell(r['speedup_over_reference'], 2)} | "
+                    f"{r['images_per_second']:.1f} | {gflop} | {rate} | "
+                    f"{_cell(r.get('speedup_over_published'), 2)} | {_cell(r['speedup_over_reference'], 2)} | "
                     f"{_cell(r['speedup_over_reference_cpu_time'], 2)} | {r['rounds']} |"
                 )
+    lines += [
+        "",
+        "GFLOP/step: `torch.utils.flop_counter`'s formulas summed over one step of the variant (convolutions and "
+        "matrix products, forward and backward, 2 FLOPs per multiply-add); compiled and bf16 variants carry "
+        "their eager fp32 twin's count (the same operations). GFLOP/s: that count over the median wall time.",
+    ]
     lines += [
         "",
         "## Loss agreement (checked before timing)",
@@ -953,6 +1239,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (set OMP_NUM_THREADS too)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--published-rslad",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a zibojia/RSLAD checkout: also time its rslad_inner_loss and loop body (variant 'published')",
+    )
+    p.add_argument(
+        "--published-ard",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a goldblum/AdversariallyRobustDistillation checkout: also time its AttackPGD and train body",
+    )
+    p.add_argument(
+        "--data-npz",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="real images instead of uniform noise: an .npz with x (N, H, W, 3) uint8 and y (N,); the first "
+        "--batch rows, converted as torchvision's ToTensor does (NCHW, /255)",
+    )
     p.add_argument("--note", default="", help="a line about the machine's state, written into the report")
     p.add_argument(
         "--render",
@@ -966,6 +1274,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    args.published = {"ard": args.published_ard, "rslad": args.published_rslad}
     if args.render is not None:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
         return
@@ -1012,6 +1321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "bf16": args.bf16,
             "num_classes": args.num_classes,
             "seed": args.seed,
+            "data": f"the first {args.batch} rows of {args.data_npz}" if args.data_npz else "uniform random images",
+            "published": {k: str(v) if v else None for k, v in args.published.items()},
             "optimizer": f"SGD lr 0.1 momentum 0.9 weight decay {WEIGHT_DECAY} (both)",
             "order": "every variant once per round, order reversed every other round; one group per student",
             "note": args.note,

@@ -28,6 +28,32 @@ def _module() -> ModuleType:
     return module
 
 
+# A stand-in with the signature of zibojia/RSLAD's rslad_inner_loss (the published file is not part of this
+# project): it calls .cuda() as the published code does, which the benchmark must make a no-op on a CPU.
+STAND_IN_RSLAD_LOSS = """
+import torch
+
+CALLS = []
+
+
+def rslad_inner_loss(model, teacher_logits, x_natural, y, optimizer, step_size=0.003, epsilon=0.031,
+                     perturb_steps=10, beta=6.0):
+    CALLS.append((perturb_steps, step_size, epsilon))
+    model.eval()
+    x_adv = x_natural.detach() + 0.001 * torch.randn(x_natural.shape).cuda().detach()
+    model.train()
+    optimizer.zero_grad()
+    return model(x_adv)
+"""
+
+
+def _stand_in(tmp_path: Path) -> Path:
+    folder = tmp_path / "published_rslad"
+    folder.mkdir()
+    (folder / "rslad_loss.py").write_text(STAND_IN_RSLAD_LOSS)
+    return folder
+
+
 def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -35,7 +61,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_the_dry_run_runs_every_section_and_writes_json_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], cwd=REPO, env=_env(),
+    res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out),
+                          "--published-rslad", str(_stand_in(tmp_path))], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = json.loads((out / "gpu_check.json").read_text())
@@ -53,6 +80,8 @@ def test_the_dry_run_runs_every_section_and_writes_json_and_markdown(tmp_path: P
         for key, v in student["variants"].items():
             assert v["status"] == "ok" and v["rounds"] == 2 and v["seconds"]["median"] > 0, key
         assert student["ratios"]["speedup_reference_over_rkd_adv_path_fp32"]["n"] == 2
+        assert student["ratios"]["speedup_published_over_rkd_rslad_fp32"]["n"] == 2
+        assert student["ratios"]["time_reference_over_published_rslad"]["n"] == 2
         assert student["ratios"]["macs"]["implied"]["ratio"] > 1
     compiled = rep["sections"]["distill_step_compiled"]["groups"]
     assert len(compiled) == 8 and all(g["status"] == "ok" for g in compiled)
@@ -86,6 +115,30 @@ def test_at_the_budget_it_stops_and_still_writes_its_report(tmp_path: Path) -> N
     assert rep["sections"]["distill_step"]["status"].startswith("skipped: time")
     assert rep["sections"]["cuda_tests"]["status"] == "not requested"
     assert "STOPPED at the budget" in (out / "gpu_check.md").read_text()
+
+
+def test_the_published_rslad_step_runs_the_given_code_and_is_left_out_without_it(tmp_path: Path) -> None:
+    import torch
+
+    g = _module()
+    sys.path[:0] = [str(REPO / "toolchain"), str(REPO / "benchmarks")]  # as main() sets it
+    folder = _stand_in(tmp_path)
+    assert not [v for v in g.eager_variants(4) if v.kind == "published_rslad"]
+    (variant,) = [v for v in g.eager_variants(4, folder) if v.kind == "published_rslad"]
+    ctx = g.StepContext(sizes=g.dry_sizes(60.0), device=torch.device("cpu"), published_rslad=folder)
+    g.make_benches(ctx, g.Report(tmp_path / "out", {}))
+    label = next(iter(ctx.benches))
+    step = g.build_step(ctx, label, variant)
+    before = [p.detach().clone() for p in ctx.nchw[label].student.parameters()]
+    step()
+    step()
+    calls = sys.modules["published_rslad_loss"].CALLS
+    assert calls == [(2, 2 / 255, 8 / 255)] * 2  # rkd's m, step size and eps, passed as the published loop does
+    assert all(torch.equal(a, b) for a, b in zip(before, ctx.nchw[label].student.parameters(), strict=True))
+    assert torch.Tensor.cuda is not None and torch.randn(1).cuda is not None  # the patch is undone
+    ctx.published_rslad = None
+    with pytest.raises(ValueError, match="--published-rslad"):
+        g.build_step(ctx, label, variant)
 
 
 def test_slim_wheel_leaves_out_large_examples_and_their_record_lines(tmp_path: Path) -> None:
