@@ -141,8 +141,8 @@ def white_box_record(target: VerifyTarget, specs: Sequence[AttackSpec]) -> dict[
     ran = bool(asked) and target.surrogate is not None
     why = None
     if not ran:
-        why = ("the suite has no white-box attack" if not asked else
-               f"no gradients: {target.info['surrogate'].get('note')}")
+        why = (f"no gradients: {target.info['surrogate'].get('note')}" if target.surrogate is None else
+               "the suite has no white-box attack")
     return {"ran": ran, "attacks": asked if ran else [], "gradients_from": target.info["surrogate"].get("kind"),
             "gradient_rules": target.info["surrogate"].get("gradients"), "why_not": why}
 

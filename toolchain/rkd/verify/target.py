@@ -215,7 +215,8 @@ def load_differentiable(path: str | Path, device: str | torch.device = "cpu", *,
         from rkd.quantize.surrogate import onnx_module
 
         module: nn.Module = onnx_module(path)
-        kind = "onnx-qdq-interpreter" if module.num_fake_quant else "onnx-interpreter"
+        kind = ("onnx-qdq-interpreter" if module.num_fake_quant else
+                "onnx-int8-interpreter" if _is_qdq(path) else "onnx-interpreter")
         fingerprint = onnx_fingerprint(path)  # with external data: its files too
         if preprocessing is not None:
             module = AdaptedModule(module, preprocessing)
