@@ -123,7 +123,7 @@ def test_every_shipped_recipe_that_verifies_has_a_floor_and_profiles_cannot_opt_
         assert has_floor or (rec.name == "smoke" and cfg.allow_no_floor), path.name
     assert verifying >= 12
     quick = load_recipe(REPO / "recipes" / "quickstart.yaml").verify
-    assert quick is not None and "robust_acc>=0.03" in quick.gates  # measured: 6.6% worst case (README)
+    assert quick is not None and "robust_acc>=0.03" in quick.gates  # measured: 6.6% worst case (docs/RESULTS.md)
     for path in sorted((REPO / "export").glob("*.yaml")):  # profiles stay floor-free: a floor is per model
         assert not any(is_floor(parse_gate(g)) for g in load_profile(path).verify.gates), path.name
     text = (REPO / "export" / "x86-cpu-int8.yaml").read_text().replace("fail_on_warnings: false",
