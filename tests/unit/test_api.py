@@ -103,3 +103,13 @@ def test_verify_set_reaches_the_request(tmp_path: Path) -> None:
 
 def test_rkd_errors_carry_the_exit_code() -> None:
     assert issubclass(UsageError, RkdError) and UsageError.exit_code == 2
+
+
+def test_import_rkd_api_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, rkd.api\n"
+            "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime', 'typer', 'rich') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
