@@ -99,6 +99,25 @@ def test_verify_set_reaches_the_request(tmp_path: Path) -> None:
     flag = request_from_options(tmp_path / "model.onnx", **{**defaults, "profile": "x86-cpu-int8", "n": 50,
                                                              "overrides": ["verify.n=321"]})
     assert flag.n == 50 and flag.source("n") == "--n"  # an option still wins over the overridden profile
+    off = {**defaults, "profile": "x86-cpu-int8", "overrides": ["verify.transfer=false"]}
+    assert request_from_options(tmp_path / "m.onnx", **off).transfer is False
+    assert request_from_options(tmp_path / "m.onnx", **{**defaults, "profile": "x86-cpu-int8"}).transfer is True
+    on = request_from_options(tmp_path / "m.onnx", **{**off, "transfer": True})  # --transfer beats the profile
+    assert on.transfer is True and on.source("transfer") == "--transfer"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "verify.n=5"], "give --profile NAME too"),
+    (["--profile", "x86-cpu-int8", "--set", "verify.bogus=1"], "bogus"),
+    (["--profile", "x86-cpu-int8", "--set", "verify.n"], "KEY.PATH=VALUE"),
+    (["--profile", "x86-cpu-int8", "--set", "verify.allow_no_floor=true"], "not a profile's"),
+])
+def test_verify_set_errors_on_the_command_line(args: list[str], message: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["verify", "--engine", str(tmp_path / "model.onnx"), *args,
+                                   "--report", str(tmp_path / "rep")])
+    assert res.exit_code == 2 and message in res.output and not (tmp_path / "rep").exists()
 
 
 def test_rkd_errors_carry_the_exit_code() -> None:

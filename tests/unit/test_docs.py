@@ -78,7 +78,6 @@ def test_pages_cover_the_code(pages: dict[str, str]) -> None:
     for command in ("run", "teacher", "distill", "eval", "quantize", "export", "verify", "env"):
         assert f"## `rkd {command}`" in cli
     assert "| `--transfer` / `--no-transfer` | flag | - |" in cli  # both forms; left out: the profile's
-    assert "| `--allow-no-floor` / `--require-floor` | flag | - |" in cli
     assert "| `--verbose`, `-v` | flag | `false` |" in cli
     for cls in (errors.UsageError, errors.RecipeError, errors.MissingDependencyError, errors.TrainingDiverged):
         assert f"| `{cls.__name__}` |" in codes

@@ -301,7 +301,7 @@ def verify(
     transfer: bool | None = None, batch_size: int = 256, device: str = "auto", no_gates: bool = False,
     mean: str | None = None, std: str | None = None, pixel_scale: float | None = None, layout: str | None = None,
     channels: str | None = None, input_size: int | None = None, label_map: Path | None = None,
-    reference_model: str | None = None, allow_no_floor: bool | None = None, log: Log | None = None,
+    reference_model: str | None = None, allow_no_floor: bool = False, log: Log | None = None,
 ) -> VerifyResult:
     """``rkd verify``: attack the artifact, judge the gates and write the reports into ``report`` (default
     ``verify-<artifact stem>``); :func:`rkd.verify.options.request_from_options` builds the request,

@@ -160,12 +160,10 @@ def verify(
                                                            "state_dict of this architecture (e.g. tv_mobilenet_v2, "
                                                            "or NAME:CLASSES).",
                                                            rich_help_panel="Models rkd did not make")] = None,
-    allow_no_floor: Annotated[Optional[bool], typer.Option("--allow-no-floor/--require-floor", help="Judge gates "
-                                                           "without a floor on robust accuracy (e.g. only drops and "
-                                                           "agreement, which a model without robustness passes; the "
-                                                           "report says so); otherwise such a gate set is a usage "
-                                                           "error \\[default: the profile's, else require].",
-                                                           show_default=False)] = None,
+    allow_no_floor: Annotated[bool, typer.Option("--allow-no-floor", help="Judge gates without a floor on robust "
+                                                 "accuracy (e.g. only drops and agreement, which a model without "
+                                                 "robustness passes; the report says so); without it such a gate "
+                                                 "set is a usage error.")] = False,
 ) -> None:
     """Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
 

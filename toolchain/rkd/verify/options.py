@@ -104,7 +104,7 @@ def request_from_options(engine: Path, **o: Any) -> VerifyRequest:
         raise UsageError("--reference-model names the architecture of --reference: give --reference FILE too")
     flags = {"n": o["n"], "attacks": o["attacks"], "eps": eps_v, "norm": norm, "dataset": dataset, "sample": sample,
              "fail_on_warnings": o["fail_on_warnings"], "transfer": o["transfer"],
-             "allow_no_floor": o["allow_no_floor"]}
+             "allow_no_floor": True if o["allow_no_floor"] else None}  # a profile cannot set it
     request = request_from_config(
         engine, prof.verify if prof else VerifyConfig(), source=f"profile {prof.name}" if prof else "default",
         flags=flags, extra_gates=[parse_gate(g) for g in o["gate"] or []],
