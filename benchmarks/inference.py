@@ -51,8 +51,8 @@ def _variants(args: argparse.Namespace) -> dict[str, tuple[Callable[[torch.Tenso
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--bundle-cpu", type=Path, required=True, help="bundle quantized with --profile cpu")
-    p.add_argument("--bundle-trt", type=Path, required=True, help="bundle quantized with --profile trt")
+    p.add_argument("--bundle-cpu", type=Path, required=True, help="bundle quantized with --scheme cpu")
+    p.add_argument("--bundle-trt", type=Path, required=True, help="bundle quantized with --scheme trt")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())

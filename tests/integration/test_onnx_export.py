@@ -173,7 +173,7 @@ def test_cli_trt_without_tensorrt_exits_3(checkpoint: Path, tmp_path: Path) -> N
 def test_cli_trt_builds_into_the_bundle_and_reuses_it(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rkd.cli.export as cli_export
+    import rkd.api
     from rkd.deploy.bundle import update_bundle
 
     calls: list[tuple[Path, str]] = []
@@ -185,7 +185,7 @@ def test_cli_trt_builds_into_the_bundle_and_reuses_it(
         update_bundle(bundle, {f"model.fake.{precision}.engine": engine}, {"engines": {"n": len(calls)}})
         return {}
 
-    monkeypatch.setattr(cli_export, "_engine_builder", lambda: fake_build)
+    monkeypatch.setattr(rkd.api, "_engine_builder", lambda: fake_build)
     out = tmp_path / "bundle"
     base = ("export", str(checkpoint), "--target", "trt", "--parity-data", "synthetic", "--parity-n", "8",
             "--out", str(out))

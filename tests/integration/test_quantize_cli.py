@@ -96,13 +96,24 @@ def test_quantize_cli_writes_int8_model_surrogate_and_manifest(synthetic_ckpt: P
                  "--out", str(out))
     assert again.exit_code == 2 and "already has model.int8.onnx" in again.output
     forced = _run(str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "64", "--eval-n", "0",
-                  "--out", str(out), "--profile", "trt", "--method", "percentile", "--force")
+                  "--out", str(out), "--scheme", "trt", "--method", "percentile", "--force")
     assert forced.exit_code == 0, forced.output
     section = read_manifest(out)["quantize"]
     assert section["settings"]["scheme"] == "trt"
     assert section["settings"]["calibration_method"] == "percentile"
     assert section["evaluation"] is None and section["surrogate"]["agreement_on"].startswith("calibration")
     assert section["bundle_action"] == "reused"
+
+
+def test_quantize_profile_is_a_deprecated_alias_of_scheme(synthetic_ckpt: Path, tmp_path: Path) -> None:
+    args = [str(synthetic_ckpt), "--calib-data", "synthetic", "--calib-n", "32", "--eval-n", "0"]
+    clash = _run(*args, "--out", str(tmp_path / "clash"), "--profile", "cpu", "--scheme", "trt")
+    assert clash.exit_code == 2 and "give only --scheme" in clash.output and not (tmp_path / "clash").exists()
+    res = _run(*args, "--out", str(tmp_path / "b"), "--profile", "trt")
+    assert res.exit_code == 0, res.output
+    assert "--profile is deprecated: use --scheme trt" in " ".join(res.output.split())
+    section = read_manifest(tmp_path / "b")["quantize"]
+    assert section["settings"]["scheme"] == "trt" and section["profile"] == "trt"
 
 
 def test_quantize_cli_refuses_bad_calibration_data(synthetic_ckpt: Path, tmp_path: Path) -> None:

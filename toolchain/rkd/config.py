@@ -738,10 +738,15 @@ def find_recipe(name_or_path: str | Path) -> Path:
     return _find_named(name, recipe_folders(), "recipe", str(name_or_path))
 
 
-def load_profile(name_or_path: str | Path, base: str | Path | None = None) -> ExportProfile:
-    """Read and validate an export profile (``export/*.yaml``); one-line RecipeError on any problem."""
+def load_profile(
+    name_or_path: str | Path, base: str | Path | None = None, overrides: list[str] | None = None
+) -> ExportProfile:
+    """Read, override (``--set a.b=value``, :func:`apply_overrides`) and validate an export profile
+    (``export/*.yaml``); one-line RecipeError on any problem."""
     p = find_profile(name_or_path, base)
     raw = _read_yaml(p, "an export profile")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     if "schema_version" in raw and _wrong_schema(raw["schema_version"]):
         raise RecipeError(f"{p}: {_schema_problem(raw['schema_version'])}")
     try:

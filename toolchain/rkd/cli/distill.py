@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rkd.cli._common import RichProgress, check_output_path, handle_errors, render_train_result
+from rkd.cli._common import RichProgress, handle_errors, render_train_result
 
 
 def distill(
@@ -36,16 +36,12 @@ def distill(
     stays the global batch).
     """
     with handle_errors():
-        from rkd.config import load_recipe
+        from rkd import api
         from rkd.train.distributed import current_context
-        from rkd.train.student import distill_student
 
-        rec = load_recipe(recipe, set_ or [])
-        run_dir = out_dir or Path("runs") / rec.name / "student"
-        check_output_path(run_dir, "--out", folder=True)
-        result = distill_student(rec, run_dir=run_dir, teacher=teacher, resume=resume, device=device,
-                                 data_root=data_root, progress=RichProgress())
+        res = api.distill(recipe, teacher=teacher, overrides=set_, out=out_dir, resume=resume, device=device,
+                          data_root=data_root, progress=RichProgress())
         if not current_context().is_main:
             return
-        assert rec.student is not None
-        render_train_result(f"student '{rec.name}' ({rec.student.method.name})", result)
+        assert res.recipe.student is not None
+        render_train_result(f"student '{res.recipe.name}' ({res.recipe.student.method.name})", res.result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import check_output_path, class_table, console, handle_errors, out
+from rkd.cli._common import class_table, console, handle_errors, out
 
 
 class Norm(str, Enum):
@@ -25,10 +24,6 @@ class Sample(str, Enum):
 
     first = "first"
     random = "random"
-
-
-def _floats(text: str | None) -> tuple[float, ...] | None:
-    return None if text is None else tuple(float(v) for v in text.split(","))
 
 
 def eval_command(
@@ -63,47 +58,29 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals."""
     with handle_errors():
-        from rkd.atomic import atomic_write_text
-        from rkd.config import parse_radius, resolve_device
-        from rkd.data import parse_data_arg
-        from rkd.errors import UsageError
-        from rkd.verify.evaluate import EvalRequest, evaluate_model, load_model_for_eval
-        from rkd.verify.suite import check_suite, parse_attacks
+        from rkd import api
 
-        try:
-            eps_v, alpha_v = parse_radius(eps, norm.value), parse_radius(alpha, norm.value)
-        except ValueError as exc:
-            raise UsageError(f"--eps/--alpha: {exc}") from None
-        if n < 1:
-            raise UsageError(f"--n must be at least 1, got {n}")
-        check_suite(parse_attacks(attacks), seed=seed)  # fail fast on a typo, before loading anything
-        path = report or checkpoint.with_name(checkpoint.stem + ".eval.json")
-        check_output_path(path, "--report", folder=False)
-        check_output_path(aa_state, "--aa-state", folder=False)
-        dataset, options = parse_data_arg(data)
-        dev = resolve_device(device)
-        net, info = load_model_for_eval(checkpoint, model=model, num_classes=num_classes, width=width, depth=depth,
-                                        widen_factor=widen_factor, mean=_floats(mean), std=_floats(std))
-        request = EvalRequest(
-            dataset=dataset, data_options=options, data_root=data_root, split=split, n=n, sample=sample.value,
-            attacks=attacks, eps=eps_v, eps_text=eps, alpha=alpha_v, norm=norm.value, seed=seed, batch_size=batch_size,
-            device=dev, autoattack_state=str(aa_state) if aa_state else None,
+        res = api.evaluate(
+            checkpoint, data=data, data_root=data_root, split=split, n=n, sample=sample.value, attacks=attacks,
+            eps=eps, alpha=alpha, norm=norm.value, seed=seed, batch_size=batch_size, device=device, report=report,
+            aa_state=aa_state, model=model, num_classes=num_classes, width=width, depth=depth,
+            widen_factor=widen_factor, mean=mean, std=std, log=lambda m: console.print(m, highlight=False),
         )
-        rep = evaluate_model(net, request, model_info=info, log=lambda m: console.print(m, highlight=False))
-        atomic_write_text(path, json.dumps(rep, indent=2) + "\n")
-        table = Table(title=f"{checkpoint.name}: {dataset} {split}, n={rep['n']}, {norm.value} eps={eps}, seed={seed}")
+        rep = res.report
+        table = Table(title=f"{checkpoint.name}: {rep['data']['dataset']} {split}, n={rep['n']}, {norm.value} "
+                            f"eps={eps}, seed={seed}")
         for col in ("attack", "accuracy", "95% CI", "correct", "time"):
             table.add_column(col, justify="left" if col == "attack" else "right")
-        for name, res in rep["attacks"].items():
-            lo, hi = res["ci95"]
-            table.add_row(name, f"{res['acc']:.2%}", f"{lo:.1%}-{hi:.1%}", f"{res['correct']}/{res['n']}",
-                          f"{res['seconds']:.1f} s")
+        for name, r in rep["attacks"].items():
+            lo, hi = r["ci95"]
+            table.add_row(name, f"{r['acc']:.2%}", f"{lo:.1%}-{hi:.1%}", f"{r['correct']}/{r['n']}",
+                          f"{r['seconds']:.1f} s")
         wc = rep["worst_case"]
         table.add_row("[bold]worst case[/]", f"[bold]{wc['acc']:.2%}", f"{wc['ci95'][0]:.1%}-{wc['ci95'][1]:.1%}",
                       f"{wc['correct']}/{wc['n']}", f"{rep['timing']['total_s']:.1f} s")
         out.print(table)
         if by_class:
             out.print(class_table(rep["by_class"], title="accuracy per class (true label)"))
-        out.print(f"samples sha256 {rep['data']['indices_sha256'][:16]}…  report: {path}", highlight=False)
+        out.print(f"samples sha256 {rep['data']['indices_sha256'][:16]}…  report: {res.path}", highlight=False)
         for warning in rep["warnings"]:
             out.print(f"[yellow]warning:[/] {warning}", highlight=False)

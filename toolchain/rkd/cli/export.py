@@ -3,7 +3,6 @@ trt also builds a TensorRT engine."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -11,9 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import check_output_path, handle_errors, human_size, out
-
-_TRT_HINT = "pip install 'rkd[tensorrt]' on a machine with NVIDIA's index, or use NVIDIA's PyTorch container"
+from rkd.cli._common import handle_errors, human_size, out
 
 
 class Precision(str, Enum):
@@ -29,37 +26,6 @@ class Target(str, Enum):
 
     onnx = "onnx"
     trt = "trt"
-
-
-def _engine_builder() -> Callable[..., Any]:
-    """``rkd.deploy.tensorrt_build.build_bundle_engine`` once tensorrt and a CUDA GPU are known to be there;
-    otherwise MissingDependencyError (exit 3) naming what is missing, before anything is written."""
-    from rkd.errors import MissingDependencyError
-
-    try:
-        from rkd.deploy.tensorrt_build import build_bundle_engine, import_tensorrt, require_cuda
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"--target trt cannot load rkd.deploy.tensorrt_build ({exc}); {_TRT_HINT}"
-        ) from None
-    import_tensorrt()
-    require_cuda("--target trt (building a TensorRT engine)")
-    return build_bundle_engine
-
-
-def _reusable(out_dir: Path, checkpoint: Path) -> bool:
-    """True when ``out_dir`` is a valid bundle exported from this very checkpoint (same weights sha256)."""
-    from rkd.deploy.bundle import read_manifest
-    from rkd.errors import RkdError
-    from rkd.models.checkpoint import file_sha256
-
-    if not (out_dir / "manifest.json").is_file() or not checkpoint.is_file():
-        return False
-    try:
-        manifest = read_manifest(out_dir, verify=True)
-    except RkdError:
-        return False
-    return manifest.get("source", {}).get("sha256") == file_sha256(checkpoint)
 
 
 def _render(manifest: dict[str, Any], out_dir: Path) -> None:
@@ -109,27 +75,10 @@ def export(
     """Export a checkpoint as a deployment bundle: model.onnx + manifest.json, with parity against torch;
     --target trt also builds a TensorRT engine."""
     with handle_errors():
-        from rkd.data import parse_data_arg
-        from rkd.deploy.bundle import read_manifest
-        from rkd.deploy.export import RECORDED, export_bundle
-        from rkd.errors import UsageError
+        from rkd import api
 
-        chosen = parse_data_arg(parity_data) if parity_data is not None else RECORDED
-        bundle = out_dir or checkpoint.parent / "bundle"
-        if bundle.resolve() == Path.cwd().resolve() or not bundle.resolve().name:
-            raise UsageError(f"--out '{bundle}' is the current folder; give a bundle folder inside it")
-        check_output_path(bundle, "--out", folder=True)
-        build = _engine_builder() if target is Target.trt else None
-        if build is not None and not force and _reusable(bundle, checkpoint):
-            out.print(f"reusing bundle {bundle} (exported from this checkpoint)", highlight=False)
-        elif build is not None and precision is Precision.int8:
-            raise UsageError(
-                "--target trt --precision int8 builds from the bundle's model.int8.onnx, which a fresh "
-                f"export lacks: export, quantize into {bundle}, then rerun this; or use --precision fp16"
-            )
-        else:
-            export_bundle(checkpoint, bundle, force=force, parity_data=chosen,
-                          data_root=data_root, parity_n=parity_n, opset=opset)
-        if build is not None:
-            build(bundle, precision=precision.value)
-        _render(read_manifest(bundle, verify=False), bundle)
+        res = api.export(checkpoint, target=target.value, out=out_dir, force=force, parity_data=parity_data,
+                         data_root=data_root, parity_n=parity_n, opset=opset, precision=precision.value)
+        if res.reused:
+            out.print(f"reusing bundle {res.bundle} (exported from this checkpoint)", highlight=False)
+        _render(res.manifest, res.bundle)

@@ -3,7 +3,6 @@ bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 cle
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -11,12 +10,12 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import check_output_path, console, handle_errors, human_size, out
+from rkd.cli._common import console, handle_errors, human_size, out
 
 WORST_LAYERS = 10
 
 
-class Profile(str, Enum):
+class Scheme(str, Enum):
     """Quantization scheme: cpu = uint8 asymmetric activations (fast on x86 ONNX Runtime); trt = symmetric
     int8 activations and weights (TensorRT explicit quantization)."""
 
@@ -50,7 +49,7 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
     settings, calib = section["settings"], section["calibration"]
     synthetic = " (synthetic)" if calib["synthetic"] else ""
     symmetry = "symmetric" if settings["activation_symmetric"] else "asymmetric"
-    out.print(f"INT8 {section['profile']} profile: {settings['activation_type']} activations ({symmetry}), "
+    out.print(f"INT8 {section['profile']} scheme: {settings['activation_type']} activations ({symmetry}), "
               f"int8 per-channel weights, {settings['calibration_method']} calibration on {calib['n']} "
               f"{calib['dataset']}{synthetic} training images (seed {calib['seed']}); "
               f"logits {settings['logits']}", highlight=False)
@@ -126,8 +125,9 @@ def quantize(
         "trained on, else cifar10].", show_default=False)] = None,
     calib_n: Annotated[int, typer.Option("--calib-n", help="Number of calibration images (seeded random "
                                          "subset of the training split).")] = 512,
-    profile: Annotated[Profile, typer.Option(help="cpu: uint8 asymmetric activations (fast x86 ONNX "
-                                             "Runtime); trt: symmetric int8 for TensorRT.")] = Profile.cpu,
+    scheme: Annotated[Scheme, typer.Option("--scheme", help="Quantization scheme: cpu = uint8 asymmetric "
+                                           "activations (fast x86 ONNX Runtime); trt = symmetric int8 for "
+                                           "TensorRT.")] = Scheme.cpu,
     method: Annotated[Method, typer.Option(
         help="Calibration: minmax (observed range), entropy (KL threshold, 2048-bin histogram), percentile "
              "(99.999th).")] = Method.minmax,
@@ -164,37 +164,26 @@ def quantize(
     qat_steps: Annotated[Optional[int], typer.Option("--qat-steps", help="Attack steps of the QAT method "
                                                      "\\[default: the method's].")] = None,
     device: Annotated[str, typer.Option("--device", help="QAT device: auto, cpu, cuda[:N].")] = "auto",
+    profile: Annotated[Optional[Scheme], typer.Option("--profile", hidden=True,
+                                                      help="Deprecated name of --scheme.")] = None,
 ) -> None:
     """Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its
     bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
     with handle_errors():
-        from rkd.data import parse_data_arg
-        from rkd.quantize.pipeline import parse_eval_attacks, quantize_checkpoint
+        from rkd import api
 
-        parse_eval_attacks(eval_attacks)  # fail fast on a typo
-        if qat:
-            from rkd.errors import UsageError
-            from rkd.quantize.qat import needs_teacher
+        if profile is not None:
+            if scheme is not Scheme.cpu and scheme is not profile:
+                from rkd.errors import UsageError
 
-            if needs_teacher(qat_method) and teacher is None:
-                raise UsageError(f"--qat with method '{qat_method}' distils from a teacher: pass --teacher "
-                                 "CHECKPOINT (or choose a teacher-free --qat-method such as pgd_at)")
-        if qat:  # resolve it now: a missing GPU is exit 3 before the bundle is touched
-            from rkd.config import resolve_device
-
-            device = resolve_device(device)
-        elif device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
-            from rkd.errors import UsageError
-
-            raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
-        chosen = parse_data_arg(calib_data) if calib_data is not None else None
-        bundle = out_dir or checkpoint.parent / "bundle"
-        check_output_path(bundle, "--out", folder=True)
-        section = quantize_checkpoint(
-            checkpoint, bundle, profile=profile.value, calib_data=chosen, calib_n=calib_n,
-            data_root=data_root, method=method.value, eval_n=eval_n, eval_attacks=eval_attacks,
-            debug_layers=debug_layers, force=force, seed=seed, nodes_to_exclude=exclude or None,
-            qat=qat, qat_method=qat_method, qat_epochs=epochs, qat_lr=qat_lr, qat_teacher=teacher,
-            qat_train_n=train_n, qat_steps=qat_steps, device=device,
+                raise UsageError(f"--profile {profile.value} and --scheme {scheme.value}: give only --scheme")
+            console.print(f"[yellow]warning:[/] rkd quantize --profile is deprecated: use --scheme {profile.value} "
+                          "(--profile names an export profile in rkd verify)", highlight=False)
+            scheme = profile
+        result = api.quantize(
+            checkpoint, calib_data=calib_data, calib_n=calib_n, scheme=scheme.value, method=method.value,
+            out=out_dir, data_root=data_root, eval_n=eval_n, eval_attacks=eval_attacks, debug_layers=debug_layers,
+            exclude=exclude, seed=seed, force=force, qat=qat, epochs=epochs, qat_method=qat_method,
+            teacher=teacher, train_n=train_n, qat_lr=qat_lr, qat_steps=qat_steps, device=device,
         )
-        _render(section, bundle)
+        _render(result.section, result.bundle)

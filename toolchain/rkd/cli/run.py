@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import RichProgress, check_output_path, console, handle_errors, out
+from rkd.cli._common import RichProgress, console, handle_errors, out
 
 
 def _metrics(metrics: dict) -> str:
@@ -45,15 +45,12 @@ def run(
     error, 3 backend missing, 4 internal error.
     """
     with handle_errors():
-        from rkd.config import load_recipe
-        from rkd.pipeline import Pipeline
+        from rkd import api
 
-        rec = load_recipe(recipe, set_ or [])
-        check_output_path(out_dir, "--out", folder=True)
-        pipe = Pipeline(rec, run_dir=out_dir, data_root=data_root, device=device, resume=resume,
-                        progress=RichProgress, log=lambda m: console.print(m, highlight=False))
-        result = pipe.run()
-        table = Table(title=f"rkd run {rec.name}: {result.run_dir}")
+        outcome = api.run(recipe, overrides=set_, out=out_dir, resume=resume, device=device, data_root=data_root,
+                          progress=RichProgress, log=lambda m: console.print(m, highlight=False))
+        result = outcome.result
+        table = Table(title=f"rkd run {outcome.recipe.name}: {result.run_dir}")
         for col in ("stage", "status", "time", "artifact", "metrics"):
             table.add_column(col, justify="right" if col == "time" else "left", overflow="fold")
         for st in result.stages:

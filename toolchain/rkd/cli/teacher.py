@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rkd.cli._common import RichProgress, check_output_path, handle_errors, render_train_result
+from rkd.cli._common import RichProgress, handle_errors, render_train_result
 
 
 def teacher(
@@ -28,12 +28,8 @@ def teacher(
 ) -> None:
     """Adversarially train a robust teacher (PGD-AT or TRADES) from a recipe; writes a safetensors checkpoint."""
     with handle_errors():
-        from rkd.config import load_recipe
-        from rkd.train.teacher import train_teacher
+        from rkd import api
 
-        rec = load_recipe(recipe, set_ or [])
-        run_dir = out_dir or Path("runs") / rec.name / "teacher"
-        check_output_path(run_dir, "--out", folder=True)
-        result = train_teacher(rec, run_dir=run_dir, resume=resume, device=device, data_root=data_root,
-                               progress=RichProgress())
-        render_train_result(f"teacher '{rec.name}'", result)
+        result = api.teacher(recipe, overrides=set_, out=out_dir, resume=resume, device=device, data_root=data_root,
+                             progress=RichProgress())
+        render_train_result(f"teacher '{result.recipe.name}'", result.result)

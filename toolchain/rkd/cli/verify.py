@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rkd.cli._common import check_output_path, class_table, console, handle_errors, out
+from rkd.cli._common import class_table, console, handle_errors, out
 
 
 class Norm(str, Enum):
@@ -39,6 +38,10 @@ class Sample(str, Enum):
 
     first = "first"
     random = "random"
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else str(choice.value)
 
 
 def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
@@ -82,26 +85,6 @@ def render_report(rep: dict, paths: dict, *, by_class: bool = False) -> None:
     out.print(f"{verdict}  report: {paths['json']}  junit: {paths['junit']}", highlight=False)
 
 
-def _device(spec: str, engine: Path) -> str:
-    from rkd.config import resolve_device
-    from rkd.deploy.runtimes import ENGINE_SUFFIXES
-    from rkd.errors import MissingDependencyError, UsageError
-
-    is_engine = engine.suffix.lower() in ENGINE_SUFFIXES
-    if is_engine and spec == "cpu":
-        raise UsageError(f"'{engine.name}' is a TensorRT engine, which runs only on a CUDA GPU: drop --device cpu "
-                         "(or verify the bundle's model.int8.onnx on the CPU)")
-    wanted = spec if spec != "auto" else "cuda" if is_engine else "cpu"
-    try:
-        return resolve_device(wanted)
-    except MissingDependencyError:
-        if not is_engine:
-            raise
-        raise MissingDependencyError(f"'{engine.name}' is a TensorRT engine and no CUDA GPU is visible here: verify "
-                                     "it on the machine it was built for (or the bundle's model.int8.onnx on the "
-                                     "CPU)") from None
-
-
 def verify(
     engine: Annotated[Path, typer.Option("--engine", help="The artifact: .onnx (ONNX Runtime), .engine/.plan "
                                          "(TensorRT), .safetensors (torch), or a bundle folder.",
@@ -128,6 +111,8 @@ def verify(
     profile: Annotated[Optional[str], typer.Option(help="Export profile (a name: ./export/NAME.yaml, else the "
                                                    "one shipped with rkd; or a YAML path): its n, attacks, eps and "
                                                    "gates.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of --profile: --set "
+                                                      "verify.n=500 (repeatable).")] = None,
     fail_on_warnings: Annotated[Optional[bool], typer.Option("--fail-on-warnings/--no-fail-on-warnings",
                                                              help="Whether a warning fails the run.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Report folder \\[default: "
@@ -142,8 +127,9 @@ def verify(
                                                       "checkpoint or ONNX file).")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="Float reference instead of the bundle's model.onnx.")]
         = None,
-    transfer: Annotated[bool, typer.Option("--transfer/--no-transfer", help="Attack with the float reference's "
-                                           "adversarial examples too.")] = True,
+    transfer: Annotated[Optional[bool], typer.Option("--transfer/--no-transfer", help="Attack with the float "
+                                                     "reference's adversarial examples too \\[default: the "
+                                                     "profile's, else on].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per engine call.")] = 256,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for the surrogate and ONNX Runtime's provider; "
                                         "auto = cuda for TensorRT engines, cpu otherwise.")] = "auto",
@@ -186,71 +172,17 @@ def verify(
     engine/surrogate agreement) and no gradient-free attack ran.
     """
     with handle_errors():
-        from pydantic import ValidationError
+        from rkd import api
 
-        from rkd.config import VerifyConfig, load_profile, parse_eps, parse_radius
-        from rkd.data import parse_data_arg
-        from rkd.deploy.adapters import parse_preprocessing
-        from rkd.errors import UsageError
-        from rkd.verify.gates import parse_gate
-        from rkd.verify.report import report_names, verdict_exit_code, write_reports
-        from rkd.verify.verification import request_from_config, verify_artifact
-
-        prof = load_profile(profile) if profile else None
-        try:  # the command line's values get the checks a profile's get
-            VerifyConfig(**{k: v for k, v in (("n", n), ("attacks", attacks)) if v is not None})
-            eps_v = None if eps is None else parse_radius(eps, "l2") if norm is Norm.l2 else parse_eps(eps)
-            alpha_v = parse_radius(alpha, norm.value if norm is not None else "linf")
-            curve_values = [0.0 if v.strip() in ("0", "0/255") else parse_eps(v) for v in curve_eps.split(",")]
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = f"--{err['loc'][0]}: " if err.get("loc") else ""
-            raise UsageError(where + err["msg"].removeprefix("Value error, ")) from None
-        except ValueError as exc:
-            raise UsageError(f"--eps/--alpha/--curve-eps: {exc}") from None
-        dataset, options = parse_data_arg(data) if data is not None else (None, None)
-        if input_size is not None:
-            if dataset != "imagefolder":
-                raise UsageError("--input-size decodes an image folder at that size: it needs --data imagefolder:DIR "
-                                 "(other data sets have their own size)")
-            options = {**(options or {}), "image_size": input_size}
-        preprocessing = parse_preprocessing(mean=mean, std=std, scale=pixel_scale,
-                                            layout=layout.value if layout is not None else None,
-                                            channels=channels.value if channels is not None else None)
-        if reference_model is not None and reference is None:
-            raise UsageError("--reference-model names the architecture of --reference: give --reference FILE too")
-        flags = {"n": n, "attacks": attacks, "eps": eps_v, "norm": norm.value if norm is not None else None,
-                 "dataset": dataset, "sample": sample.value if sample is not None else None,
-                 "fail_on_warnings": fail_on_warnings, "transfer": None if transfer else False,
-                 "allow_no_floor": True if allow_no_floor else None}
-        request = request_from_config(
-            engine, prof.verify if prof else VerifyConfig(), source=f"profile {prof.name}" if prof else "default",
-            flags=flags, extra_gates=[parse_gate(g) for g in gate or []],
-            required_n=prof.verify.n if prof and prof.verify.gates else None,
-            data_options=options, data_root=data_root, split=split, eps_text=eps, alpha=alpha_v,
-            seed=seed, batch_size=batch_size, device=_device(device, engine), state=state,
-            curve_eps=curve_values if curve else None, surrogate=surrogate, reference=reference,
-            profile={"name": prof.name, "runtime": prof.runtime, "precision": prof.precision} if prof else None,
-            require_gates=not no_gates, preprocessing=preprocessing, label_map=label_map,
-            reference_model=reference_model,
-            floor_fix=("add --gate 'robust_acc>=X' with X what your model must keep (e.g. 'lower.robust_acc>="
-                       "0.40'), or --allow-no-floor to judge only what deployment changes"),
+        res = api.verify(
+            engine, data=data, data_root=data_root, split=split, n=n, sample=_value(sample), attacks=attacks, eps=eps,
+            norm=_value(norm), alpha=alpha, seed=seed, gate=gate, profile=profile, overrides=set_,
+            fail_on_warnings=fail_on_warnings, report=report, junit=junit, curve=curve, curve_eps=curve_eps,
+            state=state, surrogate=surrogate, reference=reference, transfer=transfer, batch_size=batch_size,
+            device=device, no_gates=no_gates, mean=mean, std=std, pixel_scale=pixel_scale, layout=_value(layout),
+            channels=_value(channels), input_size=input_size, label_map=label_map, reference_model=reference_model,
+            allow_no_floor=allow_no_floor, log=lambda m: console.print(m, highlight=False),
         )
-        if no_gates and (request.gates or request.fail_on_warnings):
-            raise UsageError("--no-gates with gates (--gate, the profile's or --fail-on-warnings): drop one of them")
-        folder = report or Path(f"verify-{engine.stem if engine.is_file() else engine.name}")
-        check_output_path(folder, "--report", folder=True)
-        for name in report_names(curve=curve, junit=junit is None):
-            if (folder / name).is_dir():
-                raise UsageError(f"--report '{folder}' holds a folder named {name}, where the report goes: move it "
-                                 "or choose another --report")
-        check_output_path(junit, "--junit", folder=False)
-        check_output_path(state, "--state", folder=True)
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            check_output_path(Path(summary), "$GITHUB_STEP_SUMMARY", folder=False)
-        rep = verify_artifact(request, log=lambda m: console.print(m, highlight=False))
-        paths = write_reports(rep, folder, junit=junit)
-        render_report(rep, paths, by_class=by_class)
-        if not rep["passed"]:
-            raise typer.Exit(verdict_exit_code(rep))
+        render_report(res.report, res.paths, by_class=by_class)
+        if not res.passed:
+            raise typer.Exit(res.exit_code)
