@@ -50,22 +50,9 @@ def probe_eval(cfg: Settings, student: str, ckpt: str, folder: Path) -> dict[str
             "overhead_s": round(seconds - sum(a["seconds"] for a in att.values()), 1), "command": step.text}
 
 
-def probe(cfg: Settings) -> int:
-    """Measure what the estimates need: a few training steps per (student, method) and per ablation, one small
-    evaluation per student (on a trained reference checkpoint when there is one), PTQ, QAT and verify."""
+def _probe_training(cfg: Settings, out: dict[str, Any], folder: Path) -> None:
+    """A few training steps of every (student, method) and of every ablation variant, into ``out``."""
     pc = cfg["probe"]
-    folder = cfg.runs_dir / "probe"
-    if not (REPO / cfg["teacher"]["checkpoint"]).exists():
-        raise SystemExit(f"probe: the teacher {cfg['teacher']['checkpoint']} is missing: `run.py run --part teacher`")
-    if (REPO / folder).exists():
-        import shutil
-
-        shutil.rmtree(REPO / folder)
-    (REPO / folder).mkdir(parents=True)
-    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-probe",
-                           "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-                           "smoke": cfg.smoke, "steps_m": cfg.steps, "distill": {}, "ablations": {}, "eval": {},
-                           "deploy": {}}
     method_over = cfg.raw.get("method_overrides") or {}
     for student in cfg["students"]:
         out["distill"][student] = {}
@@ -81,6 +68,12 @@ def probe(cfg: Settings) -> int:
         r = probe_distill(cfg, abl["student"], f"abl-{variant}", over, folder, pc["steps"])
         out["ablations"][abl["student"]][variant] = r
         say(f"probe {abl['student']} adv_path {variant}: {r['step_s']:.2f} s/step")
+
+
+def _probe_evaluation(cfg: Settings, out: dict[str, Any], folder: Path) -> tuple[str, str]:
+    """The evaluation cost per student into ``out``: measured on a reference checkpoint, scaled for the others by
+    the attack cost of their probe runs; return the measured student and its checkpoint."""
+    pc = cfg["probe"]
     reference = {k: v for k, v in (pc.get("reference") or {}).items() if (REPO / v).exists()}
     if not reference:  # no trained checkpoint: the probe's own few-step pgd_at student (an optimistic AA cost)
         first = next(iter(cfg["students"]))
@@ -109,9 +102,14 @@ def probe(cfg: Settings) -> int:
                                          f"{measured}'s reference", pgd: att[pgd], "clean": att["clean"],
                                 "command": step.text}
         say(f"probe eval {student}: attack cost x{cost / ref_cost:.2f} of {measured}")
+    return measured, reference[measured]
+
+
+def _probe_deploy(cfg: Settings, out: dict[str, Any], folder: Path, measured: str, ckpt: str) -> None:
+    """PTQ (export, calibration, float vs INT8 check), QAT steps and verify on the measured reference, into ``out``."""
+    pc = cfg["probe"]
     data = cfg["data"]
     # deployment: PTQ (export, calibration, float vs INT8 check), QAT steps, verify; on the measured reference
-    ckpt = reference[measured]
     bundle = folder / "bundle"
     dep = cfg["deploy"]
     recipe = cfg.recipe()
@@ -144,6 +142,26 @@ def probe(cfg: Settings) -> int:
     }
     say(f"probe deploy {measured}: PTQ {quant_s:.0f} s, verify n={vrep['n']} {verify_s:.0f} s, "
         f"QAT {out['deploy'][measured]['qat_step_s']:.2f} s/step")
+
+
+def probe(cfg: Settings) -> int:
+    """Measure what the estimates need: a few training steps per (student, method) and per ablation, one small
+    evaluation per student (on a trained reference checkpoint when there is one), PTQ, QAT and verify."""
+    folder = cfg.runs_dir / "probe"
+    if not (REPO / cfg["teacher"]["checkpoint"]).exists():
+        raise SystemExit(f"probe: the teacher {cfg['teacher']['checkpoint']} is missing: `run.py run --part teacher`")
+    if (REPO / folder).exists():
+        import shutil
+
+        shutil.rmtree(REPO / folder)
+    (REPO / folder).mkdir(parents=True)
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "rkd-method-comparison-probe",
+                           "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                           "smoke": cfg.smoke, "steps_m": cfg.steps, "distill": {}, "ablations": {}, "eval": {},
+                           "deploy": {}}
+    _probe_training(cfg, out, folder)
+    measured, ckpt = _probe_evaluation(cfg, out, folder)
+    _probe_deploy(cfg, out, folder, measured, ckpt)
     out["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(REPO / cfg.results_dir / "probe.json", json.dumps(out, indent=1) + "\n")
     say(f"wrote {cfg.results_dir / 'probe.json'}")
