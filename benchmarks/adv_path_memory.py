@@ -31,10 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import distill_step as ds  # the sibling benchmark: its bench, method and memory helpers (this folder is on sys.path)
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import distill_step as ds  # noqa: E402  (the shared benchmark helpers beside this file)
 
 MODES = {"default": False, "low_memory": True}
 

@@ -36,19 +36,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import _common as ds  # the helpers shared by the benchmarks (this folder is on sys.path)
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import distill_step as ds  # noqa: E402  (the shared benchmark helpers beside this file)
-
-from rkd.config import ADV_PATH_PRESETS  # noqa: E402
-from rkd.data import load_dataset  # noqa: E402
-from rkd.distill.adaad import Adaad  # noqa: E402
-from rkd.distill.adv_path import AdvPath  # noqa: E402
-from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets  # noqa: E402
-from rkd.distill.rslad import Rslad  # noqa: E402
-from rkd.models.checkpoint import load_checkpoint  # noqa: E402
+from rkd.config import ADV_PATH_PRESETS
+from rkd.data import load_dataset
+from rkd.distill.adaad import Adaad
+from rkd.distill.adv_path import AdvPath
+from rkd.distill.losses import RSLAD_KL_SCALE, kl_per_sample, soft_targets
+from rkd.distill.rslad import Rslad
+from rkd.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "benchmarks/results/method_comparison/teacher/model.safetensors"

@@ -53,9 +53,7 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -66,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import command_line, machine_info, write_report  # noqa: F401 - also used by the sibling scripts
 from pydantic import TypeAdapter
 from torch import nn
 
@@ -665,36 +664,6 @@ def memory_estimate(args: argparse.Namespace, log: Callable[[str], None]) -> dic
 
 
 # ---- the report --------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    from rkd.environment import cpu_description
-
-    cpu = cpu_description()
-    return {
-        "processor": platform.processor(),
-        "cpu_model": cpu["cpu"],
-        "cpu_flags": cpu["cpu_extensions"],  # the vector/matrix extensions that decide fp32 vs bf16 vs int8 speed
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def write_report(out: Path, report: dict[str, Any], markdown_text: str, *, indent: int = 2) -> None:
-    """Write ``report`` as JSON to ``out`` and ``markdown_text`` beside it (``.md``), creating the folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=indent) + "\n")
-    out.with_suffix(".md").write_text(markdown_text)
-
-
-def command_line() -> str:
-    """The command as run: thread variables, interpreter (relative to the working directory), argv."""
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
-    exe = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        exe = exe.relative_to(Path.cwd())
-    return " ".join(filter(None, [env, shlex.join([str(exe), *sys.argv])]))
 
 
 def _cell(s: dict[str, float], digits: int) -> str:

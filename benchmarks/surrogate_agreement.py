@@ -27,17 +27,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import _common as ds  # the helpers shared by the benchmarks (this folder is on sys.path)
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import distill_step as ds  # noqa: E402  (machine_info, command_line)
-
-from rkd.stats import wilson_interval  # noqa: E402
+from rkd.stats import wilson_interval
 
 
 def _onnx_rounding(self: Any, x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:

@@ -2,7 +2,7 @@
 """Write the reference pages under ``docs/reference/`` from the code, so they cannot drift from it.
 
 - ``recipe.md``: every recipe and export-profile key, from the pydantic models in ``rkd.config`` (dotted name,
-  type, default, allowed values, and the ``# comment`` written beside or above the field in ``config.py``);
+  type, default, allowed values, and the ``# comment`` written beside or above the field in ``rkd/config/schema.py``);
 - ``exit-codes.md``: the exit code of every error class in ``rkd.errors``, with its docstring;
 - ``cli.md``: every command, argument and option of the Typer app ``rkd.cli.app.app``;
 - ``onnx-ops.md``: every ONNX operator the gradient interpreter runs, from ``rkd.quantize.onnx_ops.supported_ops``.
@@ -368,7 +368,7 @@ def recipe_reference(recipe: type | None = None, profile: type | None = None) ->
     out = [
         "# Recipe and export-profile reference",
         "",
-        _banner("the pydantic models in toolchain/rkd/config.py"),
+        _banner("the pydantic models in toolchain/rkd/config/schema.py"),
         "",
         "Every key a recipe (`recipes/*.yaml`) or an export profile (`export/*.yaml`) may hold, with its type, its "
         "default and the values it accepts. Unknown keys are errors, and so is a key given twice in one mapping. "

@@ -6,21 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from rkd.cli._common import RichProgress, console, handle_errors, out
-
-
-def _metrics(metrics: dict) -> str:
-    parts = []
-    for key, value in metrics.items():
-        if key == "gates":
-            parts += [f"{g} {'pass' if ok else 'FAIL'}" for g, ok in value.items()]
-        elif isinstance(value, float):
-            parts.append(f"{key} {value:.3g}")
-        elif value is not None:
-            parts.append(f"{key} {value}")
-    return ", ".join(parts)
 
 
 def run(
@@ -46,21 +33,13 @@ def run(
     """
     with handle_errors():
         from rkd import api
+        from rkd.pipeline.render import run_table, verdict_text
 
         outcome = api.run(recipe, overrides=set_, out=out_dir, resume=resume, device=device, data_root=data_root,
                           progress=RichProgress, log=lambda m: console.print(m, highlight=False))
         result = outcome.result
-        table = Table(title=f"rkd run {outcome.recipe.name}: {result.run_dir}")
-        for col in ("stage", "status", "time", "artifact", "metrics"):
-            table.add_column(col, justify="right" if col == "time" else "left", overflow="fold")
-        for st in result.stages:
-            table.add_row(st.name, st.status, f"{st.seconds:.1f} s", st.artifact or "-", _metrics(st.metrics))
-        out.print(table)
-        if result.report is not None:
-            rep = result.report
-            verdict = ("[bold green]PASS[/]" if rep.get("passed") else "[bold red]UNRELIABLE[/]"
-                       if rep.get("verdict") == "unreliable" else "[bold red]FAIL[/]")
-            out.print(f"{verdict}  clean {rep['clean_acc']:.1%}, worst-case robust {rep['robust_acc']:.1%} "
-                      f"(n={rep['n']}, {rep['norm']} eps={rep['eps_text']}); report: {result.run_dir / 'verify'}",
-                      highlight=False)
+        out.print(run_table(result, outcome.recipe.name))
+        verdict = verdict_text(result)
+        if verdict is not None:
+            out.print(verdict, highlight=False)
         raise typer.Exit(result.exit_code)

@@ -177,18 +177,34 @@ def cifar100(split: str, *, root: Path | None = None, download: bool = True) -> 
     return load_cifar("cifar100", split, root=root, download=download)
 
 
-@DATASETS.register("npz")
-def npz(
-    split: str,
-    *,
-    root: Path | None = None,
-    download: bool = True,
-    path: str | Path | None = None,
-    num_classes: int | None = None,
-) -> ImageArrays:
+def _factory(read: Callable[..., ImageArrays], *, path_of: str | None = None) -> DatasetFactory:
+    """A data set factory around ``read``, taking ``root`` and ``download`` like every factory. With
+    ``path_of`` (the data set's name) the data is read from a path: the factory takes a ``path`` option and calls
+    ``read(PATH, split, **options)`` with ``path``, else ``root`` (:func:`_path_or_root`); without it nothing is
+    read from disk and ``read(split, **options)`` is called. The factory's signature lists ``read``'s own
+    keyword options (what :func:`dataset_options` reports)."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str"),
+              inspect.Parameter("root", kw, default=None, annotation="Path | None"),
+              inspect.Parameter("download", kw, default=True, annotation="bool")]
+    if path_of is not None:
+        params.append(inspect.Parameter("path", kw, default=None, annotation="str | Path | None"))
+    params += [p for p in inspect.signature(read).parameters.values() if p.kind is kw]
+
+    def factory(split: str, *, root: Path | None = None, download: bool = True, **options: Any) -> ImageArrays:
+        if path_of is None:
+            return read(split, **options)
+        return read(_path_or_root(path_of, options.pop("path", None), root), split, **options)
+
+    factory.__signature__ = inspect.Signature(params, return_annotation="ImageArrays")  # type: ignore[attr-defined]
+    factory.__name__ = factory.__qualname__ = path_of or read.__name__
+    factory.__doc__ = read.__doc__
+    return factory
+
+
+def _read_npz(p: Path, split: str, *, num_classes: int | None = None) -> ImageArrays:
     """Arrays from ``path``: a ``.npz`` file (used for either split unless it holds ``x_{split}``), or a
     folder holding ``{split}.npz``; see :func:`rkd.data.npz.read_npz` for the validated format."""
-    p = _path_or_root("npz", path, root)
     if p.is_dir():
         file = p / f"{split}.npz"
         if not file.is_file():
@@ -198,35 +214,15 @@ def npz(
     return read_npz(p, split=split, name="npz", num_classes=None if num_classes is None else int(num_classes))
 
 
-@DATASETS.register("imagefolder")
-def imagefolder(
-    split: str,
-    *,
-    root: Path | None = None,
-    download: bool = True,
-    path: str | Path | None = None,
-    image_size: int = 32,
-    crop_ratio: float | None = None,
-) -> ImageArrays:
+def _read_imagefolder(p: Path, split: str, *, image_size: int = 32, crop_ratio: float | None = None) -> ImageArrays:
     """An ImageFolder-style tree loaded into memory at ``image_size``, with the evaluation transform
     (``crop_ratio``: resize + center crop, else a plain resize); see
     :func:`rkd.data.imagefolder.read_image_folder`. Training on large folders streams instead
     (:class:`rkd.data.stream.FolderImages`)."""
-    return read_image_folder(_path_or_root("imagefolder", path, root), split, image_size=image_size,
-                             crop_ratio=crop_ratio)
+    return read_image_folder(p, split, image_size=image_size, crop_ratio=crop_ratio)
 
 
-@DATASETS.register("synthetic")
-def synthetic(
-    split: str,
-    *,
-    root: Path | None = None,
-    download: bool = True,
-    n: int | None = None,
-    num_classes: int = 10,
-    image_size: int = 32,
-    seed: int = 0,
-    noise: float = 0.1,
-) -> ImageArrays:
-    """The learnable toy problem of :func:`rkd.data.synthetic.make_synthetic` (no files, no download)."""
-    return make_synthetic(split, n=n, num_classes=num_classes, image_size=image_size, seed=seed, noise=noise)
+npz = DATASETS.register("npz")(_factory(_read_npz, path_of="npz"))
+imagefolder = DATASETS.register("imagefolder")(_factory(_read_imagefolder, path_of="imagefolder"))
+#: The learnable toy problem of :func:`rkd.data.synthetic.make_synthetic` (no files, no download).
+synthetic = DATASETS.register("synthetic")(_factory(make_synthetic))

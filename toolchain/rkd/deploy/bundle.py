@@ -27,6 +27,7 @@ from typing import Any
 
 from rkd.atomic import atomic_write_text, file_sha256, fsync_dir, scratch_dir, sweep_scratch
 from rkd.errors import CheckpointError, UsageError
+from rkd.records import check_format_version, read_record
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "rkd-bundle"
@@ -189,19 +190,10 @@ def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict[str, A
         raise CheckpointError(
             f"'{bundle_dir}' has no {MANIFEST_NAME}: not an rkd bundle (create one with `rkd export`)"
         )
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"'{path}' is not valid JSON ({exc}); re-export the bundle") from None
+    record = read_record(path, fix="re-export the bundle")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not an rkd bundle manifest (expected \"format\": \"{FORMAT}\")")
-    version = record.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        hint = "upgrade rkd" if newer else "re-export the bundle"
-        raise CheckpointError(
-            f"'{path}' has format_version {version!r}, this rkd reads {FORMAT_VERSION}; {hint}"
-        )
+    check_format_version(record, path, reads=FORMAT_VERSION, fix="re-export the bundle")
     files = record.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"'{path}' lacks a \"files\" table; re-export the bundle")

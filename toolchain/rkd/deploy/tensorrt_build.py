@@ -50,6 +50,13 @@ from pathlib import Path
 from typing import Any
 
 from rkd.atomic import atomic_write, scratch_dir, sweep_scratch
+from rkd.deploy.engine_onnx import (  # noqa: F401 - re-exported
+    FP16_CONVERSION,
+    _one_line,
+    checked_onnx,
+    convert_to_fp16,
+    has_quantize_linear,
+)
 from rkd.errors import MissingDependencyError, RkdError, UsageError
 
 PRECISIONS: tuple[str, ...] = ("int8", "fp16", "fp32")
@@ -57,10 +64,6 @@ INPUT_NAME = "input"
 #: The bundle's ONNX file each precision is built from.
 BUNDLE_ONNX: dict[str, str] = {"int8": "model.int8.onnx", "fp16": "model.onnx", "fp32": "model.onnx"}
 REBUILD_HINT = "rebuild it from the bundle's ONNX with `rkd export … --target trt`"
-FP16_CONVERSION = (
-    "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True): float16 weights and "
-    "activations inside, float32 input and output"
-)
 
 _log = logging.getLogger(__name__)
 
@@ -167,75 +170,6 @@ def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return _check_int("image_size", h), _check_int("image_size", w)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _load_onnx(onnx_path: Path, data: bytes) -> Any:
-    import onnx
-
-    try:
-        return onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise UsageError(
-            f"'{onnx_path}' is not an ONNX model ({_one_line(str(exc)) or type(exc).__name__})"
-        ) from None
-
-
-def has_quantize_linear(model: Any) -> bool:
-    """Whether an ONNX ``ModelProto`` holds QuantizeLinear nodes (a QDQ file, explicit quantization)."""
-    import onnx
-
-    def walk(graph: Any) -> bool:
-        for node in graph.node:
-            if node.op_type == "QuantizeLinear":
-                return True
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH and walk(attr.g):
-                    return True
-                if attr.type == onnx.AttributeProto.GRAPHS and any(walk(g) for g in attr.graphs):
-                    return True
-        return False
-
-    return walk(model.graph)
-
-
-def convert_to_fp16(model: Any) -> Any:
-    """The float ONNX model with float16 weights and activations and float32 input/output (see module doc).
-
-    The converter appends its input/output Casts at the end of the node list; the nodes are put back in
-    topological order (what the ONNX checker requires) before the model is handed to TensorRT.
-    """
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    _topological_sort(converted.graph)
-    return converted
-
-
-def _topological_sort(graph: Any) -> None:
-    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable otherwise)."""
-    import onnx
-
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                copy = onnx.NodeProto()
-                copy.CopyFrom(node)
-                ordered.append(copy)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            missing = sorted({n for node in rest for n in node.input if n not in available})
-            raise UsageError(f"the float16 graph has inputs no node produces: {', '.join(missing[:5])}")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-
 
 def _profile_shapes(
     onnx_path: Path, network: Any, batches: tuple[int, int, int], hw: tuple[int, int]
@@ -266,6 +200,74 @@ def _profile_shapes(
             "image size the model was exported for"
         )
     return {key: [b, *rest] for key, b in zip(("min", "opt", "max"), batches, strict=True)}
+
+
+def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> tuple[int, int, int]:
+    """The optimization profile's batch sizes, checked: positive integers, min <= opt <= max."""
+    batches = (_check_int("min_batch", min_batch), _check_int("opt_batch", opt_batch),
+               _check_int("max_batch", max_batch))
+    if not batches[0] <= batches[1] <= batches[2]:
+        raise UsageError(f"batch sizes must satisfy min <= opt <= max, got {batches[0]}, {batches[1]}, {batches[2]}")
+    return batches
+
+
+def _configure(trt: Any, builder: Any, config: Any, precision: str, shapes: dict[str, list[int]],
+               workspace_bytes: int) -> None:
+    """Set up the builder ``config``: the workspace pool limit, TF32 off for fp32, one optimization profile for
+    ``input``. (The config is made by the caller, so the TensorRT names check follows it there.)"""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp32":  # fp32 means fp32: TF32 (on by default) rounds to 10-bit mantissas
+        config.clear_flag(trt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
+    config.add_optimization_profile(profile)
+
+
+def _build_and_write(builder: Any, network: Any, config: Any, engine_path: Path, timing_cache: Path | None,
+                     what: str) -> tuple[bytes, float]:
+    """``build_serialized_network``, then the engine (and the updated timing cache) written atomically: the
+    engine's bytes and the build's seconds. A failed build is an :class:`~rkd.errors.RkdError` naming ``what``."""
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        raise RkdError(f"TensorRT failed to build an engine from {what}: see the TensorRT log above for the reason")
+    engine_bytes = bytes(serialized)
+    atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
+    if timing_cache is not None:
+        cache_bytes = bytes(config.get_timing_cache().serialize())
+        atomic_write(Path(timing_cache), lambda tmp: tmp.write_bytes(cache_bytes))
+    return engine_bytes, seconds
+
+
+def _parse(trt: Any, parser: Any, model_bytes: bytes, onnx_path: Path) -> None:
+    """``OnnxParser.parse`` the model; every parser error on one line in a UsageError when it fails."""
+    if not parser.parse(model_bytes):
+        errors = [_one_line(str(parser.get_error(i))) for i in range(parser.num_errors)]
+        detail = " | ".join(errors) if errors else "no error details"
+        raise UsageError(
+            f"TensorRT {trt.__version__} cannot parse '{onnx_path}' ({len(errors)} error(s)): {detail}"
+        )
+
+
+def _use_timing_cache(trt: Any, config: Any, timing_cache: Path | None) -> bool | None:
+    """Load ``timing_cache`` (empty when missing) into ``config``: whether a saved cache was reused, None without
+    a cache file. A cache from another GPU or TensorRT is replaced by a new one, with a warning."""
+    if timing_cache is None:
+        return None
+    timing_cache = Path(timing_cache)
+    blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None:
+        raise UsageError(
+            f"'{timing_cache}' is not a timing cache this TensorRT {trt.__version__} can read; delete it"
+        )
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        _log.warning("timing cache '%s' is from another GPU or TensorRT; starting a new one", timing_cache)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        return False
+    return bool(blob)
 
 
 def build_engine(
@@ -315,35 +317,10 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     _check_precision(precision)
-    batches = (
-        _check_int("min_batch", min_batch),
-        _check_int("opt_batch", opt_batch),
-        _check_int("max_batch", max_batch),
-    )
-    if not batches[0] <= batches[1] <= batches[2]:
-        raise UsageError(
-            f"batch sizes must satisfy min <= opt <= max, got {batches[0]}, {batches[1]}, {batches[2]}"
-        )
+    batches = _check_batches(min_batch, opt_batch, max_batch)
     hw = _image_hw(image_size)
     _check_int("workspace_bytes", workspace_bytes)
-    if not onnx_path.is_file():
-        raise UsageError(f"ONNX file not found: '{onnx_path}'")
-    data = onnx_path.read_bytes()
-    model = _load_onnx(onnx_path, data)
-    quantized = has_quantize_linear(model)
-    if precision == "int8" and not quantized:
-        raise UsageError(
-            f"'{onnx_path}' has no QuantizeLinear nodes, so it cannot give an INT8 engine (TensorRT 10/11 "
-            "take INT8 only from explicit Q/DQ): quantize first: rkd quantize"
-        )
-    if precision != "int8" and quantized:
-        raise UsageError(
-            f"'{onnx_path}' is a quantized (QDQ) model; build it with precision 'int8', or pass the float "
-            f"model.onnx for {precision}"
-        )
-    model_bytes = data
-    if precision == "fp16":
-        model_bytes = convert_to_fp16(model).SerializeToString()
+    data, model_bytes = checked_onnx(onnx_path, precision)
 
     require_cuda("building a TensorRT engine")
     trt = import_tensorrt(trt)
@@ -352,77 +329,25 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model_bytes):
-        errors = [_one_line(str(parser.get_error(i))) for i in range(parser.num_errors)]
-        detail = " | ".join(errors) if errors else "no error details"
-        raise UsageError(
-            f"TensorRT {trt.__version__} cannot parse '{onnx_path}' ({len(errors)} error(s)): {detail}"
-        )
+    parser = trt.OnnxParser(network, logger)  # kept alive with the network it fills
+    _parse(trt, parser, model_bytes, onnx_path)
     shapes = _profile_shapes(onnx_path, network, batches, hw)
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "fp32":
-        config.clear_flag(
-            trt.BuilderFlag.TF32
-        )  # fp32 means fp32: TF32 (on by default) rounds to 10-bit mantissas
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
-    config.add_optimization_profile(profile)
+    _configure(trt, builder, config, precision, shapes, workspace_bytes)
+    reused = _use_timing_cache(trt, config, timing_cache)
 
-    reused: bool | None = None
-    if timing_cache is not None:
-        timing_cache = Path(timing_cache)
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if cache is None:
-            raise UsageError(
-                f"'{timing_cache}' is not a timing cache this TensorRT {trt.__version__} can read; delete it"
-            )
-        reused = bool(blob)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            _log.warning(
-                "timing cache '%s' is from another GPU or TensorRT; starting a new one", timing_cache
-            )
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
-            reused = False
+    what = f"'{onnx_path}' ({precision}, TensorRT {trt.__version__}, {gpu['gpu']})"
+    engine_bytes, seconds = _build_and_write(builder, network, config, engine_path, timing_cache, what)
 
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
-    if serialized is None:
-        raise RkdError(
-            f"TensorRT failed to build an engine from '{onnx_path}' ({precision}, TensorRT "
-            f"{trt.__version__}, {gpu['gpu']}): see the TensorRT log above for the reason"
-        )
-    engine_bytes = bytes(serialized)
-    atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
-    if timing_cache is not None:
-        cache_bytes = bytes(config.get_timing_cache().serialize())
-        atomic_write(timing_cache, lambda tmp: tmp.write_bytes(cache_bytes))
-
-    info: dict[str, Any] = {
-        "file": engine_path.name,
-        "sha256": hashlib.sha256(engine_bytes).hexdigest(),
-        "bytes": len(engine_bytes),
-        "precision": precision,
-        "source_onnx": onnx_path.name,
-        "source_onnx_sha256": hashlib.sha256(data).hexdigest(),
-        "tensorrt": str(trt.__version__),
-        "gpu": gpu["gpu"],
-        "compute_capability": gpu["compute_capability"],
-        "strongly_typed": True,
-        "input": INPUT_NAME,
-        "profile": shapes,
-        "workspace_bytes": workspace_bytes,
-        "timing_cache_reused": reused,
-        "build_seconds": round(seconds, 3),
+    return {
+        "file": engine_path.name, "sha256": hashlib.sha256(engine_bytes).hexdigest(), "bytes": len(engine_bytes),
+        "precision": precision, "source_onnx": onnx_path.name, "source_onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "tensorrt": str(trt.__version__), "gpu": gpu["gpu"], "compute_capability": gpu["compute_capability"],
+        "strongly_typed": True, "input": INPUT_NAME, "profile": shapes, "workspace_bytes": workspace_bytes,
+        "timing_cache_reused": reused, "build_seconds": round(seconds, 3),
+        **({"onnx_conversion": FP16_CONVERSION} if precision == "fp16" else {}),
     }
-    if precision == "fp16":
-        info["onnx_conversion"] = FP16_CONVERSION
-    return info
 
 
 def build_bundle_engine(bundle_dir: Path, *, precision: str = "int8", **kw: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from rkd.atomic import file_sha256, fsync_dir
 from rkd.errors import CheckpointError, UsageError
 from rkd.models.classifier import Classifier, ModelSpec, Normalize, create_model, registered_stats
+from rkd.records import check_format_version, read_record
 
 FORMAT = "rkd-checkpoint"
 FORMAT_VERSION = 1
@@ -213,23 +214,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"checkpoint sidecar missing: '{sidecar}' (save_checkpoint writes it next to the weights); "
             "for a bare .safetensors state_dict use load_foreign_checkpoint or the CLI's --model option"
         )
-    try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"checkpoint sidecar '{sidecar}' is not valid JSON ({exc}); restore or re-save it"
-        ) from None
+    record = read_record(sidecar, what="checkpoint sidecar", fix="restore or re-save it")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(
             f"'{sidecar}' is not an rkd checkpoint sidecar (expected \"format\": \"{FORMAT}\")"
         )
-    version = record.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        hint = "upgrade rkd" if newer else "re-save the checkpoint"
-        raise CheckpointError(
-            f"'{sidecar}' has format_version {version!r}, this rkd reads {FORMAT_VERSION}; {hint}"
-        )
+    check_format_version(record, sidecar, reads=FORMAT_VERSION, fix="re-save the checkpoint")
     for key in ("model", "sha256"):
         if key not in record:
             raise CheckpointError(f"checkpoint sidecar '{sidecar}' lacks \"{key}\"; re-save the checkpoint")
@@ -357,15 +347,8 @@ def load_foreign_checkpoint(
         raise UsageError("give both mean and std, or neither")
     if mean is None or std is None:
         mean, std = registered_stats(model) or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    clf = create_model(
-        model,
-        num_classes=num_classes,
-        width=width,
-        depth=depth,
-        widen_factor=widen_factor,
-        mean=mean,
-        std=std,
-    )
+    clf = create_model(model, num_classes=num_classes, width=width, depth=depth, widen_factor=widen_factor,
+                       mean=mean, std=std)
     if path.suffix == ".safetensors":
         raw: Any = _read_safetensors(path)
     else:

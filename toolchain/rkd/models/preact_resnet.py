@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rkd.models.classifier import MODELS
-from rkd.models.resnet import scaled
+from rkd.models.resnet import add_stages, scaled
 
 
 class PreActBlock(nn.Module):
@@ -46,21 +46,10 @@ class PreActResNet(nn.Module):
     def __init__(self, num_blocks: tuple[int, ...], num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
-        self.in_planes = widths[0]
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(widths[0], num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(widths[1], num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(widths[2], num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(widths[3], num_blocks[3], stride=2)
+        add_stages(self, PreActBlock, widths, num_blocks)  # layer1 (stride 1) .. layer4 (stride 2 each)
         self.bn = nn.BatchNorm2d(widths[3] * PreActBlock.expansion)
         self.linear = nn.Linear(widths[3] * PreActBlock.expansion, num_classes)
-
-    def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(PreActBlock(self.in_planes, planes, s))
-            self.in_planes = planes * PreActBlock.expansion
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)

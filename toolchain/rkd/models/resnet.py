@@ -7,6 +7,9 @@ names match that code, so its plain state_dicts load into this ``net`` unchanged
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +20,18 @@ from rkd.models.classifier import MODELS
 def scaled(channels: int, width: float) -> int:
     """``round(channels * width)``, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+def add_stages(model: nn.Module, block: Any, widths: Sequence[int], num_blocks: Sequence[int]) -> None:
+    """Set ``model.layer1`` .. ``layerN``: stage i holds ``num_blocks[i]`` blocks of ``widths[i]`` planes, the first
+    with stride 1 in stage 1 and 2 after (He et al. 2016's CIFAR layout; kuangliu's ``_make_layer``)."""
+    in_planes = widths[0]
+    for i, (planes, count) in enumerate(zip(widths, num_blocks, strict=True)):
+        layers = []
+        for stride in [1 if i == 0 else 2] + [1] * (count - 1):
+            layers.append(block(in_planes, planes, stride))
+            in_planes = planes * block.expansion
+        setattr(model, f"layer{i + 1}", nn.Sequential(*layers))
 
 
 class BasicBlock(nn.Module):
@@ -49,21 +64,10 @@ class ResNet(nn.Module):
     def __init__(self, num_blocks: tuple[int, ...], num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
-        self.in_planes = widths[0]
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.layer1 = self._make_layer(widths[0], num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(widths[1], num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(widths[2], num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(widths[3], num_blocks[3], stride=2)
+        add_stages(self, BasicBlock, widths, num_blocks)  # layer1 (stride 1) .. layer4 (stride 2 each)
         self.linear = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
-
-    def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes * BasicBlock.expansion
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -94,6 +94,73 @@ def scheme_options(scheme: str) -> dict[str, Any]:
             "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
 
 
+def _pre_process(float_onnx: Path, pre: Path, exclude: list[str], names: list[str]) -> Any:
+    """``quant_pre_process`` ``float_onnx`` into ``pre`` and return it loaded; a node to exclude that the
+    pre-processed graph lacks is a UsageError naming the closest one."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(float_onnx), str(pre))
+    except Exception as exc:  # onnxruntime raises many types
+        raise UsageError(f"quant_pre_process failed on '{float_onnx}': {_first_line(exc)}") from None
+    pre_model = onnx.load(str(pre))
+    pre_names = {n.name for n in pre_model.graph.node}
+    unknown = [n for n in exclude if n not in pre_names]
+    if unknown:
+        known = sorted(pre_names | set(names))
+        raise UsageError(
+            f"cannot exclude node '{unknown[0]}': no such node{did_you_mean(unknown[0], known)} "
+            "(names as listed by --debug-layers)"
+        )
+    return pre_model
+
+
+def _quantize_static(pre: Path, out: Path, reader: Any, *, float_onnx: Path, **settings: Any) -> None:
+    """``quantize_static`` (QDQ, per-channel, no reduced range) of ``pre`` into ``out`` with ``settings``, then
+    ``onnx.checker.check_model``; any failure is a one-line UsageError."""
+    import onnx
+    import onnxruntime.quantization as oq
+
+    try:
+        oq.quantize_static(str(pre), str(out), reader, quant_format=oq.QuantFormat.QDQ, per_channel=True,
+                           reduce_range=False, **settings)
+    except UsageError:
+        raise
+    except Exception as exc:
+        first = _first_line(exc)
+        raise UsageError(f"ONNX Runtime quantize_static failed on '{float_onnx}': {first}") from None
+    try:
+        onnx.checker.check_model(str(out), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise UsageError(f"ONNX checker rejected the quantized model: {_first_line(exc)}") from None
+
+
+def _settings(scheme: str, method: str, images: int, exclude: list[str], extra: dict[str, Any], *,
+              entropy_overridden: int, logits_float: bool) -> dict[str, Any]:
+    """The settings a quantization used, JSON-ready, for the bundle manifest."""
+    return {
+        "format": "QDQ",
+        "scheme": scheme,
+        "activation_type": "int8" if scheme == "trt" else "uint8",
+        "weight_type": "int8",
+        "activation_symmetric": scheme == "trt",
+        "weight_symmetric": True,
+        "per_channel_weights": True,
+        "reduce_range": False,
+        "calibration_method": method,
+        "calibration_images": int(images),
+        **({"entropy": {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                        "ranges_overridden": entropy_overridden}} if method == "entropy" else {}),
+        "nodes_to_exclude": exclude,
+        "logits": "float" if logits_float else "int8",
+        "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process",
+        "quantizer": "onnxruntime.quantization.quantize_static",
+        "extra_options": {k: v for k, v in extra.items()},
+        "onnxruntime": _version("onnxruntime"),
+    }
+
+
 def quantize_onnx(
     float_onnx: str | Path,
     int8_onnx: str | Path,
@@ -129,7 +196,6 @@ def quantize_onnx(
     """
     import onnx
     import onnxruntime.quantization as oq
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     scheme = _choice("quantization scheme", scheme, SCHEMES)
     method = _choice("calibration method", method, METHODS)
@@ -149,19 +215,7 @@ def quantize_onnx(
 
     with tempfile.TemporaryDirectory(prefix="rkd-quantize-") as tmp:
         pre, out = Path(tmp) / "model.pre.onnx", Path(tmp) / "model.int8.onnx"
-        try:
-            quant_pre_process(str(float_onnx), str(pre))
-        except Exception as exc:  # onnxruntime raises many types
-            raise UsageError(f"quant_pre_process failed on '{float_onnx}': {_first_line(exc)}") from None
-        pre_model = onnx.load(str(pre))
-        pre_names = {n.name for n in pre_model.graph.node}
-        unknown = [n for n in exclude if n not in pre_names]
-        if unknown:
-            known = sorted(pre_names | set(names))
-            raise UsageError(
-                f"cannot exclude node '{unknown[0]}': no such node{did_you_mean(unknown[0], known)} "
-                "(names as listed by --debug-layers)"
-            )
+        pre_model = _pre_process(float_onnx, pre, exclude, names)
         producer = None if quantize_output else _output_producer_op(pre_model)
         if producer is not None:
             extra["OpTypesToExcludeOutputQuantization"] = [producer]
@@ -172,45 +226,14 @@ def quantize_onnx(
             overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                          for name, (lo, hi) in ranges.items()}
             calibrate_method = oq.CalibrationMethod.MinMax  # its ranges are all overridden
-        try:
-            oq.quantize_static(
-                str(pre), str(out), reader, quant_format=oq.QuantFormat.QDQ, per_channel=True,
-                reduce_range=False, activation_type=options["activation_type"],
-                weight_type=options["weight_type"], calibrate_method=calibrate_method,
-                nodes_to_exclude=exclude,
-                extra_options=extra | ({"TensorQuantOverrides": overrides} if overrides else {}),
-            )
-        except UsageError:
-            raise
-        except Exception as exc:
-            first = _first_line(exc)
-            raise UsageError(f"ONNX Runtime quantize_static failed on '{float_onnx}': {first}") from None
-        try:
-            onnx.checker.check_model(str(out), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise UsageError(f"ONNX checker rejected the quantized model: {_first_line(exc)}") from None
+        _quantize_static(pre, out, reader, float_onnx=float_onnx, calibrate_method=calibrate_method,
+                         nodes_to_exclude=exclude, activation_type=options["activation_type"],
+                         weight_type=options["weight_type"],
+                         extra_options=extra | ({"TensorQuantOverrides": overrides} if overrides else {}))
         atomic_write(int8_onnx, lambda dst: shutil.copyfile(out, dst))
 
-    return {
-        "format": "QDQ",
-        "scheme": scheme,
-        "activation_type": "int8" if scheme == "trt" else "uint8",
-        "weight_type": "int8",
-        "activation_symmetric": scheme == "trt",
-        "weight_symmetric": True,
-        "per_channel_weights": True,
-        "reduce_range": False,
-        "calibration_method": method,
-        "calibration_images": int(len(reader.images)),
-        **({"entropy": {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
-                        "ranges_overridden": len(overrides)}} if method == "entropy" else {}),
-        "nodes_to_exclude": exclude,
-        "logits": "int8" if producer is None else "float",
-        "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process",
-        "quantizer": "onnxruntime.quantization.quantize_static",
-        "extra_options": {k: v for k, v in extra.items()},
-        "onnxruntime": _version("onnxruntime"),
-    }
+    return _settings(scheme, method, len(reader.images), exclude, extra, entropy_overridden=len(overrides),
+                     logits_float=producer is not None)
 
 
 def entropy_ranges(
