@@ -264,7 +264,7 @@ def run_autoattack(
             within one): a later call with the same path, inputs and settings continues where it stopped,
             and a finished state returns its result without attacking. A state made for other inputs or
             settings is a UsageError.
-        log: called with every progress line (the library's and rkd's).
+        log: called with rkd's progress lines and the library's warnings (its other lines go to the log).
 
     Returns:
         :class:`AutoAttackResult`.

@@ -16,7 +16,7 @@ LIBRARY_LOGGER = "auto-attack"
 
 
 class _LibraryLogCapture(logging.Handler):
-    """Collects the library's warnings; forwards every line to ``log`` and to this module's logger."""
+    """Collects the library's warnings (also forwarded to ``log``); every line goes to this module's logger."""
 
     def __init__(self, messages: list[str], log: Callable[[str], None] | None) -> None:
         super().__init__(logging.DEBUG)
@@ -29,10 +29,10 @@ class _LibraryLogCapture(logging.Handler):
             if msg not in self.messages:
                 self.messages.append(msg)
                 logger.warning("AutoAttack: %s", msg)
-        else:
-            logger.debug("AutoAttack: %s", msg)
-        if self.log is not None:
-            self.log(msg)
+            if self.log is not None:
+                self.log(msg)
+        else:  # the library's progress: rkd's log at INFO (``rkd -v``), not the caller's progress lines
+            logger.info("AutoAttack: %s", msg)
 
 
 @contextmanager

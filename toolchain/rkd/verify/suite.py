@@ -25,6 +25,7 @@ from torch import nn
 
 from rkd.attacks.predictions import NO_CLASS, batched_classes
 from rkd.errors import UsageError
+from rkd.progress import WorkProgress, reporting
 from rkd.verify.attack_spec import (  # noqa: F401  (re-exported: the suite's public names)
     AA_SUBATTACKS,
     MAX_RESTARTS,
@@ -107,6 +108,7 @@ def evaluate_robustness(
     done: Mapping[str, AttackOutcome] | None = None,
     on_outcome: Callable[[AttackOutcome], None] | None = None,
     log: Callable[[str], None] | None = None,
+    progress: WorkProgress | None = None,
 ) -> RobustnessResult:
     """Run the suite on ``(x, y)`` (float NCHW in [0,1], int64 labels; kept on CPU, moved per batch).
 
@@ -133,6 +135,8 @@ def evaluate_robustness(
         done: outcomes already measured (a resumed run): reused, not recomputed.
         on_outcome: called with each newly measured outcome (to save it).
         log: receives one line per finished attack.
+        progress: receives each attack's progress (samples done, robust so far; :mod:`rkd.progress`); default:
+            the sink installed with :func:`rkd.progress.reporting`, if any.
     """
     if norm == "linf" and not 0.0 < eps <= 1.0:
         raise UsageError(f"eps must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
@@ -155,20 +159,21 @@ def evaluate_robustness(
                    along_path=score_every_iterate and not attack_errors,  # from a wrong sample, x_0 already "fools"
                    aa_states=autoattack_state_paths(autoattack_state, [s.name for s in specs if s.kind == "autoattack"]),
                    log=log)
-    for spec in specs:
-        if spec.kind == "clean":
-            continue
-        if spec.name in done:
-            outcomes[spec.name] = done[spec.name]
-        else:
-            t0 = time.perf_counter()
-            correct, details, x_adv = RUNNERS[spec.kind](run, spec)
-            outcomes[spec.name] = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details, x_adv)
-            if on_outcome is not None:
-                on_outcome(outcomes[spec.name])
-            if log is not None:
-                log(f"{spec.name}: {int(correct.sum())}/{len(x)} robust ({time.perf_counter() - t0:.1f} s)")
-        run.robust_so_far &= outcomes[spec.name].correct
+    with reporting(progress):
+        for spec in specs:
+            if spec.kind == "clean":
+                continue
+            if spec.name in done:
+                outcomes[spec.name] = done[spec.name]
+            else:
+                t0 = time.perf_counter()
+                correct, details, x_adv = RUNNERS[spec.kind](run, spec)
+                outcomes[spec.name] = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details, x_adv)
+                if on_outcome is not None:
+                    on_outcome(outcomes[spec.name])
+                if log is not None:
+                    log(f"{spec.name}: {int(correct.sum())}/{len(x)} robust ({time.perf_counter() - t0:.1f} s)")
+            run.robust_so_far &= outcomes[spec.name].correct
     return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=len(x),
                             warnings=_suite_warnings(outcomes, y), labels=y.cpu())
 
