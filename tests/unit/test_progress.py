@@ -141,3 +141,27 @@ def test_autoattack_reports_progress_and_keeps_stdout_clean(capsys: pytest.Captu
     _check_units(rec.units)
     assert rec.units[0]["total"] == int(res.clean.sum())
     assert rec.units[0]["steps"][-1][1] == int(res.robust.sum())
+
+
+def test_inside_another_live_display_the_attack_bar_does_not_fail() -> None:
+    """A held-out evaluation inside a training bar: Rich before 14 refuses a second live display (LiveError), so
+    the attack bar then stays quiet; newer Rich nests it. Either way the work goes on."""
+    from rich.progress import Progress
+
+    from rkd.cli._common import AttackProgress
+
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=True, width=120)
+    outer = Progress(console=con)
+    outer.start()
+    try:
+        display = AttackProgress(con, interval=0.0)
+        display.start("pgd10", 10)
+        display.advance(5, 2)
+        display.end()
+    finally:
+        outer.stop()
+    display.start("pgd10", 10)  # alone, it shows its bar
+    display.advance(5, 2)
+    display.end()
+    assert "pgd10" in buf.getvalue() and "robust 2/5" in buf.getvalue()

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.errors import LiveError
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -196,7 +197,11 @@ class AttackProgress:
                 TextColumn("robust {task.fields[robust]}"), TimeElapsedColumn(), TextColumn("eta"),
                 TimeRemainingColumn(), console=self._console, transient=True,
             )
-            self._progress.start()
+            try:
+                self._progress.start()
+            except LiveError:  # another display is live (a training bar around a held-out evaluation): stay quiet
+                self._progress = None
+                return
             self._task = self._progress.add_task(label, total=total, robust="-")
 
     def advance(self, done: int, robust: int) -> None:  # noqa: D102
@@ -204,6 +209,8 @@ class AttackProgress:
 
         if self._progress is not None:
             self._progress.update(self._task, completed=done, robust=f"{robust}/{done}")
+            return
+        if self._console.is_terminal:
             return
         now = time.monotonic()
         if now - self._last < self._interval or done >= self._total:
