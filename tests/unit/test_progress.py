@@ -11,7 +11,7 @@ from rich.console import Console
 
 from rkd.data import load_dataset
 from rkd.errors import UsageError
-from rkd.progress import active, reporting, unit
+from rkd.progress import active, labelled, reporting, unit
 from rkd.testing import train_tiny_classifier
 from rkd.verify.suite import evaluate_robustness
 
@@ -68,8 +68,11 @@ def test_an_installed_sink_is_seen_by_nested_work_and_removed_after() -> None:
             sink.advance(3, 1)
         with reporting(None):  # None keeps the sink in force
             assert active() is rec
+        with labelled("engine "), labelled("curve "), unit("pgd5", 2) as sink:
+            sink.advance(2, 2)
     assert not isinstance(active(), Recorder)
-    assert rec.units == [{"label": "job", "total": 3, "steps": [(3, 1)], "ended": True}]
+    assert rec.units == [{"label": "job", "total": 3, "steps": [(3, 1)], "ended": True},
+                         {"label": "engine curve pgd5", "total": 2, "steps": [(2, 2)], "ended": True}]
 
 
 def test_without_a_terminal_progress_is_a_plain_line_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,3 +73,27 @@ def unit(label: str, total: int, sink: WorkProgress | None = None) -> Iterator[W
         yield sink
     finally:
         sink.end()
+
+
+class _Prefixed:
+    """Passes everything on to ``inner``, with ``prefix`` in front of each label."""
+
+    def __init__(self, prefix: str, inner: WorkProgress) -> None:
+        self.prefix, self.inner = prefix, inner
+
+    def start(self, label: str, total: int) -> None:  # noqa: D102
+        self.inner.start(self.prefix + label, total)
+
+    def advance(self, done: int, robust: int) -> None:  # noqa: D102
+        self.inner.advance(done, robust)
+
+    def end(self) -> None:  # noqa: D102
+        self.inner.end()
+
+
+@contextlib.contextmanager
+def labelled(prefix: str) -> Iterator[WorkProgress]:
+    """Within the block, the sink in force sees every label with ``prefix`` in front (e.g. which model, which
+    eps)."""
+    with reporting(_Prefixed(prefix, active())) as sink:
+        yield sink

@@ -31,6 +31,7 @@ from torch import nn
 
 from rkd.data import indices_sha256, samples_sha256
 from rkd.environment import device_description, package_versions
+from rkd.progress import labelled
 from rkd.stats import wilson_interval
 from rkd.verify.attack_spec import GRADIENT_KINDS, AttackSpec, parse_attacks
 from rkd.verify.checks import (  # noqa: F401  (check_gates_measurable: also used by rkd run before it trains)
@@ -207,10 +208,11 @@ def _curve(
                                           seed=request.seed, device=request.device)
             elif not (res is not None and abs(value - float(request.eps or 0.0)) <= 1e-12
                       and all(n in res.outcomes for n in names)):
-                res = evaluate_robustness(models[label], x, y, attacks=chosen, eps=value,
-                                          alpha=min(request.alpha, value / 4), norm=norm,
-                                          batch_size=request.batch_size, seed=request.seed, device=request.device,
-                                          score_every_iterate=True)
+                with labelled(f"curve eps={_eps_text(value, norm)} {label} "):
+                    res = evaluate_robustness(models[label], x, y, attacks=chosen, eps=value,
+                                              alpha=min(request.alpha, value / 4), norm=norm,
+                                              batch_size=request.batch_size, seed=request.seed,
+                                              device=request.device, score_every_iterate=True)
             k = _worst_over(res, names if value else [])
             rows[label].append(k / len(x) if len(x) else 0.0)
             bands[label].append(list(wilson_interval(k, len(x))))
@@ -253,9 +255,10 @@ def _file_record(path: Any) -> dict[str, Any] | None:
 def _attack(model: nn.Module, who: str, x: torch.Tensor, y: torch.Tensor, specs: Sequence[AttackSpec],
             state: VerifyState, log: Callable[[str], None] | None, **suite_kw: Any) -> RobustnessResult:
     """The suite on one side (``float`` or ``engine``), resumed from and saved to ``state``."""
-    return evaluate_robustness(model, x, y, attacks=list(specs), autoattack_state=state.autoattack_path(who),
-                               done=state.load(who, ["clean"] + [s.name for s in specs]),
-                               on_outcome=lambda o: state.save(who, o), log=log, **suite_kw)
+    with labelled(f"{who} "):
+        return evaluate_robustness(model, x, y, attacks=list(specs), autoattack_state=state.autoattack_path(who),
+                                   done=state.load(who, ["clean"] + [s.name for s in specs]),
+                                   on_outcome=lambda o: state.save(who, o), log=log, **suite_kw)
 
 
 def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
