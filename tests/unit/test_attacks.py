@@ -4,6 +4,7 @@ state hygiene, argument checks, and the AutoAttack adapter (CPU, small synthetic
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -729,22 +730,36 @@ def test_autoattack_resumes_inside_an_attack(
 
     flaky = Interruptible(model).eval()
     chunks = 0
+    library_lines: list[str] = []
 
-    def arm_on_second_chunk(line: str) -> None:
-        nonlocal chunks
-        if line.startswith("using custom version"):
-            chunks += 1
-            flaky.armed = chunks == 2
+    class ArmOnSecondChunk(logging.Handler):  # the library's progress lines reach rkd's log, not ``log``
+        def emit(self, record: logging.LogRecord) -> None:
+            nonlocal chunks
+            line = record.getMessage().removeprefix("AutoAttack: ")
+            library_lines.append(line)
+            if line.startswith("using custom version"):
+                chunks += 1
+                flaky.armed = chunks == 2
 
-    state = tmp_path / "aa.state"
-    with pytest.raises(RuntimeError, match="interrupted"):
-        run_autoattack(flaky, x, y, state_path=state, log=arm_on_second_chunk, **kw)
-    assert chunks == 2 and state.exists()
-    assert all(p.requires_grad for p in model.parameters())
-    lines: list[str] = []
-    resumed = run_autoattack(model, x, y, state_path=state, log=lines.append, **kw)
+    aa_logger = logging.getLogger("rkd.attacks.autoattack")
+    handler, level = ArmOnSecondChunk(), aa_logger.level
+    aa_logger.addHandler(handler)
+    aa_logger.setLevel(logging.INFO)
+    try:
+        state = tmp_path / "aa.state"
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run_autoattack(flaky, x, y, state_path=state, **kw)
+        assert chunks == 2 and state.exists()
+        assert all(p.requires_grad for p in model.parameters())
+        lines: list[str] = []
+        library_lines.clear()
+        resumed = run_autoattack(model, x, y, state_path=state, log=lines.append, **kw)
+    finally:
+        aa_logger.removeHandler(handler)
+        aa_logger.setLevel(level)
     assert any("resumed" in line for line in lines)
-    assert sum(line.startswith("using custom version including apgd-ce") for line in lines) == 1
+    assert not any(line.startswith("using custom version") for line in lines)
+    assert sum(line.startswith("using custom version including apgd-ce") for line in library_lines) == 1
     assert resumed.broken_by == full.broken_by
     assert torch.equal(resumed.robust, full.robust)
     assert torch.equal(resumed.x_adv, full.x_adv)

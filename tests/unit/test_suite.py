@@ -236,3 +236,22 @@ def test_l2_suite_stays_in_the_l2_ball() -> None:
         assert float(delta.norm(dim=1).max()) <= 0.5 + 1e-5, name
         assert float(delta.abs().max()) > 8 / 255  # an L2 step, not an L-inf one of radius 0.5 either
     evaluate_robustness(model, x[:2], y[:2], attacks="fgsm", eps=1.5, norm="l2")  # L2 radii may exceed 1
+
+
+def test_options_object_and_keywords_give_the_same_result() -> None:
+    from rkd.verify.suite import SuiteOptions
+
+    model = train_tiny_classifier()
+    data = load_dataset("synthetic", "test", n=40)
+    x, y = data.to_float(), data.y
+    kw = {"alpha": 3 / 255, "batch_size": 16, "seed": 5, "score_every_iterate": True, "keep_adv": True}
+    a = evaluate_robustness(model, x, y, attacks="pgd3", eps=8 / 255, **kw)
+    b = evaluate_robustness(model, x, y, attacks="pgd3", eps=8 / 255, options=SuiteOptions(**kw))
+    assert torch.equal(a.outcomes["pgd3"].correct, b.outcomes["pgd3"].correct)
+    assert torch.equal(a.outcomes["pgd3"].x_adv, b.outcomes["pgd3"].x_adv)
+    c = evaluate_robustness(model, x, y, attacks="pgd3", eps=8 / 255, options=SuiteOptions(**{**kw, "seed": 6}))
+    assert not torch.equal(a.outcomes["pgd3"].x_adv, c.outcomes["pgd3"].x_adv)  # the options reach the attack
+    with pytest.raises(UsageError, match="unknown setting.*alhpa"):
+        evaluate_robustness(model, x, y, attacks="pgd3", eps=8 / 255, alhpa=0.1)
+    with pytest.raises(UsageError, match="not both"):
+        evaluate_robustness(model, x, y, attacks="pgd3", eps=8 / 255, options=SuiteOptions(), seed=1)

@@ -28,19 +28,18 @@ pyautoattack 0.2.0 facts this relies on (read from its source):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from rkd.attacks.autoattack_state import CLEAN_WRONG, ROBUST, AutoAttackState, model_sha256
 from rkd.attacks.checks import (
     check_choice,
     check_count,
@@ -50,22 +49,18 @@ from rkd.attacks.checks import (
     frozen_parameters,
     model_device,
 )
+from rkd.attacks.library_output import LIBRARY_LOGGER, captured_library_logs, stdout_to_log  # noqa: F401
 from rkd.attacks.predictions import batched_classes
 from rkd.data.subsets import samples_sha256
 from rkd.errors import UsageError
+from rkd.progress import unit as progress_unit
 
 logger = logging.getLogger(__name__)
 
-LIBRARY_LOGGER = "auto-attack"
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 VERSIONS = ("standard", "plus", "rand", "custom")
 _LIBRARY_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
-_STATE_FORMAT = "rkd-autoattack-state/1"
 _SAVE_EVERY_S = 30.0
-
-# Codes per sample in the state: ROBUST so far, CLEAN_WRONG, or i + 1 = broken by attacks[i].
-_ROBUST = -1
-_CLEAN_WRONG = 0
 
 
 @dataclass
@@ -121,42 +116,6 @@ class AutoAttackResult:
         return float(self.robust.float().mean()) if self.n else float("nan")
 
 
-class _LibraryLogCapture(logging.Handler):
-    """Collects the library's warnings; forwards every line to ``log`` and to this module's logger."""
-
-    def __init__(self, messages: list[str], log: Callable[[str], None] | None) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages = messages
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            if msg not in self.messages:
-                self.messages.append(msg)
-                logger.warning("AutoAttack: %s", msg)
-        else:
-            logger.debug("AutoAttack: %s", msg)
-        if self.log is not None:
-            self.log(msg)
-
-
-@contextmanager
-def _captured_library_logs(messages: list[str], log: Callable[[str], None] | None) -> Iterator[None]:
-    lib = logging.getLogger(LIBRARY_LOGGER)
-    level, propagate = lib.level, lib.propagate
-    handler = _LibraryLogCapture(messages, log)
-    lib.addHandler(handler)
-    lib.setLevel(logging.DEBUG)
-    lib.propagate = False  # re-emitted through rkd's logger instead, at the caller's levels
-    try:
-        yield
-    finally:
-        lib.removeHandler(handler)
-        lib.setLevel(level)
-        lib.propagate = propagate
-
-
 @contextmanager
 def _preserved_rng(device: torch.device) -> Iterator[None]:
     devices: list[int] = []
@@ -169,78 +128,6 @@ def _preserved_rng(device: torch.device) -> Iterator[None]:
 def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
     """:func:`~rkd.attacks.predictions.predicted_class` (N,) on x's device, batched, without grad."""
     return batched_classes(model, x, batch_size, device).to(x.device)
-
-
-def _model_sha256(model: nn.Module) -> str:
-    """sha256 of the model's parameters and buffers (shapes, dtypes, values, in order; not their names, so a
-    wrapper around the same model matches): a state file made for another model is refused."""
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@dataclass
-class _State:
-    config: dict
-    codes: torch.Tensor  # int16 (N,), CPU
-    attempted: torch.Tensor  # bool (N,), CPU: points the current attack has finished
-    current: int  # index of the attack in progress; len(attacks) when done
-    seconds: dict[str, float]
-    messages: list[str]
-
-    def save(self, path: Path, x_adv: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        broken = (self.codes > 0).nonzero().squeeze(1)
-        tensors = {
-            "codes": self.codes.contiguous(),
-            "attempted": self.attempted.contiguous(),
-            "adv_idx": broken.contiguous(),
-            "adv": x_adv[broken.to(x_adv.device)].detach().to("cpu").contiguous(),
-        }
-        meta = {
-            "format": _STATE_FORMAT,
-            "config": json.dumps(self.config, sort_keys=True),
-            "current": str(self.current),
-            "seconds": json.dumps(self.seconds),
-            "messages": json.dumps(self.messages),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path, config: dict, x_adv: torch.Tensor) -> _State:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
-            if meta.get("format") != _STATE_FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}")
-            saved = json.loads(meta["config"])
-            current = int(meta["current"])
-            seconds = {str(k): float(v) for k, v in json.loads(meta["seconds"]).items()}
-            messages = [str(m) for m in json.loads(meta["messages"])]
-            codes, attempted = tensors["codes"], tensors["attempted"]
-            adv_idx, adv = tensors["adv_idx"], tensors["adv"]
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-            raise UsageError(
-                f"AutoAttack state {path} is not a readable rkd state file ({exc}); delete it"
-            ) from None
-        differs = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-        if differs:
-            raise UsageError(
-                f"AutoAttack state {path} was made for another run (differs in: {', '.join(differs)}); "
-                "delete it or pass another state_path"
-            )
-        x_adv[adv_idx.to(x_adv.device)] = adv.to(x_adv.device, x_adv.dtype)
-        return cls(saved, codes, attempted, current, seconds, messages)
 
 
 def require_pyautoattack(what: str = "AutoAttack") -> None:
@@ -274,6 +161,68 @@ def _resolve_attacks(version: str, attacks: list[str] | None) -> tuple[str, list
     return "custom", names
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """The checked arguments of one :func:`run_autoattack` call."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: float
+    lib_norm: str
+    version: str
+    custom: list[str] | None
+    batch_size: int
+    seed: int
+    device: torch.device
+    path: Path | None
+
+
+def _check_arguments(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, version: str,
+                     attacks: list[str] | None, batch_size: int, seed: int, device: str | torch.device | None,
+                     state_path: str | Path | None) -> _Setup:
+    """Every argument checked before the library is imported (UsageError naming the bad one)."""
+    norm_key = check_choice("norm", norm, tuple(_LIBRARY_NORMS))
+    eps = check_eps(eps, norm_key)
+    version, custom = _resolve_attacks(version, attacks)
+    batch_size = check_count("batch_size", batch_size)
+    seed = check_count("seed", seed, minimum=0)
+    if torch.is_inference_mode_enabled():
+        raise UsageError("run_autoattack needs autograd: call it outside torch.inference_mode")
+    x = check_images(x)
+    if x.dim() != 4:
+        raise UsageError(f"x must be shaped (N, C, H, W); got {tuple(x.shape)}")
+    x = x.contiguous()
+    y = check_labels(y, x.shape[0], x.device)
+    own_device = model_device(model, x.device)
+    dev = torch.device(device) if device is not None else own_device
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if any(True for _ in model.parameters()) and own_device != dev:
+        raise UsageError(
+            f"device {dev} differs from the model's device {own_device}; move the model or omit device"
+        )
+    path = Path(state_path) if state_path is not None else None
+    return _Setup(x, y, eps, _LIBRARY_NORMS[norm_key], version, custom, batch_size, seed, dev, path)
+
+
+class _Notes:
+    """rkd's own progress lines and warnings: warnings kept once in ``messages``; every line to ``log``."""
+
+    def __init__(self, messages: list[str], log: Callable[[str], None] | None) -> None:
+        self.messages = messages
+        self.log = log
+
+    def __call__(self, msg: str, warn: bool = False) -> None:
+        if warn:
+            if msg not in self.messages:
+                self.messages.append(msg)
+            logger.warning("%s", msg)
+        else:
+            logger.info("%s", msg)
+        if self.log is not None:
+            self.log(msg)
+
+
 def run_autoattack(
     model: nn.Module,
     x: torch.Tensor,
@@ -296,6 +245,9 @@ def run_autoattack(
     parameters (so a subset's numbers are those of the same attacks in standard AutoAttack), labelled
     version "custom". Target counts are capped at (classes - 1) for models with fewer than 10 classes.
 
+    Progress goes to the sink installed with :func:`rkd.progress.reporting` (one unit per sub-attack, advanced
+    per chunk); whatever pyautoattack prints to stdout goes to this module's logger (INFO), not to stdout.
+
     Args:
         model: the classifier (inputs in [0, 1], logits out), in eval mode (its mode is not changed; a model
             in training mode is reported in ``messages``). Its parameters are frozen during the run.
@@ -312,7 +264,7 @@ def run_autoattack(
             within one): a later call with the same path, inputs and settings continues where it stopped,
             and a finished state returns its result without attacking. A state made for other inputs or
             settings is a UsageError.
-        log: called with every progress line (the library's and rkd's).
+        log: called with rkd's progress lines and the library's warnings (its other lines go to the log).
 
     Returns:
         :class:`AutoAttackResult`.
@@ -320,167 +272,132 @@ def run_autoattack(
     Raises:
         UsageError: bad eps, norm, version or attack names, inputs outside [0, 1], shapes, a mismatched state.
     """
-    norm_key = check_choice("norm", norm, tuple(_LIBRARY_NORMS))
-    lib_norm = _LIBRARY_NORMS[norm_key]
-    eps = check_eps(eps, norm_key)
-    version, custom = _resolve_attacks(version, attacks)
-    batch_size = check_count("batch_size", batch_size)
-    seed = check_count("seed", seed, minimum=0)
-    if torch.is_inference_mode_enabled():
-        raise UsageError("run_autoattack needs autograd: call it outside torch.inference_mode")
-    x = check_images(x)
-    if x.dim() != 4:
-        raise UsageError(f"x must be shaped (N, C, H, W); got {tuple(x.shape)}")
-    x = x.contiguous()
-    y = check_labels(y, x.shape[0], x.device)
-    own_device = model_device(model, x.device)
-    dev = torch.device(device) if device is not None else own_device
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    if any(True for _ in model.parameters()) and own_device != dev:
-        raise UsageError(
-            f"device {dev} differs from the model's device {own_device}; move the model or omit device"
-        )
-    path = Path(state_path) if state_path is not None else None
-
+    s = _check_arguments(model, x, y, eps=eps, norm=norm, version=version, attacks=attacks, batch_size=batch_size,
+                         seed=seed, device=device, state_path=state_path)
     require_pyautoattack()
     from pyautoattack import AutoAttack
-    from pyautoattack import checks as aa_checks
 
     messages: list[str] = []
-
-    def note(msg: str, warn: bool = False) -> None:
-        if warn:
-            if msg not in messages:
-                messages.append(msg)
-            logger.warning("%s", msg)
-        else:
-            logger.info("%s", msg)
-        if log is not None:
-            log(msg)
-
-    n = x.shape[0]
-    with _captured_library_logs(messages, log), frozen_parameters(model), _preserved_rng(dev):
-        aa = AutoAttack(
-            model,
-            device=dev,
-            eps=eps,
-            norm=lib_norm,
-            seed=seed,
-            version="standard" if version == "custom" else version,
-        )
-        if custom is not None:
-            aa.attacks_to_run = list(custom)
+    note = _Notes(messages, log)
+    with (captured_library_logs(messages, log), stdout_to_log(), frozen_parameters(model),
+          _preserved_rng(s.device)):
+        aa = AutoAttack(model, device=s.device, eps=s.eps, norm=s.lib_norm, seed=s.seed,
+                        version="standard" if s.version == "custom" else s.version)
+        if s.custom is not None:
+            aa.attacks_to_run = list(s.custom)
             aa.version = "custom"
         names: list[str] = list(aa.attacks_to_run)
-        x_adv = x.clone()
-        config = {
-            "eps": eps,
-            "norm": lib_norm,
-            "version": version,
-            "attacks": names,
-            "seed": seed,
-            "n": n,
-            "inputs_sha256": samples_sha256(x, y) if path is not None else "",
-            "model_sha256": _model_sha256(model) if path is not None else "",
-            "batch_size": batch_size,
-        }
-        if path is not None and path.exists():
-            state = _State.load(path, config, x_adv)
-            for m in state.messages:
-                if m not in messages:
-                    messages.append(m)
-            note(f"AutoAttack: resumed {path} at attack {state.current + 1} of {len(names)}")
-        else:
-            clean_pred = _predict(model, x, dev, batch_size)
-            codes = torch.where((clean_pred == y).cpu(), _ROBUST, _CLEAN_WRONG).to(torch.int16)
-            state = _State(config, codes, torch.zeros(n, dtype=torch.bool), 0, {}, messages)
-            if path is not None:
-                state.save(path, x_adv)
-        state.messages = messages
+        x_adv = s.x.clone()
+        state = _open_state(model, s, names, x_adv, note)
         if model.training:
-            note(
-                "the model is in training mode (batch-norm statistics and dropout change under attack); "
-                "call model.eval() first",
-                warn=True,
-            )
-        if n > 0 and state.current < len(names):
-            _cap_targets(aa, model, x[:1].to(dev), names, note)
-
+            note("the model is in training mode (batch-norm statistics and dropout change under attack); "
+                 "call model.eval() first", warn=True)
+        if s.x.shape[0] > 0 and state.current < len(names):
+            _cap_targets(aa, model, s.x[:1].to(s.device), names, note)
         last_save = time.monotonic()
         for i in range(state.current, len(names)):
-            name = names[i]
-            aa.attacks_to_run = [name]
-            todo = ((state.codes == _ROBUST) & ~state.attempted).nonzero().squeeze(1)
-            t0 = time.monotonic()
-            n_broken = 0
-            for chunk in todo.split(batch_size) if todo.numel() else ():
-                idx = chunk.to(x.device)
-                xs, ys = x[idx].contiguous(), y[idx]
-                adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=batch_size)
-                adv = adv.to(x.device)
-                fooled = _predict(model, adv, dev, batch_size) != ys
-                x_adv[idx[fooled]] = adv[fooled]
-                fooled_cpu = fooled.cpu()
-                state.codes[chunk[fooled_cpu]] = i + 1
-                state.attempted[chunk] = True
-                n_broken += int(fooled_cpu.sum())
-                if path is not None and time.monotonic() - last_save > _SAVE_EVERY_S:
-                    state.save(path, x_adv)
-                    last_save = time.monotonic()
-            state.seconds[name] = state.seconds.get(name, 0.0) + time.monotonic() - t0
-            state.attempted.zero_()
-            state.current = i + 1
-            if path is not None:
-                state.save(path, x_adv)
+            last_save = _run_one(aa, model, s, state, i, names, x_adv, last_save, note)
+        return _result(aa, model, s, state, names, x_adv, note)
+
+
+def _open_state(model: nn.Module, s: _Setup, names: list[str], x_adv: torch.Tensor, note: _Notes) -> AutoAttackState:
+    """The resumed state at ``s.path`` (filling ``x_adv``), or a new one after the clean check."""
+    n = s.x.shape[0]
+    config = {
+        "eps": s.eps, "norm": s.lib_norm, "version": s.version, "attacks": names, "seed": s.seed, "n": n,
+        "inputs_sha256": samples_sha256(s.x, s.y) if s.path is not None else "",
+        "model_sha256": model_sha256(model) if s.path is not None else "",
+        "batch_size": s.batch_size,
+    }
+    messages = note.messages
+    if s.path is not None and s.path.exists():
+        state = AutoAttackState.load(s.path, config, x_adv)
+        for m in state.messages:
+            if m not in messages:
+                messages.append(m)
+        note(f"AutoAttack: resumed {s.path} at attack {state.current + 1} of {len(names)}")
+    else:
+        clean_pred = _predict(model, s.x, s.device, s.batch_size)
+        codes = torch.where((clean_pred == s.y).cpu(), ROBUST, CLEAN_WRONG).to(torch.int16)
+        state = AutoAttackState(config, codes, torch.zeros(n, dtype=torch.bool), 0, {}, messages)
+        if s.path is not None:
+            state.save(s.path, x_adv)
+    state.messages = messages
+    return state
+
+
+def _run_one(aa: Any, model: nn.Module, s: _Setup, state: AutoAttackState, i: int, names: list[str],
+             x_adv: torch.Tensor, last_save: float, note: Callable[..., None]) -> float:
+    """Attack ``names[i]`` on the points still robust and not yet attempted, chunk by chunk, saving the state
+    at most every :data:`_SAVE_EVERY_S` and after the attack; returns the time of the last save."""
+    name = names[i]
+    aa.attacks_to_run = [name]
+    todo = ((state.codes == ROBUST) & ~state.attempted).nonzero().squeeze(1)
+    t0 = time.monotonic()
+    n_broken = done = 0
+    with progress_unit(f"autoattack {name}", int(todo.numel())) as sink:
+        for chunk in todo.split(s.batch_size) if todo.numel() else ():
+            idx = chunk.to(s.x.device)
+            xs, ys = s.x[idx].contiguous(), s.y[idx]
+            adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=s.batch_size)
+            adv = adv.to(s.x.device)
+            fooled = _predict(model, adv, s.device, s.batch_size) != ys
+            x_adv[idx[fooled]] = adv[fooled]
+            fooled_cpu = fooled.cpu()
+            state.codes[chunk[fooled_cpu]] = i + 1
+            state.attempted[chunk] = True
+            n_broken += int(fooled_cpu.sum())
+            done += int(chunk.numel())
+            sink.advance(done, done - n_broken)
+            if s.path is not None and time.monotonic() - last_save > _SAVE_EVERY_S:
+                state.save(s.path, x_adv)
                 last_save = time.monotonic()
-            n_robust = int((state.codes == _ROBUST).sum())
-            note(
-                f"AutoAttack {name}: broke {n_broken} of {todo.numel()}, robust {n_robust}/{n} "
-                f"({state.seconds[name]:.1f} s)"
-            )
+    state.seconds[name] = state.seconds.get(name, 0.0) + time.monotonic() - t0
+    state.attempted.zero_()
+    state.current = i + 1
+    if s.path is not None:
+        state.save(s.path, x_adv)
+        last_save = time.monotonic()
+    n_robust = int((state.codes == ROBUST).sum())
+    note(f"AutoAttack {name}: broke {n_broken} of {todo.numel()}, robust {n_robust}/{s.x.shape[0]} "
+         f"({state.seconds[name]:.1f} s)")
+    return last_save
 
-        codes = state.codes
-        clean = codes != _CLEAN_WRONG
-        robust_flags = codes == _ROBUST
-        acc = {"clean": float(clean.float().mean()) if n else 0.0}
-        per_attack: dict[str, torch.Tensor] = {}
-        for i, name in enumerate(names):
-            per_attack[name] = (codes == _ROBUST) | (codes > i + 1)
-            acc[name] = float(per_attack[name].float().mean()) if n else 0.0
-        aa_checks.check_square_sr(acc, logger=aa.logger)
 
-        recheck = (_predict(model, x_adv, dev, batch_size) == y).cpu()
-        robust = robust_flags & recheck
-        broken_by: list[str | None] = []
-        for c, r in zip(codes.tolist(), robust.tolist(), strict=True):
-            if c == _CLEAN_WRONG:
-                broken_by.append("clean")
-            elif c > 0:
-                broken_by.append(names[c - 1])
-            else:
-                broken_by.append(None if r else "recheck")
-        n_flip = int((robust_flags & ~recheck).sum())
-        if n_flip:
-            note(
-                f"{n_flip} sample(s) robust during the attacks are misclassified on the final recheck of "
-                "x_adv (non-deterministic model or batch-dependent numerics); counted as not robust",
-                warn=True,
-            )
+def _result(aa: Any, model: nn.Module, s: _Setup, state: AutoAttackState, names: list[str], x_adv: torch.Tensor,
+            note: Callable[..., None]) -> AutoAttackResult:
+    """The per-attack breakdown and the final recheck of ``x_adv`` on the model."""
+    from pyautoattack import checks as aa_checks
 
+    n, codes = s.x.shape[0], state.codes
+    clean = codes != CLEAN_WRONG
+    robust_flags = codes == ROBUST
+    acc = {"clean": float(clean.float().mean()) if n else 0.0}
+    per_attack: dict[str, torch.Tensor] = {}
+    for i, name in enumerate(names):
+        per_attack[name] = (codes == ROBUST) | (codes > i + 1)
+        acc[name] = float(per_attack[name].float().mean()) if n else 0.0
+    aa_checks.check_square_sr(acc, logger=aa.logger)
+
+    recheck = (_predict(model, x_adv, s.device, s.batch_size) == s.y).cpu()
+    robust = robust_flags & recheck
+    broken_by: list[str | None] = []
+    for c, r in zip(codes.tolist(), robust.tolist(), strict=True):
+        if c == CLEAN_WRONG:
+            broken_by.append("clean")
+        elif c > 0:
+            broken_by.append(names[c - 1])
+        else:
+            broken_by.append(None if r else "recheck")
+    n_flip = int((robust_flags & ~recheck).sum())
+    if n_flip:
+        note(f"{n_flip} sample(s) robust during the attacks are misclassified on the final recheck of x_adv "
+             "(non-deterministic model or batch-dependent numerics); counted as not robust", warn=True)
+    dev = s.x.device
     return AutoAttackResult(
-        x_adv=x_adv,
-        robust=robust.to(x.device),
-        clean=clean.to(x.device),
-        per_attack={k: v.to(x.device) for k, v in per_attack.items()},
-        broken_by=broken_by,
-        messages=messages,
-        attacks=names,
-        version=version,
-        eps=eps,
-        norm=lib_norm,
-        seed=seed,
-        seconds=dict(state.seconds),
+        x_adv=x_adv, robust=robust.to(dev), clean=clean.to(dev), per_attack={k: v.to(dev) for k, v in per_attack.items()},
+        broken_by=broken_by, messages=state.messages, attacks=names, version=s.version, eps=s.eps, norm=s.lib_norm,
+        seed=s.seed, seconds=dict(state.seconds),
     )
 
 

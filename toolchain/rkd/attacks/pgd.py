@@ -9,7 +9,7 @@ duration and restore it exactly (also on errors), and they never write ``.grad``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -182,12 +182,46 @@ def pgd(
         UsageError: eps outside (0, 1] (L-inf), steps < 1, alpha <= 0, inputs outside [0, 1], bad shapes or
             unknown norm/start/loss.
     """
-    norm = check_choice("norm", norm, NORMS)
-    eps = check_eps(eps, norm)
-    alpha = check_positive("alpha", alpha)
-    steps = check_count("steps", steps)
-    start = check_choice("start", start, STARTS)
-    loss_fn, builtin = resolve_loss(loss)
+    config = PGDConfig(eps=eps, alpha=alpha, steps=steps, norm=norm, targeted=targeted, start=start, loss=loss,
+                       return_path=return_path, compiled=compiled, keep_misclassified=keep_misclassified)
+    return run_pgd(model, x, y, config, generator=generator, step_fn=step_fn, x_init=x_init)
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """The settings of one PGD attack (the keywords of :func:`pgd`, which documents each)."""
+
+    eps: float
+    alpha: float
+    steps: int
+    norm: str = "linf"
+    targeted: bool = False
+    start: str = "random"
+    loss: str | LossFn = "ce"
+    return_path: bool = False
+    compiled: bool = False
+    keep_misclassified: bool = False
+
+    def checked(self) -> PGDConfig:
+        """The same settings, validated and normalised (UsageError naming the bad one)."""
+        norm = check_choice("norm", self.norm, NORMS)
+        return replace(self, norm=norm, eps=check_eps(self.eps, norm), alpha=check_positive("alpha", self.alpha),
+                       steps=check_count("steps", self.steps), start=check_choice("start", self.start, STARTS))
+
+
+def run_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: PGDConfig,
+    *,
+    generator: torch.Generator | None = None,
+    step_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    x_init: torch.Tensor | None = None,
+) -> AttackResult:
+    """:func:`pgd` with its settings in a :class:`PGDConfig` (Madry et al. 2018); same arguments and result."""
+    cfg = config.checked()
+    loss_fn, builtin = resolve_loss(cfg.loss)
     if step_fn is not None and not callable(step_fn):
         raise UsageError(f"step_fn must be callable; got {type(step_fn).__name__}")
     if torch.is_inference_mode_enabled():
@@ -197,75 +231,96 @@ def pgd(
         y = check_labels(y, x.shape[0], x.device)
     elif isinstance(y, torch.Tensor) and (y.dim() == 0 or y.shape[0] != x.shape[0]):
         raise UsageError(f"y must have {x.shape[0]} rows to match x; got shape {tuple(y.shape)}")
-
-    if keep_misclassified and (targeted or step_fn is not None or not builtin):
+    if cfg.keep_misclassified and (cfg.targeted or step_fn is not None or not builtin):
         raise UsageError("keep_misclassified needs an untargeted attack on the built-in ce or cw loss")
-    path = _alloc_path(steps, x) if return_path else None
+    path = _alloc_path(cfg.steps, x) if cfg.return_path else None
     if x.shape[0] == 0:
         if path is not None:
             return AttackResult(x_adv=path[-1], path=path)
         return AttackResult(x_adv=x.clone(), path=None)
 
-    forward = compiled_forward(model) if compiled else model
-    step = -alpha if targeted else alpha
     with torch.no_grad():
         lower = upper = None
-        if norm == "linf":
-            lower = (x - eps).clamp_(min=0.0)
-            upper = (x + eps).clamp_(max=1.0)
-        if x_init is not None:
-            if x_init.shape != x.shape:
-                raise UsageError(f"x_init must be shaped like x {tuple(x.shape)}; got {tuple(x_init.shape)}")
-            x_adv = x_init.detach().to(device=x.device, dtype=x.dtype).clone()
-            x_adv = x_adv.clamp_(lower, upper) if norm == "linf" else _project_l2(x_adv, x, eps)
-        else:
-            x_adv = _start(x, start, norm, eps, lower, upper, generator)
-
-    fooled = fooled_at = None
-    if keep_misclassified:
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        fooled_at = torch.empty_like(x)
+        if cfg.norm == "linf":
+            lower = (x - cfg.eps).clamp_(min=0.0)
+            upper = (x + cfg.eps).clamp_(max=1.0)
+        x_adv = _initial_point(x, cfg, lower, upper, generator, x_init)
+    objective = step_fn or _LossObjective(compiled_forward(model) if cfg.compiled else model, loss_fn, y,
+                                          cfg.keep_misclassified)
     with frozen_parameters(model):
-        for k in range(steps):
-            x_adv.requires_grad_(True)
-            with torch.enable_grad():
-                if step_fn is not None:
-                    objective = step_fn(x_adv)
-                else:
-                    logits = forward(x_adv)
-                    objective = loss_fn(logits, y)
-                    if fooled is not None and fooled_at is not None:
-                        with torch.no_grad():
-                            new = (predicted_class(logits.detach()) != y) & ~fooled
-                            fooled_at[new] = x_adv.detach()[new]
-                            fooled |= new
-                if objective.dim() > 0:
-                    objective = objective.sum()
-                if objective.requires_grad:
-                    (grad,) = torch.autograd.grad(objective, x_adv)
-                else:  # the model's output does not depend differentiably on its input: no direction to take
-                    grad = torch.zeros_like(x_adv)
-            with torch.no_grad():
-                if grad.dtype in (torch.float16, torch.bfloat16):
-                    grad = grad.float()
-                if norm == "linf":
-                    x_new = torch.sign(grad).mul_(step).add_(x_adv.detach())
-                    x_new = x_new.clamp_(lower, upper)
-                else:
-                    g = grad / _flat_norm(grad).clamp_min(1e-12)
-                    x_new = _project_l2(g.mul_(step).add_(x_adv.detach()), x, eps)
-                if x_new.dtype != x.dtype:
-                    x_new = x_new.to(x.dtype)
-                if path is not None:
-                    path[k].copy_(x_new)
-            x_adv = x_new
-    if fooled is not None and fooled_at is not None:
-        final = path[-1] if path is not None else x_adv
+        x_adv = _iterate(x, x_adv, cfg, objective, lower, upper, path)
+    final = path[-1] if path is not None else x_adv
+    if isinstance(objective, _LossObjective) and objective.fooled is not None:
+        fooled, fooled_at = objective.fooled, objective.fooled_at
         first = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), fooled_at, final)
         return AttackResult(x_adv=final, path=path, misclassified=fooled, first_misclassified=first)
-    if path is not None:
-        return AttackResult(x_adv=path[-1], path=path)
-    return AttackResult(x_adv=x_adv, path=None)
+    return AttackResult(x_adv=final, path=path)
+
+
+def _initial_point(x: torch.Tensor, cfg: PGDConfig, lower: torch.Tensor | None, upper: torch.Tensor | None,
+                   generator: torch.Generator | None, x_init: torch.Tensor | None) -> torch.Tensor:
+    """x_0: ``x_init`` projected onto the ball and [0, 1], else drawn as ``cfg.start`` says."""
+    if x_init is None:
+        return _start(x, cfg.start, cfg.norm, cfg.eps, lower, upper, generator)
+    if x_init.shape != x.shape:
+        raise UsageError(f"x_init must be shaped like x {tuple(x.shape)}; got {tuple(x_init.shape)}")
+    x_adv = x_init.detach().to(device=x.device, dtype=x.dtype).clone()
+    return x_adv.clamp_(lower, upper) if cfg.norm == "linf" else _project_l2(x_adv, x, cfg.eps)
+
+
+class _LossObjective:
+    """``loss(model(x'), y)``; with ``keep``, also the first iterate each sample was misclassified at (from the
+    forward value the gradient needs anyway)."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: LossFn, y: torch.Tensor,
+                 keep: bool) -> None:
+        self.forward, self.loss_fn, self.y = forward, loss_fn, y
+        self.fooled: torch.Tensor | None = None
+        self.fooled_at: torch.Tensor | None = None
+        self.keep = keep
+
+    def __call__(self, x_adv: torch.Tensor) -> torch.Tensor:
+        logits = self.forward(x_adv)
+        if self.keep:
+            with torch.no_grad():
+                if self.fooled is None:
+                    self.fooled = torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
+                    self.fooled_at = torch.empty_like(x_adv)
+                new = (predicted_class(logits.detach()) != self.y) & ~self.fooled
+                self.fooled_at[new] = x_adv.detach()[new]
+                self.fooled |= new
+        return self.loss_fn(logits, self.y)
+
+
+def _iterate(x: torch.Tensor, x_adv: torch.Tensor, cfg: PGDConfig, objective: Callable[[torch.Tensor], torch.Tensor],
+             lower: torch.Tensor | None, upper: torch.Tensor | None, path: torch.Tensor | None) -> torch.Tensor:
+    """``cfg.steps`` projected (signed, for L-inf) gradient steps from ``x_adv``; each iterate into ``path``."""
+    step = -cfg.alpha if cfg.targeted else cfg.alpha
+    for k in range(cfg.steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            value = objective(x_adv)
+            if value.dim() > 0:
+                value = value.sum()
+            if value.requires_grad:
+                (grad,) = torch.autograd.grad(value, x_adv)
+            else:  # the model's output does not depend differentiably on its input: no direction to take
+                grad = torch.zeros_like(x_adv)
+        with torch.no_grad():
+            if grad.dtype in (torch.float16, torch.bfloat16):
+                grad = grad.float()
+            if cfg.norm == "linf":
+                x_new = torch.sign(grad).mul_(step).add_(x_adv.detach())
+                x_new = x_new.clamp_(lower, upper)
+            else:
+                g = grad / _flat_norm(grad).clamp_min(1e-12)
+                x_new = _project_l2(g.mul_(step).add_(x_adv.detach()), x, cfg.eps)
+            if x_new.dtype != x.dtype:
+                x_new = x_new.to(x.dtype)
+            if path is not None:
+                path[k].copy_(x_new)
+        x_adv = x_new
+    return x_adv
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> torch.Tensor:

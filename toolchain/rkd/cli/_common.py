@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.errors import LiveError
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -32,9 +33,13 @@ STATE = {"debug": False}
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
     """Map rkd errors to one line on stderr and their exit code; anything else is an internal error (4). With
-    ``--debug`` the traceback comes first, and the exit code stays the same (1 means only a failed gate)."""
+    ``--debug`` the traceback comes first, and the exit code stays the same (1 means only a failed gate). Long
+    evaluation work inside shows its progress (:class:`AttackProgress`)."""
     try:
-        yield
+        from rkd.progress import reporting
+
+        with reporting(AttackProgress()):
+            yield
     except typer.Exit:
         raise
     except RkdError as exc:
@@ -140,6 +145,86 @@ class RichProgress:
 
     def on_end(self) -> None:  # noqa: D102
         self._progress.stop()
+
+
+PROGRESS_INTERVAL_ENV = "RKD_PROGRESS_INTERVAL"
+DEFAULT_PROGRESS_INTERVAL_S = 30.0
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines without a terminal: ``$RKD_PROGRESS_INTERVAL`` (default 30; 0 prints
+    a line for every batch).
+
+    Raises:
+        UsageError: the variable is not a number >= 0.
+    """
+    from rkd.errors import UsageError
+
+    text = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_PROGRESS_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0 or value == float("inf"):
+        raise UsageError(f"{PROGRESS_INTERVAL_ENV} must be a number of seconds >= 0, got {text!r}; unset it for "
+                         f"the default ({DEFAULT_PROGRESS_INTERVAL_S:g} s)")
+    return value
+
+
+class AttackProgress:
+    """A :class:`rkd.progress.WorkProgress` for the console (stderr): a Rich bar per attack with samples done,
+    robust so far, elapsed time and ETA on a terminal; otherwise (logs, CI) a plain line at most every
+    :func:`progress_interval` seconds while an attack runs."""
+
+    def __init__(self, console_: Console | None = None, interval: float | None = None) -> None:
+        self._console = console_ or console
+        self._interval = progress_interval() if interval is None else interval
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._label, self._total, self._t0, self._last = "", 0, 0.0, 0.0
+
+    def start(self, label: str, total: int) -> None:  # noqa: D102
+        import time
+
+        self.end()
+        self._label, self._total = label, total
+        self._t0 = self._last = time.monotonic()
+        if self._console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("robust {task.fields[robust]}"), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), console=self._console, transient=True,
+            )
+            try:
+                self._progress.start()
+            except LiveError:  # another display is live (a training bar around a held-out evaluation): stay quiet
+                self._progress = None
+                return
+            self._task = self._progress.add_task(label, total=total, robust="-")
+
+    def advance(self, done: int, robust: int) -> None:  # noqa: D102
+        import time
+
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, robust=f"{robust}/{done}")
+            return
+        if self._console.is_terminal:
+            return
+        now = time.monotonic()
+        if now - self._last < self._interval or done >= self._total:
+            return
+        self._last = now
+        elapsed = now - self._t0
+        eta = f", eta {elapsed / done * (self._total - done):.0f} s" if done else ""
+        self._console.print(f"{self._label}: {done}/{self._total} samples, robust {robust}/{done}, "
+                            f"{elapsed:.0f} s{eta}", highlight=False, soft_wrap=True)
+
+    def end(self) -> None:  # noqa: D102
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = self._task = None
 
 
 def render_train_result(title: str, result: Any) -> None:

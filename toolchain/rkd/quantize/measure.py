@@ -30,15 +30,22 @@ def _acc(correct: torch.Tensor) -> dict[str, Any]:
 
 def _pgd_adv(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, seed: int,
-    batch_size: int,
+    batch_size: int, label: str = "pgd",
 ) -> torch.Tensor:
-    """PGD (L-inf, random start, cross-entropy) on every row of ``x``; seeded per call."""
+    """PGD (L-inf, random start, cross-entropy) on every row of ``x``; seeded per call. Progress (samples done,
+    robust so far: one more forward per batch) goes to :func:`rkd.progress.active` as ``<label> pgdK``."""
     from rkd.attacks import pgd
+    from rkd.progress import unit
 
     gen = torch.Generator().manual_seed(derive_seed("rkd-quantize-pgd", seed))
-    out = [pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=alpha, steps=steps,
-               start="random", generator=gen).x_adv.detach()
-           for i in range(0, len(x), batch_size)]
+    out: list[torch.Tensor] = []
+    robust = 0
+    with unit(f"{label} pgd{steps}", len(x)) as sink:
+        for i in range(0, len(x), batch_size):
+            out.append(pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=alpha, steps=steps,
+                           start="random", generator=gen).x_adv.detach())
+            robust += int((batched_classes(model, out[-1], batch_size) == y[i:i + batch_size].cpu()).sum())
+            sink.advance(min(i + batch_size, len(x)), robust)
     return torch.cat(out) if out else x.clone()
 
 
@@ -64,7 +71,7 @@ def evaluate_int8(
         f_rob = torch.zeros_like(f_clean)
         idx = f_clean.nonzero().flatten()
         if len(idx):
-            x_adv = _pgd_adv(model, x[idx], y[idx], **attack)
+            x_adv = _pgd_adv(model, x[idx], y[idx], **attack, label="float")
             f_rob[idx] = batched_classes(model, x_adv, batch_size) == y[idx]
         seconds[f"float_{name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -73,7 +80,7 @@ def evaluate_int8(
         wrapped = EngineModel(engine, surrogate).eval()
         result["agreement"][name] = None
         if len(idx):
-            x_adv = _pgd_adv(wrapped, x[idx], y[idx], **attack)
+            x_adv = _pgd_adv(wrapped, x[idx], y[idx], **attack, label="int8")
             q_rob[idx] = predicted_class(engine.predict(x_adv)) == y[idx]
             result["agreement"][name] = agreement(surrogate, engine, x_adv, batch_size=batch_size)
         seconds[f"int8_{name}"] = time.perf_counter() - t0

@@ -62,7 +62,8 @@ def junit_xml(report: Mapping[str, Any]) -> str:
     props = ET.SubElement(suite, "properties")
     artifact = report.get("artifact") or {}
     for key, value in (("artifact", artifact.get("file")), ("sha256", artifact.get("sha256")),
-                       ("eps", report.get("eps")), ("n", report.get("n")), ("seed", report.get("seed")),
+                       ("eps", report.get("eps")), ("eps_text", report.get("eps_text")), ("n", report.get("n")),
+                       ("seed", report.get("seed")),
                        ("clean_acc", report.get("clean_acc")), ("robust_acc", report.get("robust_acc"))):
         ET.SubElement(props, "property", name=key, value=str(value))
     note = (report.get("floor") or {}).get("note")
@@ -123,6 +124,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     parts = [f"{k} {_pct(v['top1_agreement'])} (n={v['n']})" for k, v in agreement.items() if v]
     lines += ["", f"Engine/surrogate top-1 agreement: {', '.join(parts) or '-'}."]
     lines += _class_lines(report.get("by_class"))
+    lines += _curve_lines(report.get("curve"))
     warnings = report.get("warnings") or []
     if warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
@@ -158,28 +160,59 @@ def _class_lines(by_class: Mapping[str, Any] | None) -> list[str]:
 
 
 def plot_curve(curve: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
-    """PNG of accuracy against eps (x in units of 1/255) for the engine and the float reference."""
+    """PNG of accuracy against eps for the engine and the float reference, each with its 95% Wilson band shaded;
+    L-inf eps on the axis as k/255."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    xs = [e * 255 for e in curve["eps"]]
-    for label, style in (("float", "o--"), ("engine", "s-")):
-        if label in curve:
-            ax.plot(xs, [100 * v for v in curve[label]], style, label=label)
-    ax.set_xlabel("eps (x/255)")
-    ax.set_ylabel(f"accuracy under {curve.get('attack')} (%)")
+    linf = curve.get("norm", "linf") == "linf"
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    xs = [e * 255 if linf else e for e in curve["eps"]]
+    for label, style, color in (("float", "o--", "tab:blue"), ("engine", "s-", "tab:orange")):
+        if label not in curve:
+            continue
+        ax.plot(xs, [100 * v for v in curve[label]], style, color=color, label=label)
+        band = curve.get(f"{label}_ci95")
+        if band:
+            ax.fill_between(xs, [100 * lo for lo, _ in band], [100 * hi for _, hi in band], color=color, alpha=0.2,
+                            linewidth=0, label=f"{label} 95% CI")
+    if linf:
+        ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: "0" if v == 0 else f"{v:.3g}/255"))
+    ax.set_xlabel("eps (L-inf)" if linf else "eps (L2)")
+    ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    measure = f"worst case of {', '.join(curve.get('attacks') or [str(curve.get('attack'))])}"
+    ax.set_title(f"{title}\n{measure}" if title else measure, fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+def _curve_lines(curve: Mapping[str, Any] | None) -> list[str]:
+    """The curve as a table (eps as k/255, engine and float with their 95% intervals) and the PNG beside the
+    Markdown file (a relative link)."""
+    if not curve:
+        return []
+    texts = curve.get("eps_text") or [f"{e:g}" for e in curve["eps"]]
+    lines = ["", f"Accuracy against eps: {curve.get('measure') or curve.get('attack')}.", "",
+             "| eps | engine | 95% CI | float | 95% CI |", "|---|---|---|---|---|"]
+    for i, text in enumerate(texts):
+        cells = []
+        for label in ("engine", "float"):
+            values, band = curve.get(label), curve.get(f"{label}_ci95")
+            cells.append(_pct(values[i]) if values else "-")
+            cells.append(f"{100 * band[i][0]:.1f}-{100 * band[i][1]:.1f}" if band else "-")
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    if curve.get("png"):
+        lines += ["", f"![accuracy against eps]({Path(str(curve['png'])).name})"]
+    return lines
 
 
 def report_names(*, curve: bool = False, junit: bool = True) -> list[str]:

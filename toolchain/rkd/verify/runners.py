@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rkd.attacks.predictions import NO_CLASS, predicted_class
+from rkd.progress import unit as progress_unit
 from rkd.stats import accuracy_summary
 from rkd.verify.attack_spec import AttackSpec
 
@@ -87,15 +88,18 @@ def run_gradient_attack(run: SuiteRun, spec: AttackSpec) -> tuple[torch.Tensor, 
         starts = random_starts(run.x, run.eps, run.norm, _attack_seed(run.seed, name)) if spec.kind != "fgsm" else None
         gen = torch.Generator(device=run.device)
         gen.manual_seed(_attack_seed(run.seed, name))
-        for start in range(0, len(todo), run.batch_size):
-            b = todo[start : start + run.batch_size]
-            x_adv, ok = _gradient_batch(run, spec, b, gen, starts, details)
-            correct[b] = ok & run.clean[b]
-            if x_adv_all is not None:
-                if restart == 0:
-                    x_adv_all[b] = x_adv.detach().cpu()
-                else:  # keep the restart's example where it broke the sample
-                    x_adv_all[b[~ok]] = x_adv.detach().cpu()[~ok]
+        label = spec.name if spec.restarts == 1 else f"{spec.name} restart {restart + 1}/{spec.restarts}"
+        with progress_unit(label, len(todo)) as sink:
+            for start in range(0, len(todo), run.batch_size):
+                b = todo[start : start + run.batch_size]
+                x_adv, ok = _gradient_batch(run, spec, b, gen, starts, details)
+                correct[b] = ok & run.clean[b]
+                if x_adv_all is not None:
+                    if restart == 0:
+                        x_adv_all[b] = x_adv.detach().cpu()
+                    else:  # keep the restart's example where it broke the sample
+                        x_adv_all[b[~ok]] = x_adv.detach().cpu()[~ok]
+                sink.advance(start + len(b), int(correct[todo[: start + len(b)]].sum()))
     if spec.restarts > 1:
         details["restarts"] = spec.restarts
     return correct, details, x_adv_all

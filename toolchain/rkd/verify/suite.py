@@ -8,9 +8,9 @@ interval.
 
 The parts live in their own modules: attack names and pre-flight checks in :mod:`rkd.verify.attack_spec`, one
 runner per attack kind in :mod:`rkd.verify.runners`, the measured outcomes in :mod:`rkd.verify.outcome`; this
-module runs them in order. :func:`evaluate_robustness` takes one keyword per protocol choice (threat model,
-batching, seeding, which samples AutoAttack sees, path scoring, resumption): they are the evaluation's
-documented knobs, and grouping them would only hide them from its callers.
+module runs them in order. The protocol choices (step, norm, batching, seeding, which samples AutoAttack sees,
+path scoring, AutoAttack's state file) are one :class:`SuiteOptions`; :func:`evaluate_robustness` also takes them
+as keywords.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from rkd.attacks.predictions import NO_CLASS, batched_classes
 from rkd.errors import UsageError
+from rkd.progress import WorkProgress, reporting
 from rkd.verify.attack_spec import (  # noqa: F401  (re-exported: the suite's public names)
     AA_SUBATTACKS,
     MAX_RESTARTS,
@@ -39,7 +42,7 @@ from rkd.verify.outcome import AttackOutcome, RobustnessResult
 from rkd.verify.runners import RUNNERS, SuiteRun, autoattack_state_paths, random_starts  # noqa: F401
 
 __all__ = ["AttackOutcome", "AttackSpec", "RobustnessResult", "check_seed", "check_suite", "class_counts",
-           "class_coverage_warning", "evaluate_robustness", "parse_attacks", "predict_correct", "random_starts"]
+           "class_coverage_warning", "evaluate_robustness", "SuiteOptions", "parse_attacks", "predict_correct", "random_starts"]
 
 
 def predict_correct(
@@ -87,36 +90,17 @@ def class_coverage_warning(predicted: list[int], y: torch.Tensor, *, min_support
             "check the data")
 
 
-def evaluate_robustness(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    attacks: list[AttackSpec] | str,
-    eps: float,
-    alpha: float = 2 / 255,
-    norm: str = "linf",
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    autoattack_state: str | Path | None = None,
-    keep_adv: bool = False,
-    autoattack_on: str = "clean",
-    attack_errors: bool = False,
-    score_every_iterate: bool = False,
-    done: Mapping[str, AttackOutcome] | None = None,
-    on_outcome: Callable[[AttackOutcome], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> RobustnessResult:
-    """Run the suite on ``(x, y)`` (float NCHW in [0,1], int64 labels; kept on CPU, moved per batch).
+@dataclass(frozen=True)
+class SuiteOptions:
+    """How the suite attacks (:func:`evaluate_robustness`'s settings besides the attacks and eps).
 
-    Args:
-        model: a classifier taking [0,1] inputs; put in eval mode here and left so.
-        attacks: specs from :func:`parse_attacks` or their comma-separated names.
-        eps: attack radius (L-inf or L2) on [0,1] inputs; ``alpha`` the PGD/CW step.
+    Attributes:
+        alpha: the PGD/CW step on [0,1] inputs.
+        norm: ``"linf"`` or ``"l2"``.
+        batch_size: samples per model call (AutoAttack's chunks too).
+        device: where the batches go (the samples stay on CPU).
         seed: seeds every attack's random start (per attack and restart, per sample, independent of order
             and batching: :func:`random_starts`).
-        autoattack_state: rkd's resumable AutoAttack state file (a killed run continues where it stopped).
         keep_adv: keep every attack's adversarial examples (``AttackOutcome.x_adv``, on CPU).
         autoattack_on: ``"clean"`` (AutoAttack on every clean-correct sample: its own protocol, so its
             accuracy alone is comparable to RobustBench) or ``"robust"`` (only on samples still robust after
@@ -130,47 +114,111 @@ def evaluate_robustness(
             (``rkd verify``; an engine attacked through a surrogate's gradients can pass through a fooling point
             and leave it). ``x_adv`` is then the final iterate where it fools, else the first fooling one.
             Off: the literature's protocol (the final iterate), as ``rkd eval`` reports it.
+        autoattack_state: rkd's resumable AutoAttack state file (a killed run continues where it stopped).
+    """
+
+    alpha: float = 2 / 255
+    norm: str = "linf"
+    batch_size: int = 256
+    device: str | torch.device = "cpu"
+    seed: int = 0
+    keep_adv: bool = False
+    autoattack_on: str = "clean"
+    attack_errors: bool = False
+    score_every_iterate: bool = False
+    autoattack_state: str | Path | None = None
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> SuiteOptions:
+        """Options from keyword settings; an unknown name is a UsageError listing the known ones."""
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UsageError(f"evaluate_robustness got unknown setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**settings)
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attacks: list[AttackSpec] | str,
+    eps: float,
+    options: SuiteOptions | None = None,
+    done: Mapping[str, AttackOutcome] | None = None,
+    on_outcome: Callable[[AttackOutcome], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: WorkProgress | None = None,
+    **settings: Any,
+) -> RobustnessResult:
+    """Run the suite on ``(x, y)`` (float NCHW in [0,1], int64 labels; kept on CPU, moved per batch).
+
+    Args:
+        model: a classifier taking [0,1] inputs; put in eval mode here and left so.
+        attacks: specs from :func:`parse_attacks` or their comma-separated names.
+        eps: attack radius (L-inf or L2) on [0,1] inputs.
+        options: the :class:`SuiteOptions`; or give its fields as keywords (``settings``: ``alpha=``,
+            ``seed=``, ``keep_adv=``, ...), not both.
         done: outcomes already measured (a resumed run): reused, not recomputed.
         on_outcome: called with each newly measured outcome (to save it).
         log: receives one line per finished attack.
+        progress: receives each attack's progress (samples done, robust so far; :mod:`rkd.progress`); default:
+            the sink installed with :func:`rkd.progress.reporting`, if any.
     """
-    if norm == "linf" and not 0.0 < eps <= 1.0:
-        raise UsageError(f"eps must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
-    if not (math.isfinite(eps) and eps > 0.0):
-        raise UsageError(f"eps must be positive and finite, got {eps:g}")
-    if autoattack_on not in ("clean", "robust"):
-        raise UsageError(f"autoattack_on must be 'clean' or 'robust', got {autoattack_on!r}")
+    if options is not None and settings:
+        raise UsageError("evaluate_robustness takes options= or keyword settings, not both")
+    opts = options or SuiteOptions.of(settings)
+    _check_threat(eps, opts)
     specs = parse_attacks(attacks) if isinstance(attacks, str) else attacks
     done = done or {}
-    check_suite([s for s in specs if s.name not in done], seed=seed)
-    dev = torch.device(device)
+    check_suite([s for s in specs if s.name not in done], seed=opts.seed)
+    dev = torch.device(opts.device)
     model.eval()
-    outcomes = {"clean": done["clean"] if "clean" in done else _clean_outcome(model, x, y, batch_size, dev, keep_adv)}
+    outcomes = {"clean": done["clean"] if "clean" in done else _clean_outcome(model, x, y, opts.batch_size, dev,
+                                                                              opts.keep_adv)}
     if "clean" not in done and on_outcome is not None:
         on_outcome(outcomes["clean"])
     clean = outcomes["clean"].correct
-    run = SuiteRun(model=model, x=x, y=y, eps=eps, alpha=alpha, norm=norm, batch_size=batch_size, seed=seed,
-                   device=dev, clean=clean, idx=torch.arange(len(x)) if attack_errors else clean.nonzero().flatten(),
-                   robust_so_far=clean.clone(), keep_adv=keep_adv, autoattack_on=autoattack_on,
-                   along_path=score_every_iterate and not attack_errors,  # from a wrong sample, x_0 already "fools"
-                   aa_states=autoattack_state_paths(autoattack_state, [s.name for s in specs if s.kind == "autoattack"]),
+    run = SuiteRun(model=model, x=x, y=y, eps=eps, alpha=opts.alpha, norm=opts.norm, batch_size=opts.batch_size,
+                   seed=opts.seed, device=dev, clean=clean,
+                   idx=torch.arange(len(x)) if opts.attack_errors else clean.nonzero().flatten(),
+                   robust_so_far=clean.clone(), keep_adv=opts.keep_adv, autoattack_on=opts.autoattack_on,
+                   # from a wrong sample, x_0 already "fools": no path scoring with attack_errors
+                   along_path=opts.score_every_iterate and not opts.attack_errors,
+                   aa_states=autoattack_state_paths(opts.autoattack_state,
+                                                    [s.name for s in specs if s.kind == "autoattack"]),
                    log=log)
-    for spec in specs:
-        if spec.kind == "clean":
-            continue
-        if spec.name in done:
-            outcomes[spec.name] = done[spec.name]
-        else:
-            t0 = time.perf_counter()
-            correct, details, x_adv = RUNNERS[spec.kind](run, spec)
-            outcomes[spec.name] = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details, x_adv)
-            if on_outcome is not None:
-                on_outcome(outcomes[spec.name])
-            if log is not None:
-                log(f"{spec.name}: {int(correct.sum())}/{len(x)} robust ({time.perf_counter() - t0:.1f} s)")
-        run.robust_so_far &= outcomes[spec.name].correct
-    return RobustnessResult(outcomes=outcomes, eps=eps, norm=norm, seed=seed, n=len(x),
+    with reporting(progress):
+        for spec in specs:
+            if spec.kind != "clean":
+                outcomes[spec.name] = done[spec.name] if spec.name in done else _measure(run, spec, on_outcome, log)
+                run.robust_so_far &= outcomes[spec.name].correct
+    return RobustnessResult(outcomes=outcomes, eps=eps, norm=opts.norm, seed=opts.seed, n=len(x),
                             warnings=_suite_warnings(outcomes, y), labels=y.cpu())
+
+
+def _check_threat(eps: float, opts: SuiteOptions) -> None:
+    """eps in (0, 1] for L-inf, positive and finite; ``autoattack_on`` one of its two values."""
+    if opts.norm == "linf" and not 0.0 < eps <= 1.0:
+        raise UsageError(f"eps must be in (0, 1] on [0,1] inputs, got {eps:g} (write e.g. 8/255)")
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise UsageError(f"eps must be positive and finite, got {eps:g}")
+    if opts.autoattack_on not in ("clean", "robust"):
+        raise UsageError(f"autoattack_on must be 'clean' or 'robust', got {opts.autoattack_on!r}")
+
+
+def _measure(run: SuiteRun, spec: AttackSpec, on_outcome: Callable[[AttackOutcome], None] | None,
+             log: Callable[[str], None] | None) -> AttackOutcome:
+    """One attack through its kind's runner (:data:`RUNNERS`), timed, handed to ``on_outcome`` and ``log``."""
+    t0 = time.perf_counter()
+    correct, details, x_adv = RUNNERS[spec.kind](run, spec)
+    outcome = AttackOutcome(spec.name, correct, time.perf_counter() - t0, details, x_adv)
+    if on_outcome is not None:
+        on_outcome(outcome)
+    if log is not None:
+        log(f"{spec.name}: {int(correct.sum())}/{len(run.x)} robust ({time.perf_counter() - t0:.1f} s)")
+    return outcome
 
 
 def _clean_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device,

@@ -31,7 +31,9 @@ from torch import nn
 
 from rkd.data import indices_sha256, samples_sha256
 from rkd.environment import device_description, package_versions
-from rkd.verify.attack_spec import AttackSpec, parse_attacks
+from rkd.progress import labelled
+from rkd.stats import wilson_interval
+from rkd.verify.attack_spec import GRADIENT_KINDS, AttackSpec, parse_attacks
 from rkd.verify.checks import (  # noqa: F401  (check_gates_measurable: also used by rkd run before it trains)
     TRANSFER,
     check_class_names,
@@ -164,30 +166,65 @@ def _data_source(source: str) -> str:
     return source if source in (*RECORDED, DEFAULT) else GIVEN
 
 
+def curve_attacks(specs: Sequence[AttackSpec], fallback: str) -> list[AttackSpec]:
+    """The attacks the curve repeats at each eps: the run's own gradient attacks (FGSM, PGD, CW; white-box, cheap
+    enough to repeat), else ``fallback`` (``request.curve_attack``). AutoAttack, Square and transfer are not
+    repeated per eps: the curve's points are the worst case over these attacks, and the record says so."""
+    chosen = [s for s in specs if s.kind in GRADIENT_KINDS]
+    return chosen or parse_attacks(fallback)[1:]
+
+
+def _eps_text(eps: float, norm: str) -> str:
+    """eps as the reports write it: ``k/255`` for L-inf, the number for L2."""
+    return f"{eps * 255:.4g}/255" if norm == "linf" else f"{eps:.4g}"
+
+
+def _worst_over(result: RobustnessResult, names: Sequence[str]) -> int:
+    """Samples correct on the clean input and under every attack in ``names``."""
+    ok = result.outcomes["clean"].correct.clone()
+    for name in names:
+        ok &= result.outcomes[name].correct
+    return int(ok.sum())
+
+
 def _curve(
     target: VerifyTarget, engine_model: nn.Module, x: torch.Tensor, y: torch.Tensor, request: VerifyRequest,
-    log: Callable[[str], None] | None,
+    measured: dict[str, RobustnessResult | None], specs: Sequence[AttackSpec], log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
-    """Accuracy against eps for the float reference and the engine (one PGD attack per eps, step
-    min(alpha, eps/4))."""
-    spec = parse_attacks(request.curve_attack)[1:]
-    rows: dict[str, list[float]] = {"engine": [], "float": []}
+    """Accuracy against eps for the float reference and the engine: per eps the worst case over
+    :func:`curve_attacks` (step min(alpha, eps/4)), with its 95% Wilson interval. At the run's own eps the
+    suite's measured outcomes are reused (the same numbers as the report's attacks), at 0 the clean accuracy."""
+    chosen = curve_attacks(specs, request.curve_attack)
+    names = [s.name for s in chosen]
+    norm = request.norm or "linf"
+    models = {"engine": engine_model, "float": target.reference}
+    rows: dict[str, list[float]] = {k: [] for k, m in models.items() if m is not None}
+    bands: dict[str, list[list[float]]] = {k: [] for k in rows}
     for value in request.curve_eps or []:
-        for label, model in (("engine", engine_model), ("float", target.reference)):
-            if model is None:
-                continue
+        for label in rows:
+            res = measured.get(label)
             if value == 0:
-                res = evaluate_robustness(model, x, y, attacks=[], eps=1.0, batch_size=request.batch_size,
+                res = evaluate_robustness(models[label], x, y, attacks=[], eps=1.0, batch_size=request.batch_size,
                                           seed=request.seed, device=request.device)
-            else:
-                res = evaluate_robustness(model, x, y, attacks=spec, eps=value, alpha=min(request.alpha, value / 4),
-                                          norm=request.norm or "linf", batch_size=request.batch_size,
-                                          seed=request.seed, device=request.device, score_every_iterate=True)
-            rows[label].append(res.accuracy("worst_case"))
+            elif not (res is not None and abs(value - float(request.eps or 0.0)) <= 1e-12
+                      and all(n in res.outcomes for n in names)):
+                with labelled(f"curve eps={_eps_text(value, norm)} {label} "):
+                    res = evaluate_robustness(models[label], x, y, attacks=chosen, eps=value,
+                                              alpha=min(request.alpha, value / 4), norm=norm,
+                                              batch_size=request.batch_size, seed=request.seed,
+                                              device=request.device, score_every_iterate=True)
+            k = _worst_over(res, names if value else [])
+            rows[label].append(k / len(x) if len(x) else 0.0)
+            bands[label].append(list(wilson_interval(k, len(x))))
         if log is not None:
-            log(f"curve eps={value:.4g}: engine {rows['engine'][-1]:.1%}")
-    return {"attack": request.curve_attack, "eps": list(request.curve_eps or []),
-            **{k: v for k, v in rows.items() if v}}
+            log(f"curve eps={_eps_text(value, norm)}: engine {rows['engine'][-1]:.1%}")
+    return {"attack": "+".join(names), "attacks": names, "norm": norm,
+            "measure": f"the worst case over {', '.join(names)} at each eps (clean accuracy at 0), with 95% Wilson "
+                       "intervals",
+            "eps": list(request.curve_eps or []),
+            "eps_text": [_eps_text(v, norm) for v in request.curve_eps or []],
+            "not_repeated": [s.name for s in specs if s.kind != "clean" and s.name not in names],
+            **rows, **{f"{k}_ci95": v for k, v in bands.items()}}
 
 
 def _state_settings(target: VerifyTarget, request: VerifyRequest, specs: Sequence[AttackSpec], idx: torch.Tensor,
@@ -218,9 +255,10 @@ def _file_record(path: Any) -> dict[str, Any] | None:
 def _attack(model: nn.Module, who: str, x: torch.Tensor, y: torch.Tensor, specs: Sequence[AttackSpec],
             state: VerifyState, log: Callable[[str], None] | None, **suite_kw: Any) -> RobustnessResult:
     """The suite on one side (``float`` or ``engine``), resumed from and saved to ``state``."""
-    return evaluate_robustness(model, x, y, attacks=list(specs), autoattack_state=state.autoattack_path(who),
-                               done=state.load(who, ["clean"] + [s.name for s in specs]),
-                               on_outcome=lambda o: state.save(who, o), log=log, **suite_kw)
+    with labelled(f"{who} "):
+        return evaluate_robustness(model, x, y, attacks=list(specs), autoattack_state=state.autoattack_path(who),
+                                   done=state.load(who, ["clean"] + [s.name for s in specs]),
+                                   on_outcome=lambda o: state.save(who, o), log=log, **suite_kw)
 
 
 def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -298,7 +336,8 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     curve = None
     if request.curve_eps:
         t0 = time.perf_counter()
-        curve = _curve(target, engine_model, x, y, request, log)
+        curve = _curve(target, engine_model, x, y, request, {"engine": engine, "float": reference}, specs,
+                       log)
         timing["curve_s"] = time.perf_counter() - t0
     agree = (float(float_agreement(target, x, request.batch_size, dev).float().mean())
              if reference is not None else None)
