@@ -20,6 +20,7 @@ from rkd.data.datasets import (
 )
 from rkd.data.loader import BatchLoader, make_loader
 from rkd.data.npz import read_npz
+from rkd.data.selection import Selection, load_selection
 from rkd.data.stream import FolderImages, StreamLoader
 from rkd.data.subsets import indices_sha256, samples_sha256, select_indices, split_holdout
 
@@ -30,6 +31,7 @@ __all__ = [
     "DATASETS",
     "FALLBACK_DATASET",
     "FolderImages",
+    "Selection",
     "ImageArrays",
     "SPLITS",
     "StreamLoader",
@@ -40,6 +42,7 @@ __all__ = [
     "indices_sha256",
     "samples_sha256",
     "load_dataset",
+    "load_selection",
     "make_loader",
     "parse_data_arg",
     "random_crop_flip",
