@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rkd.data import FALLBACK_DATASET, load_dataset, recorded_data, select_indices
+from rkd.data import FALLBACK_DATASET, fit_to_model, load_dataset, recorded_data, select_indices
 from rkd.data.arrays import ImageArrays
 from rkd.deploy.bundle import stage_bundle, utc_now, write_manifest
 from rkd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, compare_onnx, export_onnx
@@ -157,6 +157,8 @@ def export_bundle(
         if parity_data != RECORDED:
             raise UsageError(f"parity_data must be (dataset, options), '{RECORDED}' or None, got {parity_data!r}")
         parity_data = recorded_data(trained_on, split="test") or (FALLBACK_DATASET, {})
+    elif parity_data is not None:  # given: an image folder is decoded at the model's size and crop
+        parity_data = (parity_data[0], fit_to_model(parity_data[0], parity_data[1], trained_on))
     with stage_bundle(out_dir, force=force) as stage:  # refuses an existing out_dir before any slow work
         data = None
         if parity_data is not None:

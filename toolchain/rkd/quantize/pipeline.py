@@ -19,7 +19,14 @@ from torch import nn
 
 from rkd.atomic import scratch_dir, sweep_scratch
 from rkd.attacks.predictions import batched_classes, predicted_class
-from rkd.data import FALLBACK_DATASET, indices_sha256, load_dataset, recorded_data, select_indices
+from rkd.data import (
+    FALLBACK_DATASET,
+    fit_to_model,
+    indices_sha256,
+    load_dataset,
+    recorded_data,
+    select_indices,
+)
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
 from rkd.deploy.bundle import check_replaceable, install_bundle, read_manifest, update_bundle, utc_now
@@ -356,7 +363,10 @@ def quantize_checkpoint(
         calib_data = recorded_data(record, split="train", n=calib_n) or (FALLBACK_DATASET, {})
         if eval_data is None:
             eval_data = recorded_data(record, split="test", n=eval_n) or calib_data
+    else:  # given: an image folder is decoded at the model's size and crop
+        calib_data = (calib_data[0], fit_to_model(calib_data[0], calib_data[1], data_record(sidecar)))
     eval_data = eval_data if eval_data is not None else calib_data
+    eval_data = (eval_data[0], fit_to_model(eval_data[0], eval_data[1], data_record(sidecar)))
     ck_sha = str(sidecar.get("sha256"))
     meta = sidecar.get("metadata") or {}
     trained_on = (meta.get("data") or {}).get("dataset") if isinstance(meta, dict) else None
