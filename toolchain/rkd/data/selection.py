@@ -108,7 +108,8 @@ def load_selection(
     assert total is not None
     if n is not None and n > total:
         if not fewer_ok:
-            raise UsageError(f"{flag} {n} asks for more images than {name} {split} has ({total}); lower {flag}")
+            kind = "training" if split == "train" else split
+            raise UsageError(f"{flag} {n} but {name} has only {total} {kind} images; lower {flag}")
         n = total
     idx = select_indices(total, n, seed=seed, mode=sample)
     if folder is not None:

@@ -21,11 +21,11 @@ from rkd.atomic import scratch_dir, sweep_scratch
 from rkd.attacks.predictions import batched_classes, predicted_class
 from rkd.data import (
     FALLBACK_DATASET,
+    Selection,
     fit_to_model,
     indices_sha256,
-    load_dataset,
+    load_selection,
     recorded_data,
-    select_indices,
 )
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
@@ -86,10 +86,14 @@ def parse_eval_attacks(attacks: str | None) -> int:
 
 
 def _load_split(
-    name: str, options: dict[str, Any], split: str, data_root: str | None, purpose: str
-) -> ImageArrays:
+    name: str, options: dict[str, Any], split: str, data_root: str | None, purpose: str, *, n: int | None,
+    sample: str = "first", seed: int = 0, flag: str = "--calib-n", fewer_ok: bool = False,
+) -> Selection:
+    """``n`` images of ``split`` (:func:`rkd.data.load_selection`: a large image folder decodes only those)."""
     try:
-        data = load_dataset(name, split, root=data_root, **options)
+        chosen = load_selection(name, split, n=n, sample=sample, seed=seed, root=data_root, options=options,
+                                flag=flag, fewer_ok=fewer_ok)
+        data = chosen.data
     except DataError as exc:
         text = str(exc)
         if "[0, 1]" in text:
@@ -97,7 +101,7 @@ def _load_split(
         raise DataError(f"{purpose} data '{name}': {text}") from None
     if len(data) == 0:
         raise DataError(f"{purpose} data '{name}' has no {split} images")
-    return data
+    return chosen
 
 
 def _check_shape(data: ImageArrays, expected: Sequence[Any], purpose: str) -> None:
@@ -213,8 +217,8 @@ def _evaluate(
 
 
 def _run_qat(
-    model: nn.Module, int8_path: Path, ptq_path: Path, train_set: ImageArrays, test: ImageArrays | None,
-    eval_n: int, teacher: nn.Module | None, *, method: str, epochs: int, lr: float, train_n: int | None,
+    model: nn.Module, int8_path: Path, ptq_path: Path, train_set: Selection | None, test: Selection | None,
+    teacher: nn.Module | None, *, method: str, epochs: int, lr: float, train_n: int | None,
     attack_steps: int | None, eps: float, alpha: float, steps: int, seed: int, batch_size: int, device: str,
     teacher_path: str | Path | None,
 ) -> dict[str, Any]:
@@ -226,18 +230,16 @@ def _run_qat(
 
     before = None
     if test is not None:
-        idx = select_indices(len(test), min(eval_n, len(test)), mode="first")
-        x, y = test.to_float(idx), test.y[idx]
+        x, y = test.data.to_float(), test.data.y
         ptq_sur = build_surrogate(int8_path)
         ptq_eval = _evaluate(model, ptq_sur, OnnxRuntime(int8_path, batch_size=batch_size), x, y, eps=eps,
                              alpha=alpha, steps=steps, seed=seed, batch_size=batch_size)
         before = {"int8": ptq_eval["int8"], "surrogate_agreement": ptq_eval["agreement"]}
     int8_path.replace(ptq_path)
-    n = len(train_set) if train_n is None else train_n
-    if n > len(train_set):
-        raise UsageError(f"--train-n {n} but the training data has only {len(train_set)} images")
-    train_idx = select_indices(len(train_set), n, seed=derive_seed("rkd-qat-train", seed), mode="random")
-    student, info = train_qat(ptq_path, train_set.subset(train_idx), method=method, teacher=teacher,
+    if train_set is None:
+        raise UsageError("QAT needs its training images")
+    n, train_idx = len(train_set.idx), train_set.idx
+    student, info = train_qat(ptq_path, train_set.data, method=method, teacher=teacher,
                               epochs=epochs, lr=lr, steps=attack_steps, eps=eps, alpha=alpha,
                               batch_size=min(batch_size, 128), device=resolve_device(device), seed=seed)
     written = write_back(student, ptq_path, int8_path)
@@ -383,11 +385,13 @@ def quantize_checkpoint(
     if steps and norm != "linf":
         raise UsageError(f"the checkpoint's threat model is {norm}; rkd quantize measures L-inf PGD only")
 
-    calib_set = _load_split(calib_data[0], dict(calib_data[1]), "train", data_root, "calibration")
-    if calib_n > len(calib_set):
-        raise UsageError(
-            f"--calib-n {calib_n} but the calibration data has only {len(calib_set)} training images"
-        )
+    calib_set = _load_split(calib_data[0], dict(calib_data[1]), "train", data_root, "calibration", n=calib_n,
+                            sample="random", seed=seed)
+    qat_set = None
+    if qat:  # its own seeded subset of the same training split (all of it without --train-n)
+        qat_set = _load_split(calib_data[0], dict(calib_data[1]), "train", data_root, "QAT training",
+                              n=qat_train_n, sample="random", seed=derive_seed("rkd-qat-train", seed),
+                              flag="--train-n")
 
     sweep_scratch(bundle.parent, bundle.name)  # what a killed quantize or export left beside the bundle
     bundle_action = _bundle_action(checkpoint, bundle, ck_sha, force=force)
@@ -398,7 +402,7 @@ def quantize_checkpoint(
             bundle = apart / bundle.name
             export_bundle(checkpoint, bundle, parity_data=eval_data, data_root=data_root)
         section = _quantize_bundle(
-            model, checkpoint, bundle, ck_sha, calib_set, eval_data, calib_data, data_root, started,
+            model, checkpoint, bundle, ck_sha, calib_set, qat_set, eval_data, calib_data, data_root, started,
             profile=profile, method=method, calib_n=calib_n, eval_n=eval_n, steps=steps, seed=seed,
             batch_size=batch_size, device=device, debug_layers=debug_layers, nodes_to_exclude=nodes_to_exclude,
             qat=qat, qat_method=qat_method, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_train_n=qat_train_n,
@@ -410,8 +414,8 @@ def quantize_checkpoint(
 
 
 def _quantize_bundle(
-    model: nn.Module, checkpoint: Path, bundle: Path, ck_sha: str, calib_set: ImageArrays,
-    eval_data: tuple[str, dict[str, Any]], calib_data: tuple[str, dict[str, Any]], data_root: str | None,
+    model: nn.Module, checkpoint: Path, bundle: Path, ck_sha: str, calib_set: Selection,
+    qat_set: Selection | None, eval_data: tuple[str, dict[str, Any]], calib_data: tuple[str, dict[str, Any]], data_root: str | None,
     started: float, *, profile: str, method: str, calib_n: int, eval_n: int, steps: int, seed: int,
     batch_size: int, device: str, debug_layers: bool, nodes_to_exclude: Sequence[str] | None, qat: bool,
     qat_method: str, qat_epochs: int, qat_lr: float, qat_train_n: int | None, qat_steps: int | None,
@@ -422,13 +426,14 @@ def _quantize_bundle(
 
     manifest = read_manifest(bundle, verify=True)
     input_shape = manifest["input"]["shape"]
-    _check_shape(calib_set, input_shape, "calibration")
-    calib_idx = select_indices(len(calib_set), calib_n, seed=seed, mode="random")
-    calib = calib_set.to_float(calib_idx).numpy()
+    _check_shape(calib_set.data, input_shape, "calibration")
+    calib_idx = calib_set.idx
+    calib = calib_set.data.to_float().numpy()
     test = None
     if eval_n:
-        test = _load_split(eval_data[0], dict(eval_data[1]), "test", data_root, "evaluation")
-        _check_shape(test, input_shape, "evaluation")
+        test = _load_split(eval_data[0], dict(eval_data[1]), "test", data_root, "evaluation", n=eval_n,
+                           fewer_ok=True)
+        _check_shape(test.data, input_shape, "evaluation")
 
     timings: dict[str, float] = {}
     with scratch_dir(bundle.parent, bundle.name, "quantize") as tmp:
@@ -441,7 +446,7 @@ def _quantize_bundle(
         if qat:
             t0 = time.perf_counter()
             qat_section = _run_qat(
-                model, int8_path, tmp / PTQ_NAME, calib_set, test, eval_n, teacher_model,
+                model, int8_path, tmp / PTQ_NAME, qat_set, test, teacher_model,
                 method=qat_method, epochs=qat_epochs, lr=qat_lr, train_n=qat_train_n, attack_steps=qat_steps,
                 eps=eps, alpha=alpha, steps=steps, seed=seed, batch_size=batch_size, device=device,
                 teacher_path=qat_teacher,
@@ -457,8 +462,7 @@ def _quantize_bundle(
 
         evaluation = None
         if test is not None:
-            idx = select_indices(len(test), min(eval_n, len(test)), mode="first")
-            x, y = test.to_float(idx), test.y[idx]
+            idx, x, y = test.idx, test.data.to_float(), test.data.y
             t0 = time.perf_counter()
             evaluation = _evaluate(model, surrogate, engine, x, y, eps=eps, alpha=alpha, steps=steps,
                                    seed=seed, batch_size=batch_size)
