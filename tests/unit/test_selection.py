@@ -101,3 +101,23 @@ def test_too_many_images_names_the_flag_or_takes_all(folder: Path) -> None:
     assert len(load_selection("imagefolder", "train", n=99, options=options, fewer_ok=True, num_workers=0).idx) == 21
     with pytest.raises(UsageError, match="image_sise"):
         load_selection("imagefolder", "train", n=1, options={"path": str(folder), "image_sise": 96})
+
+
+def test_eval_calibration_and_parity_sets_never_load_a_large_folder_whole(folder: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from rkd.deploy.export import _load_parity_data
+    from rkd.quantize.pipeline import _load_split
+    from rkd.verify.samples import load_samples
+
+    def whole_split(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole split was loaded")
+
+    monkeypatch.setattr(selection, "load_dataset", whole_split)
+    monkeypatch.setattr(selection, "decode_workers", lambda: 0)
+    options = {"path": str(folder), "image_size": 72, "crop_ratio": 0.875}
+    samples = load_samples("imagefolder", "test", n=4, sample="random", seed=1, options=options)
+    assert samples.x.shape == (4, 3, 72, 72) and samples.x.dtype == torch.float32
+    calib = _load_split("imagefolder", options, "train", None, "calibration", n=5, sample="random", seed=2)
+    assert calib.streamed and len(calib.data) == 5
+    parity = _load_parity_data("imagefolder", options, None, 256)  # fewer test images than asked: all 15
+    assert parity.streamed and torch.equal(parity.idx, torch.arange(15))
