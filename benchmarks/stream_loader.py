@@ -230,7 +230,7 @@ def memory_child(folder: str, size: int, batch: int, workers: int, seed: int) ->
     from rkd.data import FolderImages, StreamLoader
 
     pid = os.getpid()
-    peak = {"rss_kib": 0, "pss_kib": 0, "processes": 0}
+    peak: dict[str, Any] = {"rss_kib": 0, "pss_kib": 0, "processes": 0}
     stop = threading.Event()
 
     def sample() -> None:
@@ -239,15 +239,17 @@ def memory_child(folder: str, size: int, batch: int, workers: int, seed: int) ->
             rss = sum(_kib(p, "status", "VmRSS:") for p in pids)
             pss = sum(_kib(p, "smaps_rollup", "Pss:") for p in pids)
             peak["rss_kib"] = max(peak["rss_kib"], rss)
-            peak["pss_kib"] = max(peak["pss_kib"], pss)
+            if pss > peak["pss_kib"]:
+                peak["pss_kib"], peak["pss_at_s"] = pss, round(time.perf_counter() - t0, 2)
+                peak["pss_by_process_kib"] = [_kib(p, "smaps_rollup", "Pss:") for p in pids]
             peak["processes"] = max(peak["processes"], len(pids))
             time.sleep(0.02)
 
     data = FolderImages.scan(folder, "train", image_size=size, num_workers=workers)
     before = _kib(pid, "status", "VmRSS:")
+    t0 = time.perf_counter()
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    t0 = time.perf_counter()
     n = 0
     for xb, _ in StreamLoader(data, batch_size=batch, seed=seed):
         n += len(xb)
@@ -256,7 +258,8 @@ def memory_child(folder: str, size: int, batch: int, workers: int, seed: int) ->
     thread.join()
     print(json.dumps({"images": n, "folder_images": len(data), "seconds": seconds, "main_rss_before_kib": before,
                       "peak_sum_rss_kib": peak["rss_kib"], "peak_sum_pss_kib": peak["pss_kib"],
-                      "max_processes": peak["processes"]}))
+                      "max_processes": peak["processes"], "peak_pss_at_s": peak.get("pss_at_s"),
+                      "peak_pss_by_process_kib": peak.get("pss_by_process_kib")}))
 
 
 def measure_memory(folder: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -287,10 +290,10 @@ def markdown(rep: dict[str, Any]) -> str:
         f"(eps 4/255, alpha 1/255, 5 steps), student tv_mobilenet_v2, teacher {a['teacher']}, batch {a['batch']}, "
         f"channels_last. {a['repeats']} rounds; loader: {a['loader_batches']} batches per round, step and fed: "
         f"{a['steps']} steps per round.",
-        "",
-        "| side | loader img/s | step img/s | step fed by loader img/s | loader/step | fed/step |",
-        "|---:|---:|---:|---:|---:|---:|",
     ]
+    if rep["throughput"]:
+        lines += ["", "| side | loader img/s | step img/s | step fed by loader img/s | loader/step | fed/step |",
+                  "|---:|---:|---:|---:|---:|---:|"]
     for t in rep["throughput"]:
         s, r = t["images_per_s"], t["ratios"]
 
@@ -299,15 +302,24 @@ def markdown(rep: dict[str, Any]) -> str:
 
         lines.append(f"| {t['size']} | {cell(s['loader'])} | {cell(s['step'])} | {cell(s['fed'])} | "
                      f"{cell(r['loader/step'], '.2f')} | {cell(r['fed/step'], '.2f')} |")
-    lines += ["", "Median (min-max) over rounds; ratios per round.", "",
+    if rep["throughput"]:
+        lines += ["", "Median (min-max) over rounds; ratios per round."]
+    if not rep["memory"]:
+        return "\n".join([*lines, ""])
+    lines += ["",
               f"## Peak memory of one epoch at {a['memory_size']} px ({a['workers']} workers, batch {a['batch']})",
-              "", "| folder images | epoch s | peak sum PSS MiB | peak sum RSS MiB | processes |",
+              "", "| folder images | epoch s (median) | peak sum PSS MiB | peak sum RSS MiB | processes |",
               "|---:|---:|---:|---:|---:|"]
+
+    def mib(d: dict[str, float]) -> str:
+        return f"{d['median'] / 1024:.0f} ({d['min'] / 1024:.0f}-{d['max'] / 1024:.0f})"
+
     for m in rep["memory"]:
-        lines.append(f"| {m['folder_images']} | {m['seconds']:.1f} | {m['peak_sum_pss_kib'] / 1024:.0f} | "
-                     f"{m['peak_sum_rss_kib'] / 1024:.0f} | {m['max_processes']} |")
+        lines.append(f"| {m['folder_images']} | {m['seconds']:.1f} | {mib(m['peak_sum_pss_kib'])} | "
+                     f"{mib(m['peak_sum_rss_kib'])} | {m['max_processes']} |")
     lines += ["", "PSS splits pages shared after fork between the processes (the real total); RSS counts them in "
-              "every process (an upper bound). One run per folder size, sampled every 20 ms.", ""]
+              f"every process (an upper bound). Median (min-max) of {a['memory_repeats']} runs per folder size, "
+              "each in a fresh process, sizes alternating, sampled every 20 ms.", ""]
     return "\n".join(lines)
 
 
@@ -327,6 +339,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--loader-batches", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory-repeats", type=int, default=3, help="Runs per folder size (sizes alternate).")
+    p.add_argument("--parts", default="throughput,memory", help="What to measure: throughput, memory or both.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", type=Path, default=None, help="Folder to generate the images in (default: a temp dir).")
     p.add_argument("--folder", type=Path, default=None, help="Use this folder of --images images (ROOT/train/CLASS/) "
@@ -350,14 +364,30 @@ def main() -> None:
                         seed=args.seed)
             print(f"generated {args.images} images in {time.perf_counter() - t0:.0f} s", flush=True)
         disk = sum(f.stat().st_size for f in big.rglob("*") if f.is_file())
+        parts = {v.strip() for v in args.parts.split(",")}
         throughput = []
-        for size in (int(v) for v in args.sizes.split(",")):
-            throughput.append(measure_throughput(big, size, args))
-        memory = []
-        for n in folder_sizes:
-            folder = big if n == args.images else link_subset(big, Path(tmp) / f"n{n}", n)
-            memory.append(measure_memory(folder, args.memory_size, args))
-            print(f"  memory {n} images: {memory[-1]}", flush=True)
+        if "throughput" in parts:
+            for size in (int(v) for v in args.sizes.split(",")):
+                throughput.append(measure_throughput(big, size, args))
+        memory: list[dict[str, Any]] = []
+        if "memory" in parts:
+            folders = {n: big if n == args.images else link_subset(big, Path(tmp) / f"n{n}", n)
+                       for n in folder_sizes}
+            runs: dict[int, list[dict[str, Any]]] = {n: [] for n in folder_sizes}
+            for r in range(args.memory_repeats):
+                for n in folder_sizes if r % 2 == 0 else list(reversed(folder_sizes)):
+                    runs[n].append(measure_memory(folders[n], args.memory_size, args))
+                    print(f"  memory {n} images, run {r}: {runs[n][-1]}", flush=True)
+            for n in folder_sizes:
+                pss = [m["peak_sum_pss_kib"] for m in runs[n]]
+                rss = [m["peak_sum_rss_kib"] for m in runs[n]]
+                memory.append({"folder_images": n, "runs": runs[n],
+                               "peak_sum_pss_kib": {"median": statistics.median(pss), "min": min(pss),
+                                                    "max": max(pss)},
+                               "peak_sum_rss_kib": {"median": statistics.median(rss), "min": min(rss),
+                                                    "max": max(rss)},
+                               "seconds": statistics.median(m["seconds"] for m in runs[n]),
+                               "max_processes": max(m["max_processes"] for m in runs[n])})
     cpu = cpu_description()
     rep = {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
