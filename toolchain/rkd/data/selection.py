@@ -109,7 +109,8 @@ def load_selection(
     if n is not None and n > total:
         if not fewer_ok:
             kind = "training" if split == "train" else split
-            raise UsageError(f"{flag} {n} but {name} has only {total} {kind} images; lower {flag}")
+            raise UsageError(f"{flag} {n} asks for more samples than {name} has: only {total} {kind} images; "
+                             f"lower {flag}")
         n = total
     idx = select_indices(total, n, seed=seed, mode=sample)
     if folder is not None:
