@@ -34,7 +34,9 @@ class DataConfig(StrictModel):
         """The evaluation crop ratio of an image folder: ``crop_ratio``, else 0.875 above 64 px, else None."""
         if self.crop_ratio is not None:
             return self.crop_ratio
-        return 0.875 if (self.image_size or 32) > 64 else None
+        from rkd.data.imagefolder import default_crop_ratio
+
+        return default_crop_ratio(self.image_size or 32)
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`rkd.data.load_dataset`."""

@@ -14,12 +14,14 @@ from rkd.data.datasets import (
     FALLBACK_DATASET,
     SPLITS,
     dataset_options,
+    fit_to_model,
     load_dataset,
     parse_data_arg,
     recorded_data,
 )
 from rkd.data.loader import BatchLoader, make_loader
 from rkd.data.npz import read_npz
+from rkd.data.selection import Selection, load_selection
 from rkd.data.stream import FolderImages, StreamLoader
 from rkd.data.subsets import indices_sha256, samples_sha256, select_indices, split_holdout
 
@@ -30,6 +32,7 @@ __all__ = [
     "DATASETS",
     "FALLBACK_DATASET",
     "FolderImages",
+    "Selection",
     "ImageArrays",
     "SPLITS",
     "StreamLoader",
@@ -37,9 +40,11 @@ __all__ = [
     "crop_flip_params",
     "dataset_options",
     "default_data_root",
+    "fit_to_model",
     "indices_sha256",
     "samples_sha256",
     "load_dataset",
+    "load_selection",
     "make_loader",
     "parse_data_arg",
     "random_crop_flip",

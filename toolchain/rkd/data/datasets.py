@@ -150,6 +150,41 @@ def recorded_data(
     return name, options
 
 
+def fit_to_model(
+    name: str, options: Mapping[str, Any] | None, record: Any, *, input_size: int | None = None
+) -> dict[str, Any]:
+    """The options of an explicitly given data set ``name`` completed with how the model sees its images.
+
+    For a data set decoded from files at a chosen size (``imagefolder``: it takes ``image_size`` and
+    ``crop_ratio``), the model's input side comes from ``record`` (the ``data`` section a checkpoint's metadata
+    or a bundle's manifest keeps, :func:`recorded_data`'s input) when it records one, else from ``input_size``
+    (the side the model file declares); the evaluation crop is the recorded one when the model was trained on an
+    image folder, else the default for that side (:func:`rkd.data.imagefolder.default_crop_ratio`). An option
+    given in ``options`` always wins (``--input-size``). Other data sets' options come back unchanged. ``rkd
+    eval``, ``rkd verify``, ``rkd quantize --calib-data`` and ``rkd export --parity-data`` all resolve their
+    explicit data through this, as the recorded data does through :func:`recorded_data`.
+    """
+    from rkd.data.imagefolder import default_crop_ratio
+
+    given = dict(options or {})
+    takes = dataset_options(name) if name in DATASETS else []
+    if "image_size" not in takes or "crop_ratio" not in takes:
+        return given
+    recorded = record.get("options") if isinstance(record, Mapping) else None
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    size = given.get("image_size", recorded.get("image_size", input_size))
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        return given
+    filled: dict[str, Any] = {"image_size": size}
+    if isinstance(record, Mapping) and record.get("dataset") == name:
+        crop = recorded.get("crop_ratio")
+    else:
+        crop = default_crop_ratio(size)
+    if crop is not None:
+        filled["crop_ratio"] = crop
+    return {**filled, **given}
+
+
 def _number(text: str) -> int | float | str:
     for cast in (int, float):
         try:

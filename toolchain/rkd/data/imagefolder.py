@@ -28,6 +28,12 @@ SPLITS: tuple[str, ...] = ("train", "test")
 EVAL_CROP_RATIO = 0.875
 
 
+def default_crop_ratio(image_size: int) -> float | None:
+    """The evaluation crop ratio of an image folder when none is given: :data:`EVAL_CROP_RATIO` above 64 px
+    (ImageNet-form inputs), else None (a plain resize to the square, as CIFAR-sized images are used)."""
+    return EVAL_CROP_RATIO if image_size > 64 else None
+
+
 def eval_resize(image_size: int, crop_ratio: float) -> int:
     """The shorter side an image is resized to before its ``image_size`` center crop: ``int(size / ratio)``."""
     return int(image_size / crop_ratio)

@@ -169,11 +169,23 @@ class FolderImages:
                             classes=list(self.classes), image_size=self.image_size, crop_ratio=self.crop_ratio,
                             num_workers=self.num_workers, name=self.name)
 
-    def decode(self) -> ImageArrays:
-        """Every image decoded with the evaluation transform, in memory (for held-out evaluation)."""
-        samples = list(zip(self.files, self.labels.tolist(), strict=True))
-        return decode_samples(samples, list(self.classes), image_size=self.image_size, crop_ratio=self.crop_ratio,
-                              name=self.name)
+    def decode(self, num_workers: int = 0, chunk: int = 64) -> ImageArrays:
+        """Every image decoded with the evaluation transform, in memory and in file order (for held-out
+        evaluation, and the selected images of an evaluation, calibration or parity set).
+
+        ``num_workers`` > 0 decodes ``chunk`` images at a time in that many DataLoader worker processes; the
+        result is the same array as in the main process (0)."""
+        if num_workers <= 0 or len(self) <= chunk:
+            samples = list(zip(self.files, self.labels.tolist(), strict=True))
+            return decode_samples(samples, list(self.classes), image_size=self.image_size,
+                                  crop_ratio=self.crop_ratio, name=self.name)
+        x = torch.empty((len(self), self.image_size, self.image_size, 3), dtype=torch.uint8)
+        steps = [[(i, None) for i in range(s, min(s + chunk, len(self)))] for s in range(0, len(self), chunk)]
+        loader = torch.utils.data.DataLoader(_Decoded(self), batch_sampler=steps, num_workers=num_workers,
+                                             persistent_workers=False, prefetch_factor=2)
+        for rows, (xb, _) in zip(steps, loader, strict=True):
+            x[rows[0][0]:rows[-1][0] + 1] = xb
+        return ImageArrays(x=x, y=self.labels.clone(), classes=list(self.classes), name=self.name)
 
 
 class _Decoded(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rkd.data import FALLBACK_DATASET, load_dataset, recorded_data, select_indices
+from rkd.data import FALLBACK_DATASET, Selection, fit_to_model, load_selection, recorded_data
 from rkd.data.arrays import ImageArrays
 from rkd.deploy.bundle import stage_bundle, utc_now, write_manifest
 from rkd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, compare_onnx, export_onnx
@@ -23,19 +23,22 @@ EXPORTER = "torch.onnx legacy"
 RECORDED = "recorded"
 
 
-def _load_parity_data(name: str, options: dict[str, Any], data_root: str | None) -> ImageArrays:
+def _load_parity_data(name: str, options: dict[str, Any], data_root: str | None, n: int) -> Selection:
+    """The first ``n`` test images of the parity data (fewer when the split is smaller); a large image folder
+    decodes only those (:func:`rkd.data.load_selection`)."""
     try:
-        data = load_dataset(name, "test", root=data_root, **options)
+        chosen = load_selection(name, "test", n=n, root=data_root, options=options, fewer_ok=True)
     except DataError as exc:
         raise DataError(
             f"{exc}; parity needs real test images: give --data-root, or pass --parity-data synthetic for an "
             "offline export (labelled as such in the manifest)"
         ) from None
+    data = chosen.data
     if data.image_shape[0] != 3:
         raise DataError(f"parity data '{name}' has {data.image_shape[0]} channels; rkd models take 3 (RGB)")
     if len(data) == 0:
         raise DataError(f"parity data '{name}' has no test images")
-    return data
+    return chosen
 
 
 def _classes(
@@ -157,10 +160,13 @@ def export_bundle(
         if parity_data != RECORDED:
             raise UsageError(f"parity_data must be (dataset, options), '{RECORDED}' or None, got {parity_data!r}")
         parity_data = recorded_data(trained_on, split="test") or (FALLBACK_DATASET, {})
+    elif parity_data is not None:  # given: an image folder is decoded at the model's size and crop
+        parity_data = (parity_data[0], fit_to_model(parity_data[0], parity_data[1], trained_on))
     with stage_bundle(out_dir, force=force) as stage:  # refuses an existing out_dir before any slow work
-        data = None
+        data = parity = None
         if parity_data is not None:
-            data = _load_parity_data(parity_data[0], dict(parity_data[1]), data_root)
+            parity = _load_parity_data(parity_data[0], dict(parity_data[1]), data_root, parity_n)
+            data = parity.data
         recorded_size = ((trained_on or {}).get("options") or {}).get("image_size")
         if data is not None:
             image_size = data.image_shape[1:]
@@ -179,10 +185,10 @@ def export_bundle(
             stamp_threat_model(stage / ONNX_NAME, manifest["threat_model"])
         section: dict[str, Any] = {"file": ONNX_NAME, "opset": opset, "exporter": EXPORTER,
                                    "torch": torch.__version__, "parity": None, "parity_data": None}
-        if data is not None and parity_data is not None:
+        if data is not None and parity is not None and parity_data is not None:
             name, options = parity_data
-            idx = select_indices(len(data), min(parity_n, len(data)), mode="first")
-            section["parity"] = compare_onnx(model, stage / ONNX_NAME, data.to_float(idx))
+            idx = parity.idx
+            section["parity"] = compare_onnx(model, stage / ONNX_NAME, data.to_float())
             section["parity_data"] = {"dataset": name, "options": dict(options), "split": "test",
                                       "selection": "first", "n": len(idx), "synthetic": name == "synthetic"}
             if name == "synthetic":

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from rkd.attacks.predictions import batched_classes, predicted_class
-from rkd.data import indices_sha256, select_indices
-from rkd.data.arrays import ImageArrays
+from rkd.data import Selection, indices_sha256
 from rkd.data.seeds import derive_seed
 from rkd.errors import UsageError
 from rkd.quantize.request import QatOptions
@@ -91,7 +90,7 @@ def evaluate_int8(
 
 
 def run_qat(
-    model: nn.Module, int8_path: Path, ptq_path: Path, train_set: ImageArrays, eval_xy: Any,
+    model: nn.Module, int8_path: Path, ptq_path: Path, train_set: Selection | None, eval_xy: Any,
     teacher: nn.Module | None, options: QatOptions, *, attack: dict[str, Any], device: str,
 ) -> dict[str, Any]:
     """Measure the PTQ model on ``eval_xy`` (``(x, y)`` or None), move it to ``ptq_path``, fine-tune its
@@ -108,11 +107,10 @@ def run_qat(
                                  *eval_xy, **attack)
         before = {"int8": ptq_eval["int8"], "surrogate_agreement": ptq_eval["agreement"]}
     int8_path.replace(ptq_path)
-    n = len(train_set) if options.train_n is None else options.train_n
-    if n > len(train_set):
-        raise UsageError(f"--train-n {n} but the training data has only {len(train_set)} images")
-    train_idx = select_indices(len(train_set), n, seed=derive_seed("rkd-qat-train", seed), mode="random")
-    student, info = train_qat(ptq_path, train_set.subset(train_idx), method=options.method, teacher=teacher,
+    if train_set is None:
+        raise UsageError("QAT needs its training images")
+    n, train_idx = len(train_set.idx), train_set.idx
+    student, info = train_qat(ptq_path, train_set.data, method=options.method, teacher=teacher,
                               epochs=options.epochs, lr=options.lr, steps=options.steps, eps=attack["eps"],
                               alpha=attack["alpha"], batch_size=min(batch_size, 128), device=resolve_device(device),
                               seed=seed)

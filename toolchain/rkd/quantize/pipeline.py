@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from rkd.atomic import scratch_dir, sweep_scratch
-from rkd.data import FALLBACK_DATASET, indices_sha256, load_dataset, recorded_data, select_indices
+from rkd.data import FALLBACK_DATASET, Selection, fit_to_model, indices_sha256, load_selection, recorded_data
 from rkd.data.arrays import ImageArrays
+from rkd.data.seeds import derive_seed
 from rkd.deploy.bundle import check_replaceable, install_bundle, read_manifest, update_bundle, utc_now
 from rkd.deploy.onnx_files import stamp_threat_model
 from rkd.errors import DataError, RkdError, UsageError
@@ -66,10 +67,14 @@ def parse_eval_attacks(attacks: str | None) -> int:
 
 
 def _load_split(
-    name: str, options: dict[str, Any], split: str, data_root: str | None, purpose: str
-) -> ImageArrays:
+    name: str, options: dict[str, Any], split: str, data_root: str | None, purpose: str, *, n: int | None,
+    sample: str = "first", seed: int = 0, flag: str = "--calib-n", fewer_ok: bool = False,
+) -> Selection:
+    """``n`` images of ``split`` (:func:`rkd.data.load_selection`: a large image folder decodes only those)."""
     try:
-        data = load_dataset(name, split, root=data_root, **options)
+        chosen = load_selection(name, split, n=n, sample=sample, seed=seed, root=data_root, options=options,
+                                flag=flag, fewer_ok=fewer_ok)
+        data = chosen.data
     except DataError as exc:
         text = str(exc)
         if "[0, 1]" in text:
@@ -77,7 +82,7 @@ def _load_split(
         raise DataError(f"{purpose} data '{name}': {text}") from None
     if len(data) == 0:
         raise DataError(f"{purpose} data '{name}' has no {split} images")
-    return data
+    return chosen
 
 
 def _check_shape(data: ImageArrays, expected: Sequence[Any], purpose: str) -> None:
@@ -142,7 +147,8 @@ class _Inputs:
     model: nn.Module
     teacher: nn.Module | None
     ck_sha: str
-    calib_set: ImageArrays
+    calib_set: Selection
+    qat_set: Selection | None
     calib_data: DataArg
     eval_data: DataArg
     eps: float
@@ -177,7 +183,10 @@ def _load_inputs(req: QuantizeRequest) -> _Inputs:
         calib_data = recorded_data(record, split="train", n=req.calib_n) or (FALLBACK_DATASET, {})
         if eval_data is None:
             eval_data = recorded_data(record, split="test", n=req.eval_n) or calib_data
+    else:  # given: an image folder is decoded at the model's size and crop
+        calib_data = (calib_data[0], fit_to_model(calib_data[0], calib_data[1], data_record(sidecar)))
     eval_data = eval_data if eval_data is not None else calib_data
+    eval_data = (eval_data[0], fit_to_model(eval_data[0], eval_data[1], data_record(sidecar)))
     meta = sidecar.get("metadata") or {}
     trained_on = (meta.get("data") or {}).get("dataset") if isinstance(meta, dict) else None
     _refuse_synthetic(calib_data[0], trained_on, "calibration", "--calib-data")
@@ -190,12 +199,15 @@ def _load_inputs(req: QuantizeRequest) -> _Inputs:
     norm = str(threat.get("norm", "linf"))
     if steps and norm != "linf":
         raise UsageError(f"the checkpoint's threat model is {norm}; rkd quantize measures L-inf PGD only")
-    calib_set = _load_split(calib_data[0], dict(calib_data[1]), "train", req.data_root, "calibration")
-    if req.calib_n > len(calib_set):
-        raise UsageError(
-            f"--calib-n {req.calib_n} but the calibration data has only {len(calib_set)} training images"
-        )
+    calib_set = _load_split(calib_data[0], dict(calib_data[1]), "train", req.data_root, "calibration",
+                            n=req.calib_n, sample="random", seed=req.seed)
+    qat_set = None
+    if req.qat is not None:  # its own seeded subset of the same training split (all of it without --train-n)
+        qat_set = _load_split(calib_data[0], dict(calib_data[1]), "train", req.data_root, "QAT training",
+                              n=req.qat.train_n, sample="random", seed=derive_seed("rkd-qat-train", req.seed),
+                              flag="--train-n")
     return _Inputs(model=model, teacher=teacher, ck_sha=str(sidecar.get("sha256")), calib_set=calib_set,
+                   qat_set=qat_set,
                    calib_data=calib_data, eval_data=eval_data, eps=float(threat.get("eps", DEFAULT_EPS)),
                    alpha=float(threat.get("alpha", DEFAULT_ALPHA)), steps=steps)
 
@@ -249,10 +261,10 @@ def _eval_images(
     """``((x, y), idx)`` of the first ``eval_n`` test images; None when ``eval_n`` is 0."""
     if not req.eval_n:
         return None
-    test = _load_split(inputs.eval_data[0], dict(inputs.eval_data[1]), "test", req.data_root, "evaluation")
-    _check_shape(test, input_shape, "evaluation")
-    idx = select_indices(len(test), min(req.eval_n, len(test)), mode="first")
-    return (test.to_float(idx), test.y[idx]), idx
+    test = _load_split(inputs.eval_data[0], dict(inputs.eval_data[1]), "test", req.data_root, "evaluation",
+                       n=req.eval_n, fewer_ok=True)
+    _check_shape(test.data, input_shape, "evaluation")
+    return (test.data.to_float(), test.data.y), test.idx
 
 
 def _quantize_bundle(
@@ -262,9 +274,9 @@ def _quantize_bundle(
     from rkd.deploy.runtimes import OnnxRuntime
 
     manifest = read_manifest(bundle, verify=True)
-    _check_shape(inputs.calib_set, manifest["input"]["shape"], "calibration")
-    calib_idx = select_indices(len(inputs.calib_set), req.calib_n, seed=req.seed, mode="random")
-    calib = inputs.calib_set.to_float(calib_idx).numpy()
+    _check_shape(inputs.calib_set.data, manifest["input"]["shape"], "calibration")
+    calib_idx = inputs.calib_set.idx
+    calib = inputs.calib_set.data.to_float().numpy()
     chosen = _eval_images(req, inputs, manifest["input"]["shape"])
     eval_xy, eval_idx = chosen if chosen is not None else (None, None)
     attack = {"eps": inputs.eps, "alpha": inputs.alpha, "steps": inputs.steps, "seed": req.seed,
@@ -279,7 +291,7 @@ def _quantize_bundle(
         qat_section = None
         if req.qat is not None:
             t0 = time.perf_counter()
-            qat_section = run_qat(inputs.model, int8_path, tmp / PTQ_NAME, inputs.calib_set, eval_xy,
+            qat_section = run_qat(inputs.model, int8_path, tmp / PTQ_NAME, inputs.qat_set, eval_xy,
                                   inputs.teacher, req.qat, attack=attack, device=req.device)
             timings["qat"] = time.perf_counter() - t0
         if manifest.get("threat_model"):  # in the file too, where its sha256 covers it

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from rkd.data import fit_to_model
 from rkd.environment import device_description, package_versions
 from rkd.errors import CheckpointError, UsageError
 from rkd.verify.samples import load_samples
@@ -45,12 +46,17 @@ def evaluate_model(
     model_info: dict[str, Any] | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` as ``request`` says and return the JSON report (RobustBench names at the top level)."""
+    """Evaluate ``model`` as ``request`` says and return the JSON report (RobustBench names at the top level).
+
+    ``model_info`` (:func:`load_model_for_eval`'s) goes into the report; its ``trained_on`` (the checkpoint's
+    data record) decodes an image folder at the model's input size and crop (:func:`rkd.data.fit_to_model`).
+    """
     t0 = time.perf_counter()
     specs = parse_attacks(request.attacks)
     check_suite(specs, seed=request.seed)  # before any data or model call
+    options = fit_to_model(request.dataset, request.data_options, (model_info or {}).get("trained_on"))
     samples = load_samples(request.dataset, request.split, n=request.n, sample=request.sample, seed=request.seed,
-                           root=request.data_root, options=request.data_options,
+                           root=request.data_root, options=options,
                            num_classes=getattr(getattr(model, "spec", None), "num_classes", None))
     x, y = samples.x, samples.y
     model = model.to(request.device).eval()
@@ -66,7 +72,7 @@ def evaluate_model(
         "by_class": result.by_class(samples.classes),
         "eps_text": request.eps_text,
         "alpha": request.alpha,
-        "data": samples.record(),
+        "data": {**samples.record(), "options": dict(options)},
         "model": model_info or {},
         "batch_size": request.batch_size,
         "timing": {"total_s": time.perf_counter() - t0},
@@ -98,8 +104,14 @@ def load_model_for_eval(
         if given:
             raise UsageError(f"{', '.join(given)} describe a foreign state_dict (with --model); an rkd checkpoint "
                              "records its own architecture and normalisation: drop them")
+        from rkd.deploy.export import data_record
+
         net, sidecar = load_checkpoint(path)
-        return net, {"checkpoint": str(path), "sha256": sidecar.get("sha256"), **sidecar.get("model", {})}
+        info = {"checkpoint": str(path), "sha256": sidecar.get("sha256"), **sidecar.get("model", {})}
+        trained_on = data_record(sidecar)
+        if trained_on is not None:
+            info["trained_on"] = trained_on
+        return net, info
     if num_classes is None:
         raise CheckpointError("--num-classes is required with --model (a foreign state_dict does not record it)")
     kwargs: dict[str, Any] = {"model": model, "num_classes": num_classes, "width": width,

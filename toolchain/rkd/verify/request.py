@@ -125,7 +125,7 @@ def resolve_against(request: VerifyRequest, target: Any, *,
     Raises:
         UsageError: an unknown norm; a norm other than the bundle's with no eps for it.
     """
-    from rkd.data import FALLBACK_DATASET, recorded_data
+    from rkd.data import FALLBACK_DATASET, fit_to_model, recorded_data
 
     sources = dict(request.sources)
     for key in ("dataset", "eps", "norm"):  # set on the request itself (a library caller): given
@@ -140,13 +140,10 @@ def resolve_against(request: VerifyRequest, target: Any, *,
         if log is not None:
             log(f"data: {dataset}" + (f" (recorded in {where}; --data overrides)" if chosen is not None else
                                       " (nothing recorded; --data overrides)"))
-    elif request.dataset == "imagefolder":  # a folder given by path: decoded at the model's size and crop
+    else:  # given explicitly: an image folder is decoded at the model's size and crop
         record, _ = target.trained_on()
-        recorded = record.get("options") if isinstance(record, dict) and record.get("dataset") == "imagefolder" else None
-        fill = {k: v for k, v in (recorded or {}).items() if k in ("image_size", "crop_ratio")}
-        if target.image_size is not None:
-            fill.setdefault("image_size", target.image_size)
-        request = replace(request, data_options={**fill, **(request.data_options or {})})
+        request = replace(request, data_options=fit_to_model(request.dataset, request.data_options, record,
+                                                             input_size=target.image_size))
 
     tm = target.threat_model or {}
     recorded_at = target.threat_model_source or DEFAULT

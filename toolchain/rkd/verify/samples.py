@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from rkd.data import indices_sha256, load_dataset, select_indices
-from rkd.errors import CheckpointError, UsageError
+from rkd.data import indices_sha256, load_selection
+from rkd.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class SampleSet:
 def load_samples(dataset: str, split: str, *, n: int | None, sample: str = "first", seed: int = 0,
                  root: str | None = None, options: dict[str, Any] | None = None, num_classes: int | None = None,
                  model: str = "the model", action: str = "evaluate") -> SampleSet:
-    """Load ``n`` samples (all when None) of ``dataset`` as a :class:`SampleSet`.
+    """Load ``n`` samples (all when None) of ``dataset`` as a :class:`SampleSet`; a large image folder is
+    streamed, decoding only the selected files (:func:`rkd.data.load_selection`).
 
     ``num_classes``: the model's, when known; ``model`` and ``action`` name the model and the command in the
     error that refuses a mismatch.
@@ -45,12 +46,10 @@ def load_samples(dataset: str, split: str, *, n: int | None, sample: str = "firs
         UsageError: more samples asked for than the split holds, or a bad selection.
         CheckpointError: a model with another number of classes than the data set.
     """
-    data = load_dataset(dataset, split, root=root, **(options or {}))
-    if n is not None and n > len(data):
-        raise UsageError(f"--n {n} asks for more samples than {dataset} {split} has ({len(data)}); lower --n")
+    chosen = load_selection(dataset, split, n=n, sample=sample, seed=seed, root=root, options=options)
+    data = chosen.data
     if num_classes is not None and num_classes != len(data.classes):
         raise CheckpointError(f"{model} has {num_classes} classes but {dataset} has {len(data.classes)}: "
                               f"{action} it on the data set it was trained for")
-    idx = select_indices(len(data), n, seed=seed, mode=sample)
-    return SampleSet(dataset=dataset, split=split, sample=sample, idx=idx, x=data.to_float(idx), y=data.y[idx],
+    return SampleSet(dataset=dataset, split=split, sample=sample, idx=chosen.idx, x=data.to_float(), y=data.y,
                      classes=list(data.classes), options=dict(options or {}))
