@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,20 +9,7 @@ import typer
 from rich.table import Table
 
 from rkd.cli._common import class_table, console, handle_errors, out
-
-
-class Norm(str, Enum):
-    """Threat-model norm."""
-
-    linf = "linf"
-    l2 = "l2"
-
-
-class Sample(str, Enum):
-    """Which samples: the first n, or a seeded random subset."""
-
-    first = "first"
-    random = "random"
+from rkd.cli.choices import Norm, Sample
 
 
 def eval_command(

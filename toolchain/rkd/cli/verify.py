@@ -10,34 +10,7 @@ import typer
 from rich.table import Table
 
 from rkd.cli._common import class_table, console, handle_errors, out
-
-
-class Norm(str, Enum):
-    """The attacks' ball."""
-
-    linf = "linf"
-    l2 = "l2"
-
-
-class Layout(str, Enum):
-    """A model's input layout."""
-
-    nchw = "nchw"
-    nhwc = "nhwc"
-
-
-class Channels(str, Enum):
-    """A model's channel order."""
-
-    rgb = "rgb"
-    bgr = "bgr"
-
-
-class Sample(str, Enum):
-    """Which samples: the first n, or a seeded random subset."""
-
-    first = "first"
-    random = "random"
+from rkd.cli.choices import Channels, Layout, Norm, Sample
 
 
 def _value(choice: Enum | None) -> str | None:
