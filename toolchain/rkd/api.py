@@ -6,6 +6,9 @@ result instead of printing. The command line calls these functions, so the two c
 (``tests/unit/test_api.py`` compares them). Errors raise :class:`rkd.errors.RkdError` subclasses, whose
 ``exit_code`` is the command's; nothing here exits. Heavy modules (torch, onnx) load inside the functions, so
 ``import rkd.api`` stays light. See ``docs/API.md``.
+
+The signatures are long on purpose: each mirrors its command's options one to one; the functions themselves
+only build a request object and hand it to the library.
 """
 
 from __future__ import annotations

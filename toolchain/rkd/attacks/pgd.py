@@ -4,6 +4,9 @@
 The model is a black box ``nn.Module`` taking float32 NCHW inputs in [0, 1] (normalisation inside) and
 returning logits. The attacks never change its mode; they switch its parameters' ``requires_grad`` off for the
 duration and restore it exactly (also on errors), and they never write ``.grad``.
+
+:func:`run_pgd` takes its settings as one :class:`PGDConfig`; :func:`pgd` keeps the keyword form (16
+keywords) as a front, because the methods, the suites and the tests call it that way in many places.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals."""
+"""Evaluate a checkpoint's clean and adversarial accuracy (FGSM, PGD-k, CW-inf, AutoAttack) with intervals.
+
+A Typer command declares one parameter per option, so this function's long signature is the command's option
+list; its body only builds the request (:mod:`rkd.api`), runs it and renders the result."""
 
 from __future__ import annotations
 

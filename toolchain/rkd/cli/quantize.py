@@ -1,5 +1,8 @@
 """Quantize a checkpoint to INT8 (ONNX Runtime static QDQ, calibrated on real training images) into its
-bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy."""
+bundle, with a fake-quant surrogate for gradients, and compare float vs INT8 clean and PGD-20 accuracy.
+
+A Typer command declares one parameter per option, so this function's long signature is the command's option
+list; its body only builds the request (:mod:`rkd.api`), runs it and renders the result."""
 
 from __future__ import annotations
 

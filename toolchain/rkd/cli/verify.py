@@ -1,4 +1,7 @@
-"""Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates."""
+"""Verify the adversarial robustness of an exported engine (ONNX Runtime, TensorRT or torch) against gates.
+
+A Typer command declares one parameter per option, so this function's long signature is the command's option
+list; its body only builds the request (:mod:`rkd.api`), runs it and renders the result."""
 
 from __future__ import annotations
 
