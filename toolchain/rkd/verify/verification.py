@@ -261,6 +261,40 @@ def _attack(model: nn.Module, who: str, x: torch.Tensor, y: torch.Tensor, specs:
                                    on_outcome=lambda o: state.save(who, o), log=log, **suite_kw)
 
 
+def _open(
+    request: VerifyRequest, specs: list[Any], log: Callable[[str], None] | None
+) -> tuple[VerifyRequest, Any]:
+    """Open the artifact (runtime, surrogate, reference) and resolve the request's defaults against it."""
+    white_box = any(s.kind != "clean" and s.uses_gradients for s in specs)
+    target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
+                         device=request.device, batch_size=request.batch_size,
+                         runtime_options=request.runtime_options, preprocessing=request.preprocessing,
+                         reference_model=request.reference_model,
+                         image_size=(request.data_options or {}).get("image_size"), need_gradients=white_box)
+    request = resolve_against(request, target, log=log)
+    check_threat_model(request)
+    return request, target
+
+
+def _samples(request: VerifyRequest, target: Any, dev: torch.device) -> tuple[Any, Any]:
+    """Load the samples and check them against the artifact: class names, input shape, output width (after a
+    label map, which selects the artifact's outputs)."""
+    samples = load_samples(str(request.dataset), request.split, n=request.n, sample=request.sample, seed=request.seed,
+                           root=request.data_root, options=request.data_options, num_classes=target.num_classes,
+                           model=f"'{target.path.name}'", action="verify")
+    check_class_names(target, samples.classes, samples.dataset)
+    x = samples.x
+    if request.label_map is not None:
+        from rkd.deploy.adapters import read_label_map
+
+        check_input_shape(target, x, f"{request.dataset} {request.split}")
+        width = int(target.runtime.predict(x[:1]).shape[1])
+        target = target.with_outputs(read_label_map(request.label_map, samples.classes, width), x[:1])
+    check_input_shape(target, x, f"{request.dataset} {request.split}")
+    check_output_widths(target, x[:1], dev, num_classes=len(samples.classes), dataset=samples.dataset)
+    return samples, target
+
+
 def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Verify ``request.artifact`` and return the report (RobustBench names at the top level, gate verdicts).
 
@@ -271,34 +305,15 @@ def verify_artifact(request: VerifyRequest, *, log: Callable[[str], None] | None
     """
     t_start = time.perf_counter()
     specs = check_request(request)
-    white_box = any(s.kind != "clean" and s.uses_gradients for s in specs)
-    target = open_target(request.artifact, surrogate=request.surrogate, reference=request.reference,
-                         device=request.device, batch_size=request.batch_size,
-                         runtime_options=request.runtime_options, preprocessing=request.preprocessing,
-                         reference_model=request.reference_model,
-                         image_size=(request.data_options or {}).get("image_size"), need_gradients=white_box)
-    request = resolve_against(request, target, log=log)
-    check_threat_model(request)
+    request, target = _open(request, specs, log)
     has_reference = target.reference is not None
     same_model = target.kind == "checkpoint" and request.reference is None  # the model is its own reference
     check_gates_measurable(list(request.gates), specs, has_reference=has_reference,
                            transfer=request.transfer and has_reference and not same_model)
     check_judged(request)
-
-    samples = load_samples(str(request.dataset), request.split, n=request.n, sample=request.sample, seed=request.seed,
-                           root=request.data_root, options=request.data_options, num_classes=target.num_classes,
-                           model=f"'{target.path.name}'", action="verify")
-    check_class_names(target, samples.classes, samples.dataset)
-    x, y = samples.x, samples.y
     dev = torch.device(request.device)
-    if request.label_map is not None:
-        from rkd.deploy.adapters import read_label_map
-
-        check_input_shape(target, x, f"{request.dataset} {request.split}")
-        width = int(target.runtime.predict(x[:1]).shape[1])
-        target = target.with_outputs(read_label_map(request.label_map, samples.classes, width), x[:1])
-    check_input_shape(target, x, f"{request.dataset} {request.split}")
-    check_output_widths(target, x[:1], dev, num_classes=len(samples.classes), dataset=samples.dataset)
+    samples, target = _samples(request, target, dev)
+    x, y = samples.x, samples.y
 
     state = VerifyState(request.state, _state_settings(target, request, specs, samples.idx, x, y))
     timing: dict[str, float] = {}
