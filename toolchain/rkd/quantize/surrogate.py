@@ -49,6 +49,7 @@ from rkd.atomic import atomic_write, atomic_write_text
 from rkd.attacks.predictions import batched_logits, logit_agreement
 from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
 from rkd.quantize.onnx_ops import OPS, QRANGE, Op, _broadcast, _dequantize, domain_name, lookup, supported_ops
+from rkd.quantize.qdq_integer import IntSource, exact_fake_quant, integer_value, plan_integer_steps
 
 __all__ = ["OPS", "OnnxGraphModule", "agreement", "build_surrogate", "graph_spec", "load_surrogate",
            "onnx_module", "save_surrogate", "supported_ops", "unsupported_operator_error"]
@@ -204,6 +205,7 @@ class OnnxGraphModule(nn.Module):
         self.input_name: str = self.spec["input"]
         self.output_name: str = self.spec["output"]
         consts: dict[str, torch.Tensor] = dict(self.raw)
+        int_sources: dict[str, IntSource] = {}  # dequantized integer initializers, for the integer kernels
         steps: list[dict[str, Any]] = []
         for node in self.spec["nodes"]:
             attrs = {k: (self.raw[v["__tensor__"]] if isinstance(v, dict) else v)
@@ -219,6 +221,10 @@ class OnnxGraphModule(nn.Module):
                 outs = out if isinstance(out, (list, tuple)) else [out]
                 for name, value in zip(node["outputs"], outs, strict=False):
                     consts[name] = value.detach().contiguous()
+                if self._is_weight_dq(node, ins):
+                    zp = consts[ins[2]] if len(ins) > 2 and ins[2] else torch.zeros((), dtype=consts[ins[0]].dtype)
+                    int_sources[node["outputs"][0]] = {"q": consts[ins[0]], "scale": consts[ins[1]], "zp": zp,
+                                                       "axis": attrs.get("axis", 1)}
                 continue
             steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
                           "attrs": attrs, "fn": fn})
@@ -237,6 +243,9 @@ class OnnxGraphModule(nn.Module):
         if not any(True for _ in self.parameters()):  # attack libraries read the device from a parameter
             self.register_parameter("device_anchor", nn.Parameter(torch.zeros(0), requires_grad=False))
         self.steps = steps
+        #: Conv/Gemm/MatMul steps computed as ONNX Runtime's integer kernels (:mod:`rkd.quantize.qdq_integer`)
+        self.num_integer_ops = 0 if self.trainable else plan_integer_steps(self, steps, int_sources,
+                                                                           self.output_name)
         self.num_fake_quant = sum(s["op"] == "FakeQuantize" for s in steps)
         self.num_quantized_weights = sum(
             1 for n in self.spec["nodes"]
@@ -357,10 +366,8 @@ class OnnxGraphModule(nn.Module):
         scale, zp = getattr(self, f"{a['key']}_scale"), getattr(self, f"{a['key']}_zp")
         if x.dtype != torch.float32:
             x = x.float()
-        if a["per_channel"]:
-            axis = a["axis"] + x.dim() if a["axis"] < 0 else a["axis"]
-            return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, a["qmin"], a["qmax"])
-        return torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], a["qmin"], a["qmax"])
+        axis = (a["axis"] + x.dim() if a["axis"] < 0 else a["axis"]) if a["per_channel"] else None
+        return exact_fake_quant(x, scale, zp, a["qmin"], a["qmax"], axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float NCHW images ``x`` in [0, 1] (on the module's device)."""
@@ -378,6 +385,8 @@ class OnnxGraphModule(nn.Module):
                     env[out] = y
                 continue
             out = s["fn"](args, s["attrs"])
+            if "integer" in s and self.fake_quant_enabled:  # forward as ONNX Runtime's kernel, float gradient
+                out = out + (integer_value(self, s, *args[:2]) - out).detach()
             if isinstance(out, (list, tuple)):
                 for name, value in zip(s["outputs"], out, strict=False):
                     env[name] = value
