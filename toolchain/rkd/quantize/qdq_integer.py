@@ -81,13 +81,13 @@ def plan_integer_steps(module: nn.Module, steps: list[dict[str, Any]], int_sourc
         w_src = int_sources.get(s["inputs"][1])
         b_name = s["inputs"][2] if len(s["inputs"]) > 2 else ""
         b_src = int_sources.get(b_name) if b_name else None
-        if (fq_in is None or fq_in["op"] != "FakeQuantize" or fq_in["attrs"]["per_channel"] or w_src is None
+        if (not _per_tensor_fq(fq_in, consumers) or w_src is None
                 or w_src["q"].dtype not in (torch.int8, torch.uint8) or not _out_channel_axis(s, w_src)
                 or (b_name and (b_src is None or b_src["q"].dtype != torch.int32))):
             continue
         users = consumers.get(s["outputs"][0], [])
         fq_out = users[0] if len(users) == 1 and users[0]["op"] == "FakeQuantize" else None
-        if fq_out is not None and fq_out["attrs"]["per_channel"]:
+        if fq_out is not None and not _per_tensor_fq(fq_out, consumers):
             continue
         if fq_out is None and (s["op"] != "Gemm" or s["outputs"][0] != output_name and users):
             continue
@@ -109,8 +109,16 @@ def plan_integer_steps(module: nn.Module, steps: list[dict[str, Any]], int_sourc
     return count
 
 
-def _per_tensor_fq(step: Mapping[str, Any] | None) -> bool:
-    return step is not None and step["op"] == "FakeQuantize" and not step["attrs"]["per_channel"]
+def _per_tensor_fq(step: Mapping[str, Any] | None,
+                   consumers: Mapping[str, list[dict[str, Any]]] | None = None) -> bool:
+    """A per-tensor ``FakeQuantize`` step that ONNX Runtime's x86 CPU provider keeps in an integer kernel: uint8,
+    or int8 read by one node only (its QDQ transformer turns such int8 pairs into uint8; an int8 pair with
+    several readers stays int8, and x86 has no int8 x int8 QLinearConv/QLinearAdd, so the group runs in float)."""
+    if step is None or step["op"] != "FakeQuantize" or step["attrs"]["per_channel"]:
+        return False
+    if consumers is None or step["attrs"]["dtype"] == "uint8":
+        return True
+    return sum(len(consumers.get(t, [])) for t in step["outputs"]) == 1
 
 
 def _plan_elementwise(module: nn.Module, s: dict[str, Any], producer: Mapping[str, dict[str, Any]],
@@ -120,8 +128,8 @@ def _plan_elementwise(module: nn.Module, s: dict[str, Any], producer: Mapping[st
     n_in = 2 if s["op"] == "Add" else 1
     ins = [producer.get(t) for t in s["inputs"][:n_in]]
     users = consumers.get(s["outputs"][0], [])
-    if len(s["inputs"]) != n_in or not all(_per_tensor_fq(p) for p in ins) or len(users) != 1 \
-            or not _per_tensor_fq(users[0]):
+    if len(s["inputs"]) != n_in or not all(_per_tensor_fq(p, consumers) for p in ins) or len(users) != 1 \
+            or not _per_tensor_fq(users[0], consumers):
         return 0
     s["integer"] = {"key": f"int{index}", "in_keys": [p["attrs"]["key"] for p in ins],  # type: ignore[index]
                     "y_key": users[0]["attrs"]["key"]}
