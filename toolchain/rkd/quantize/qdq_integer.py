@@ -17,7 +17,7 @@ kernel's result. The interpreter uses it as the forward value and keeps the floa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,41 @@ INTEGER_OPS = ("Conv", "Gemm", "MatMul")
 
 #: A constant that is a DequantizeLinear of an integer initializer: ``{"q": int tensor, "scale", "zp", "axis"}``.
 IntSource = dict[str, Any]
+
+
+def ort_fused_outputs(onnx_path: str) -> list[str] | None:
+    """The groups ONNX Runtime's CPU provider runs as integer kernels (``QLinearConv``, ``QLinearMatMul``,
+    ``QGemm``, ``QLinearAdd``, ``QLinearGlobalAveragePool``) after its QDQ transformer (graph optimization level
+    2), read from the graph it optimizes on this machine, as keys: the integer weight's initializer name (Conv,
+    MatMul, Gemm), ``"Add:<output scale>"``, ``"GlobalAveragePool:<output scale>"``. None when ONNX Runtime is
+    absent or refuses the file (then the structural rule of :func:`plan_integer_steps` applies)."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            graph = onnx.load(so.optimized_model_filepath).graph
+        except Exception:  # ONNX Runtime refuses the file: the interpreter's own errors are the ones to report
+            return None
+    keys: set[str] = set()
+    for n in graph.node:  # activations may be renamed (int8 -> uint8 conversion); initializer names stay
+        if n.op_type in ("QLinearConv", "QLinearMatMul", "QGemm") and len(n.input) > 3:
+            keys.add(n.input[3])  # the integer weight
+        elif n.op_type == "QLinearAdd" and len(n.input) > 6:
+            keys.add(f"Add:{n.input[6]}")  # the output scale
+        elif n.op_type == "QLinearGlobalAveragePool" and len(n.input) > 3:
+            keys.add(f"GlobalAveragePool:{n.input[3]}")
+    return sorted(keys)
 
 
 def _centred_weight(src: Mapping[str, Any]) -> torch.Tensor:
@@ -56,10 +91,11 @@ def _out_channel_axis(step: Mapping[str, Any], src: Mapping[str, Any]) -> bool:
 
 
 def plan_integer_steps(module: nn.Module, steps: list[dict[str, Any]], int_sources: Mapping[str, IntSource],
-                       output_name: str) -> int:
+                       output_name: str, fused: Sequence[str] | None = None) -> int:
     """Mark each Conv/Gemm/MatMul step that ONNX Runtime fuses into an integer kernel: its input is a per-tensor
     ``FakeQuantize`` output, its weight (and bias, if any) a dequantized integer constant, and its only consumer
-    a per-tensor ``FakeQuantize`` (a Gemm may instead give float output). Stores the centred integer weight,
+    a per-tensor ``FakeQuantize`` (a Gemm may instead give float output); with ``fused`` (from
+    :func:`ort_fused_outputs`), only the groups ONNX Runtime fused. Stores the centred integer weight,
     the int32 bias and the multiplier as non-persistent buffers of ``module``; sets ``step["integer"]``.
     Returns how many steps were marked."""
     producer = {out: s for s in steps for out in s["outputs"]}
@@ -68,8 +104,13 @@ def plan_integer_steps(module: nn.Module, steps: list[dict[str, Any]], int_sourc
         for t in s["inputs"]:
             consumers.setdefault(t, []).append(s)
     count = 0
+    done = None if fused is None else set(fused)
     for s in steps:
         if s["op"] in ("Add", "GlobalAveragePool"):
+            users = consumers.get(s["outputs"][0], [])
+            scale = users[0]["attrs"].get("scale_name") if len(users) == 1 else None
+            if done is not None and f"{s['op']}:{scale}" not in done:
+                continue
             count += _plan_elementwise(module, s, producer, consumers, count)
             continue
         if s["op"] not in INTEGER_OPS or len(s["inputs"]) < 2:
@@ -79,6 +120,8 @@ def plan_integer_steps(module: nn.Module, steps: list[dict[str, Any]], int_sourc
             continue
         fq_in = producer.get(s["inputs"][0])
         w_src = int_sources.get(s["inputs"][1])
+        if done is not None and (w_src is None or w_src["name"] not in done):
+            continue
         b_name = s["inputs"][2] if len(s["inputs"]) > 2 else ""
         b_src = int_sources.get(b_name) if b_name else None
         if (not _per_tensor_fq(fq_in, consumers) or w_src is None
@@ -146,12 +189,13 @@ def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def _add_value(module: nn.Module, step: Mapping[str, Any], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """MLAS ``QLinearAdd`` (x86 AVX2 kernel): ``round(fma(a_q, sa/sc, fma(b_q, sb/sc, zc - (sa/sc*za +
+    """MLAS ``QLinearAdd`` (x86 AVX2 kernel): ``round(fma(a_q, sa/sc, fma(b_q, sb/sc, zc - fma(sa/sc, za,
     sb/sc*zb))))`` on the raw integers, as a value on the output grid."""
     (sa, za), (sb, zb) = (_qparams(module, k) for k in step["integer"]["in_keys"])
     sc, zc = _qparams(module, step["integer"]["y_key"])
     ra, rb = (sa / sc).to(torch.float32), (sb / sc).to(torch.float32)
-    fixed = zc.to(torch.float32) - (ra * za.to(torch.float32) + rb * zb.to(torch.float32))
+    # the compiler contracts the constant term into a fused multiply-add too
+    fixed = zc.to(torch.float32) - _fma(ra, za.to(torch.float32), rb * zb.to(torch.float32))
     qa, qb = torch.round(a / sa) + za, torch.round(b / sb) + zb
     r = _fma(qa, ra, _fma(qb, rb, fixed))
     return (torch.round(r).to(torch.float64) - zc).to(torch.float32) * sc
@@ -203,16 +247,20 @@ def exact_fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmi
     the gradient of ``torch.fake_quantize_per_*_affine`` (straight-through, zero where saturated); torch's own
     forward multiplies by ``1 / scale``, which differs at rounding ties."""
     if axis is None:
-        fq = torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], qmin, qmax)
         s, z = scale[0], zp[0].to(torch.float32)
     else:
-        fq = torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
         shape = [1] * x.dim()
         shape[axis] = -1
         s, z = scale.reshape(shape), zp.to(torch.float32).reshape(shape)
     with torch.no_grad():
         exact = ((torch.round(x / s) + z).clamp_(qmin, qmax) - z) * s
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return exact
+    if axis is None:
+        fq = torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], qmin, qmax)
+    else:
+        fq = torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
     return fq + (exact - fq).detach()
 
 
-__all__ = ["INTEGER_OPS", "IntSource", "exact_fake_quant", "integer_value", "plan_integer_steps"]
+__all__ = ["INTEGER_OPS", "IntSource", "exact_fake_quant", "integer_value", "ort_fused_outputs", "plan_integer_steps"]

@@ -49,7 +49,13 @@ from rkd.atomic import atomic_write, atomic_write_text
 from rkd.attacks.predictions import batched_logits, logit_agreement
 from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
 from rkd.quantize.onnx_ops import OPS, QRANGE, Op, _broadcast, _dequantize, domain_name, lookup, supported_ops
-from rkd.quantize.qdq_integer import IntSource, exact_fake_quant, integer_value, plan_integer_steps
+from rkd.quantize.qdq_integer import (
+    IntSource,
+    exact_fake_quant,
+    integer_value,
+    ort_fused_outputs,
+    plan_integer_steps,
+)
 
 __all__ = ["OPS", "OnnxGraphModule", "agreement", "build_surrogate", "graph_spec", "load_surrogate",
            "onnx_module", "save_surrogate", "supported_ops", "unsupported_operator_error"]
@@ -223,8 +229,8 @@ class OnnxGraphModule(nn.Module):
                     consts[name] = value.detach().contiguous()
                 if self._is_weight_dq(node, ins):
                     zp = consts[ins[2]] if len(ins) > 2 and ins[2] else torch.zeros((), dtype=consts[ins[0]].dtype)
-                    int_sources[node["outputs"][0]] = {"q": consts[ins[0]], "scale": consts[ins[1]], "zp": zp,
-                                                       "axis": attrs.get("axis", 1)}
+                    int_sources[node["outputs"][0]] = {"name": ins[0], "q": consts[ins[0]], "scale": consts[ins[1]],
+                                                       "zp": zp, "axis": attrs.get("axis", 1)}
                 continue
             steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
                           "attrs": attrs, "fn": fn})
@@ -244,8 +250,8 @@ class OnnxGraphModule(nn.Module):
             self.register_parameter("device_anchor", nn.Parameter(torch.zeros(0), requires_grad=False))
         self.steps = steps
         #: Conv/Gemm/MatMul steps computed as ONNX Runtime's integer kernels (:mod:`rkd.quantize.qdq_integer`)
-        self.num_integer_ops = 0 if self.trainable else plan_integer_steps(self, steps, int_sources,
-                                                                           self.output_name)
+        self.num_integer_ops = 0 if self.trainable else plan_integer_steps(
+            self, steps, int_sources, self.output_name, self.spec.get("ort_fused"))
         self.num_fake_quant = sum(s["op"] == "FakeQuantize" for s in steps)
         self.num_quantized_weights = sum(
             1 for n in self.spec["nodes"]
@@ -341,7 +347,7 @@ class OnnxGraphModule(nn.Module):
             fused[i] = {"name": s["name"], "op": "FakeQuantize", "inputs": [s["inputs"][0]],
                         "outputs": [steps[j]["outputs"][0] for j in users],
                         "attrs": {"key": key, "qmin": lo, "qmax": hi, "axis": s["attrs"].get("axis", 1),
-                                  "per_channel": scale.numel() > 1,
+                                  "per_channel": scale.numel() > 1, "scale_name": qp[0],
                                   "dtype": str(zp.dtype).removeprefix("torch.")}}
             drop.update(users)
         return [fused.get(i, s) for i, s in enumerate(steps) if i not in drop]
@@ -384,9 +390,15 @@ class OnnxGraphModule(nn.Module):
                 for out in s["outputs"]:
                     env[out] = y
                 continue
-            out = s["fn"](args, s["attrs"])
             if "integer" in s and self.fake_quant_enabled:  # forward as ONNX Runtime's kernel, float gradient
-                out = out + (integer_value(self, s, *args[:2]) - out).detach()
+                value = integer_value(self, s, *args[:2])
+                if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
+                    out = s["fn"](args, s["attrs"])
+                    out = out + (value - out).detach()
+                else:  # no gradient wanted: the float op is not needed
+                    out = value
+            else:
+                out = s["fn"](args, s["attrs"])
             if isinstance(out, (list, tuple)):
                 for name, value in zip(s["outputs"], out, strict=False):
                     env[name] = value
@@ -441,6 +453,10 @@ def onnx_module(onnx_path: str | Path) -> OnnxGraphModule:
 def _module(path: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], trainable: bool) -> OnnxGraphModule:
     from rkd.deploy.bundle import file_sha256
 
+    if not trainable and any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
+        fused = ort_fused_outputs(str(path))
+        if fused is not None:
+            spec = {**spec, "ort_fused": fused}
     return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)},
                            trainable=trainable).eval()
 
