@@ -48,7 +48,18 @@ from torch import nn
 from rkd.atomic import atomic_write, atomic_write_text
 from rkd.attacks.predictions import batched_logits, logit_agreement
 from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
-from rkd.quantize.onnx_ops import OPS, QRANGE, Op, _broadcast, _dequantize, domain_name, lookup, supported_ops
+from rkd.quantize.onnx_ops import (
+    CENTRED_WEIGHTS,
+    OPS,
+    QRANGE,
+    Op,
+    _broadcast,
+    _dequantize,
+    centred_weight,
+    domain_name,
+    lookup,
+    supported_ops,
+)
 from rkd.quantize.qdq_integer import (
     IntSource,
     exact_fake_quant,
@@ -235,6 +246,7 @@ class OnnxGraphModule(nn.Module):
             steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
                           "attrs": attrs, "fn": fn})
         steps = self._fuse_qdq(steps, consts)
+        self._centre_weights(steps, consts)
         needed = {t for s in steps for t in s["inputs"] if t and t in consts}
         self._const_keys: dict[str, tuple[str, str]] = {}
         for i, name in enumerate(sorted(needed)):
@@ -258,6 +270,26 @@ class OnnxGraphModule(nn.Module):
             if n["op"] == "DequantizeLinear" and n["inputs"][0] in self.raw
             and self.raw[n["inputs"][0]].dtype in (torch.int8, torch.uint8)
         )
+
+    @staticmethod
+    def _centre_weights(steps: list[dict[str, Any]], consts: dict[str, torch.Tensor]) -> None:
+        """Convert each constant integer weight of a QOperator op (QLinearConv, QGemm, ...) to its centred float
+        value once, in place of doing it on every forward pass (:func:`~rkd.quantize.onnx_ops.centred_weight`):
+        the step then reads the prepared tensor with its zero point omitted. These weights are constants, never
+        trainable, so the prepared value cannot go stale."""
+        for s in steps:
+            where = CENTRED_WEIGHTS.get(s["op"])
+            if where is None:
+                continue
+            wi, zi = where[:2]
+            ins = s["inputs"]
+            w = ins[wi] if len(ins) > wi else ""
+            zp = ins[zi] if len(ins) > zi else ""
+            if not w or w not in consts or (zp and zp not in consts):
+                continue
+            name = f"{w}::centred"
+            consts[name] = centred_weight(s["op"], consts[w], consts[zp] if zp else None, s["attrs"]).contiguous()
+            s["inputs"] = [name if i == wi else "" if i == zi else t for i, t in enumerate(ins)]
 
     def _is_weight_dq(self, node: Mapping[str, Any], ins: Sequence[str]) -> bool:
         """A DequantizeLinear of an integer initializer (int8/uint8 weights, int32 biases) with constant
