@@ -142,12 +142,15 @@ def plan_integer_steps(module: nn.Module, steps: list[dict[str, Any]], int_sourc
             mult = x_scale * w_scale / y_scale  # as ONNX Runtime computes its output scales
         else:
             y_scale, mult = None, x_scale * w_scale
-        module.register_buffer(f"{key}_w", _centred_weight(w_src).contiguous(), persistent=False)
-        module.register_buffer(f"{key}_b", None if b_src is None else b_src["q"].to(torch.float32).reshape(-1),
-                               persistent=False)
+        # trainable weights (quantization-aware training) are read from their parameters on every pass
+        w_fixed = None if "trainable" in w_src else _centred_weight(w_src).contiguous()
+        b_fixed = None if b_src is None or "trainable" in b_src else b_src["q"].to(torch.float32).reshape(-1)
+        module.register_buffer(f"{key}_w", w_fixed, persistent=False)
+        module.register_buffer(f"{key}_b", b_fixed, persistent=False)
         module.register_buffer(f"{key}_mult", mult, persistent=False)
         module.register_buffer(f"{key}_y", y_scale, persistent=False)
-        s["integer"] = {"key": key, "x_key": fq_in["attrs"]["key"]}
+        s["integer"] = {"key": key, "x_key": fq_in["attrs"]["key"],
+                        "w_trainable": w_src.get("trainable"), "b_trainable": (b_src or {}).get("trainable")}
         count += 1
     return count
 
@@ -210,6 +213,14 @@ def _gap_value(module: nn.Module, step: Mapping[str, Any], x: torch.Tensor) -> t
     return torch.round(acc * (sx / (sy * float(size)))) * sy
 
 
+def _trainable_centred(module: nn.Module, source: Sequence[Any]) -> torch.Tensor:
+    """``q - zero_point`` (float32) of a trainable weight on its integer grid now: ``source`` is
+    ``(parameter key, qmin, qmax)``."""
+    key, qmin, qmax = source
+    q = module._weight_int(key, qmin, qmax)  # type: ignore[operator]
+    return (q - getattr(module, f"{key}_zp")).to(torch.float32)
+
+
 @torch.no_grad()
 def integer_value(module: nn.Module, step: Mapping[str, Any], x: torch.Tensor, other: torch.Tensor | None = None
                   ) -> torch.Tensor:
@@ -225,6 +236,10 @@ def integer_value(module: nn.Module, step: Mapping[str, Any], x: torch.Tensor, o
     x_scale = getattr(module, f"{info['x_key']}_scale").reshape(())
     xi = torch.round(x.to(torch.float32) / x_scale)  # x_q - x_zp, exactly (x is on the grid)
     w, b = getattr(module, f"{key}_w"), getattr(module, f"{key}_b")
+    if info.get("w_trainable"):
+        w = _trainable_centred(module, info["w_trainable"])
+    if info.get("b_trainable"):
+        b = _trainable_centred(module, info["b_trainable"]).reshape(-1)
     mult, y_scale = getattr(module, f"{key}_mult"), getattr(module, f"{key}_y")
     if step["op"] == "Conv":
         acc = _conv_core(xi, w, None, step["attrs"])

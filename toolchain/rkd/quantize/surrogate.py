@@ -230,6 +230,9 @@ class OnnxGraphModule(nn.Module):
             ins = node["inputs"]
             if self.trainable and self._is_weight_dq(node, ins):
                 steps.append(self._weight_step(node, ins, attrs))
+                a = steps[-1]["attrs"]
+                int_sources[node["outputs"][0]] = self._int_source(ins, attrs, consts) | {
+                    "trainable": (a["key"], a["qmin"], a["qmax"])}
                 continue
             fn = _op_fn(node, str(self.source.get("file") or "the graph"))
             if all(not t or t in consts for t in ins):  # constant folding: weight DQ, shape arithmetic
@@ -239,9 +242,7 @@ class OnnxGraphModule(nn.Module):
                 for name, value in zip(node["outputs"], outs, strict=False):
                     consts[name] = value.detach().contiguous()
                 if self._is_weight_dq(node, ins):
-                    zp = consts[ins[2]] if len(ins) > 2 and ins[2] else torch.zeros((), dtype=consts[ins[0]].dtype)
-                    int_sources[node["outputs"][0]] = {"name": ins[0], "q": consts[ins[0]], "scale": consts[ins[1]],
-                                                       "zp": zp, "axis": attrs.get("axis", 1)}
+                    int_sources[node["outputs"][0]] = self._int_source(ins, attrs, consts)
                 continue
             steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
                           "attrs": attrs, "fn": fn})
@@ -262,8 +263,8 @@ class OnnxGraphModule(nn.Module):
             self.register_parameter("device_anchor", nn.Parameter(torch.zeros(0), requires_grad=False))
         self.steps = steps
         #: Conv/Gemm/MatMul steps computed as ONNX Runtime's integer kernels (:mod:`rkd.quantize.qdq_integer`)
-        self.num_integer_ops = 0 if self.trainable else plan_integer_steps(
-            self, steps, int_sources, self.output_name, self.spec.get("ort_fused"))
+        self.num_integer_ops = plan_integer_steps(self, steps, int_sources, self.output_name,
+                                                  self.spec.get("ort_fused"))
         self.num_fake_quant = sum(s["op"] == "FakeQuantize" for s in steps)
         self.num_quantized_weights = sum(
             1 for n in self.spec["nodes"]
@@ -290,6 +291,13 @@ class OnnxGraphModule(nn.Module):
             name = f"{w}::centred"
             consts[name] = centred_weight(s["op"], consts[w], consts[zp] if zp else None, s["attrs"]).contiguous()
             s["inputs"] = [name if i == wi else "" if i == zi else t for i, t in enumerate(ins)]
+
+    @staticmethod
+    def _int_source(ins: Sequence[str], attrs: Mapping[str, Any], consts: Mapping[str, torch.Tensor]
+                    ) -> dict[str, Any]:
+        """The integer initializer behind a weight DequantizeLinear (for the integer kernels)."""
+        zp = consts[ins[2]] if len(ins) > 2 and ins[2] else torch.zeros((), dtype=consts[ins[0]].dtype)
+        return {"name": ins[0], "q": consts[ins[0]], "scale": consts[ins[1]], "zp": zp, "axis": attrs.get("axis", 1)}
 
     def _is_weight_dq(self, node: Mapping[str, Any], ins: Sequence[str]) -> bool:
         """A DequantizeLinear of an integer initializer (int8/uint8 weights, int32 biases) with constant
@@ -485,7 +493,7 @@ def onnx_module(onnx_path: str | Path) -> OnnxGraphModule:
 def _module(path: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], trainable: bool) -> OnnxGraphModule:
     from rkd.deploy.bundle import file_sha256
 
-    if not trainable and any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
+    if any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
         fused = ort_fused_outputs(str(path))
         if fused is not None:
             spec = {**spec, "ort_fused": fused}
