@@ -141,9 +141,10 @@ def test_a_crudely_quantized_engine_fails_the_drop_gate(bundle: Path, tmp_path: 
     assert rep["drop"]["robust_acc"] > 0.1, rep["drop"]
     root = ET.parse(tmp_path / "r" / "verify.junit.xml").getroot()
     failed = [c.get("name") for c in root.findall("testcase") if c.find("failure") is not None]
-    # the crude grid also makes the surrogate disagree with the engine (85% clean top-1): the run is unreliable
-    # too, and the JUnit file says both; the verdict is the gate's failure
-    assert failed == ["gate drop.robust_acc<=0.03", "reliable evaluation"] and rep["verdict"] == "fail"
+    # the surrogate computes the crude grid as ONNX Runtime's integer kernels do, so it still agrees with the
+    # engine: the evaluation is reliable and the gate's failure is the only one
+    assert rep["agreement"]["clean"]["top1_agreement"] >= 0.99, rep["agreement"]
+    assert failed == ["gate drop.robust_acc<=0.03"] and rep["verdict"] == "fail"
     ok = _run("--engine", str(bundle / "model.int8.onnx"), "--data", DATA, "--n", "128", "--eps", "4/255",
               "--attacks", "pgd5", "--gate", "drop.robust_acc<=0.03", "--report", str(tmp_path / "ok"))
     assert ok.exit_code == 0, ok.output  # the honest INT8 model of the same student passes the same gate

@@ -101,6 +101,12 @@ def test_a_foreign_model_verifies_end_to_end_with_its_stated_preprocessing(
     assert rep["white_box"]["ran"] and rep["white_box"]["gradient_rules"]
     assert rep["data"]["options"]["image_size"] == 32
     assert rep["agreement"]["clean"]["top1_agreement"] == 1.0
+    md = (tmp_path / "rep" / "verify.md").read_text()
+    assert f"Preprocessing in front of the model: BGR, x*255, mean (103.5, 116.3, 123.7), std (57.38, 57.12, " \
+           f"58.4), {layout.upper()}." in md
+    assert "White-box attacks: ran (pgd5) with gradients from onnx-interpreter" in md
+    junit = (tmp_path / "rep" / "verify.junit.xml").read_text()
+    assert 'name="preprocessing" value="BGR, x*255' in junit and 'name="white_box" value="ran (pgd5)' in junit
 
 
 def test_the_input_size_comes_from_the_model_when_not_given(tmp_path: Path, folder: Path) -> None:

@@ -133,8 +133,9 @@ def verify(
                                                       "10-class folder).", rich_help_panel="Models rkd did not make")]
         = None,
     reference_model: Annotated[Optional[str], typer.Option("--reference-model", help="--reference is a plain "
-                                                           "state_dict of this architecture (e.g. tv_mobilenet_v2, "
-                                                           "or NAME:CLASSES).",
+                                                           "state_dict of this architecture: an rkd name (e.g. "
+                                                           "tv_mobilenet_v2), timm:NAME or torchvision:NAME (built "
+                                                           "without download), each optionally :CLASSES.",
                                                            rich_help_panel="Models rkd did not make")] = None,
     allow_no_floor: Annotated[bool, typer.Option("--allow-no-floor", help="Judge gates without a floor on robust "
                                                  "accuracy (e.g. only drops and agreement, which a model without "

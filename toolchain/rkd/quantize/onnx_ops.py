@@ -124,6 +124,8 @@ def _zero_point(zp: torch.Tensor | None, like: torch.Tensor | None = None) -> to
 def _centred(q: torch.Tensor, zp: torch.Tensor | None, axis: int = 1) -> torch.Tensor:
     """``q - zero_point`` in float32 (``q`` an integer tensor or its float carrier; ``zp`` per tensor or per
     ``axis``)."""
+    if zp is None and q.dtype == torch.float32:  # a carrier without zero point (e.g. a prepared weight)
+        return q
     zp = _zero_point(zp, q)
     return q.to(torch.float32) - _broadcast(zp, q, axis).to(torch.float32)
 
@@ -135,6 +137,8 @@ def _dq(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int
 
 def _ste_round(v: torch.Tensor) -> torch.Tensor:
     """Round half to even (as ONNX QuantizeLinear) with the identity as gradient (straight-through)."""
+    if not (v.requires_grad and torch.is_grad_enabled()):  # no gradient wanted: one pass instead of three
+        return torch.round(v)
     return v + (torch.round(v) - v).detach()
 
 
@@ -146,7 +150,10 @@ def _to_grid(v: torch.Tensor, zp: torch.Tensor | None, axis: int = 1, like: torc
     if zp.dtype not in QRANGE:
         raise UsageError(f"surrogate: quantization to {zp.dtype} is not supported")
     lo, hi = QRANGE[zp.dtype]
-    return (_ste_round(v) + _broadcast(zp, v, axis).to(v.dtype)).clamp(lo, hi)
+    q = _ste_round(v)
+    if not q.requires_grad:  # in place: saves two passes over the activation
+        return q.add_(_broadcast(zp, v, axis).to(v.dtype)).clamp_(lo, hi)
+    return (q + _broadcast(zp, v, axis).to(v.dtype)).clamp(lo, hi)
 
 
 def _requantize(y: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int = 1,
@@ -395,11 +402,15 @@ def _per_col(param: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _centred_rows(q: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    if zp is None and q.dtype == torch.float32:
+        return q
     z = _per_row(_zero_point(zp, q), q)
     return q.to(torch.float32) - z.to(torch.float32)  # type: ignore[union-attr]
 
 
 def _centred_cols(q: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    if zp is None and q.dtype == torch.float32:
+        return q
     z = _per_col(_zero_point(zp, q))
     return q.to(torch.float32) - z.to(torch.float32)  # type: ignore[union-attr]
 
@@ -448,7 +459,7 @@ def _qgemm(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
     ca = _centred(qa, za)
     ca = ca.t() if a.get("transA", 0) else ca
     if a.get("transB", 0):  # B is (N, K): per-column parameters run along its rows
-        cb = (qb.to(torch.float32) - _per_row(_zero_point(zb, qb), qb).to(torch.float32)).t()  # type: ignore[union-attr]
+        cb = _centred_rows(qb, zb).t()
     else:
         cb = _centred_cols(qb, zb)
     acc = ca @ cb
@@ -508,6 +519,25 @@ def _qlinear_where(inp: list[Any], a: dict[str, Any]) -> torch.Tensor:
 
 def _reduce_mean_attr(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
     return _reduce_mean([x], a)
+
+
+#: Integer-weight ops whose constant weight can be centred once: op -> (weight input, its zero point input, how).
+CENTRED_WEIGHTS: dict[str, tuple[int, int, str]] = {
+    "QLinearConv": (3, 5, "channels"), "ConvInteger": (1, 3, "channels"), "QLinearMatMul": (3, 5, "cols"),
+    "MatMulInteger": (1, 3, "cols"), "QGemm": (3, 5, "gemm"),
+}
+
+
+def centred_weight(op: str, w: torch.Tensor, zp: torch.Tensor | None, a: dict[str, Any]) -> torch.Tensor:
+    """``w - w_zero_point`` of a constant weight of ``op`` (a :data:`CENTRED_WEIGHTS` op) as float32, as the op
+    computes it: the op gives the same result for this tensor with its zero point omitted, so the interpreter
+    converts each weight once instead of on every forward pass."""
+    how = CENTRED_WEIGHTS[op][2]
+    if how == "channels":
+        return _centred(w, zp, axis=0)
+    if how == "gemm" and a.get("transB", 0):
+        return _centred_rows(w, zp)
+    return _centred_cols(w, zp)
 
 
 # -------------------------------------------------------------------------------------------- registry

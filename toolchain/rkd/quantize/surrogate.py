@@ -48,7 +48,25 @@ from torch import nn
 from rkd.atomic import atomic_write, atomic_write_text
 from rkd.attacks.predictions import batched_logits, logit_agreement
 from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
-from rkd.quantize.onnx_ops import OPS, QRANGE, Op, _broadcast, _dequantize, domain_name, lookup, supported_ops
+from rkd.quantize.onnx_ops import (
+    CENTRED_WEIGHTS,
+    OPS,
+    QRANGE,
+    Op,
+    _broadcast,
+    _dequantize,
+    centred_weight,
+    domain_name,
+    lookup,
+    supported_ops,
+)
+from rkd.quantize.qdq_integer import (
+    IntSource,
+    exact_fake_quant,
+    integer_value,
+    ort_fused_outputs,
+    plan_integer_steps,
+)
 
 __all__ = ["OPS", "OnnxGraphModule", "agreement", "build_surrogate", "graph_spec", "load_surrogate",
            "onnx_module", "save_surrogate", "supported_ops", "unsupported_operator_error"]
@@ -204,6 +222,7 @@ class OnnxGraphModule(nn.Module):
         self.input_name: str = self.spec["input"]
         self.output_name: str = self.spec["output"]
         consts: dict[str, torch.Tensor] = dict(self.raw)
+        int_sources: dict[str, IntSource] = {}  # dequantized integer initializers, for the integer kernels
         steps: list[dict[str, Any]] = []
         for node in self.spec["nodes"]:
             attrs = {k: (self.raw[v["__tensor__"]] if isinstance(v, dict) else v)
@@ -211,6 +230,9 @@ class OnnxGraphModule(nn.Module):
             ins = node["inputs"]
             if self.trainable and self._is_weight_dq(node, ins):
                 steps.append(self._weight_step(node, ins, attrs))
+                a = steps[-1]["attrs"]
+                int_sources[node["outputs"][0]] = self._int_source(ins, attrs, consts) | {
+                    "trainable": (a["key"], a["qmin"], a["qmax"])}
                 continue
             fn = _op_fn(node, str(self.source.get("file") or "the graph"))
             if all(not t or t in consts for t in ins):  # constant folding: weight DQ, shape arithmetic
@@ -219,10 +241,13 @@ class OnnxGraphModule(nn.Module):
                 outs = out if isinstance(out, (list, tuple)) else [out]
                 for name, value in zip(node["outputs"], outs, strict=False):
                     consts[name] = value.detach().contiguous()
+                if self._is_weight_dq(node, ins):
+                    int_sources[node["outputs"][0]] = self._int_source(ins, attrs, consts)
                 continue
             steps.append({"name": node["name"], "op": node["op"], "inputs": ins, "outputs": node["outputs"],
                           "attrs": attrs, "fn": fn})
         steps = self._fuse_qdq(steps, consts)
+        self._centre_weights(steps, consts)
         needed = {t for s in steps for t in s["inputs"] if t and t in consts}
         self._const_keys: dict[str, tuple[str, str]] = {}
         for i, name in enumerate(sorted(needed)):
@@ -237,12 +262,42 @@ class OnnxGraphModule(nn.Module):
         if not any(True for _ in self.parameters()):  # attack libraries read the device from a parameter
             self.register_parameter("device_anchor", nn.Parameter(torch.zeros(0), requires_grad=False))
         self.steps = steps
+        #: Conv/Gemm/MatMul steps computed as ONNX Runtime's integer kernels (:mod:`rkd.quantize.qdq_integer`)
+        self.num_integer_ops = plan_integer_steps(self, steps, int_sources, self.output_name,
+                                                  self.spec.get("ort_fused"))
         self.num_fake_quant = sum(s["op"] == "FakeQuantize" for s in steps)
         self.num_quantized_weights = sum(
             1 for n in self.spec["nodes"]
             if n["op"] == "DequantizeLinear" and n["inputs"][0] in self.raw
             and self.raw[n["inputs"][0]].dtype in (torch.int8, torch.uint8)
         )
+
+    @staticmethod
+    def _centre_weights(steps: list[dict[str, Any]], consts: dict[str, torch.Tensor]) -> None:
+        """Convert each constant integer weight of a QOperator op (QLinearConv, QGemm, ...) to its centred float
+        value once, in place of doing it on every forward pass (:func:`~rkd.quantize.onnx_ops.centred_weight`):
+        the step then reads the prepared tensor with its zero point omitted. These weights are constants, never
+        trainable, so the prepared value cannot go stale."""
+        for s in steps:
+            where = CENTRED_WEIGHTS.get(s["op"])
+            if where is None:
+                continue
+            wi, zi = where[:2]
+            ins = s["inputs"]
+            w = ins[wi] if len(ins) > wi else ""
+            zp = ins[zi] if len(ins) > zi else ""
+            if not w or w not in consts or (zp and zp not in consts):
+                continue
+            name = f"{w}::centred"
+            consts[name] = centred_weight(s["op"], consts[w], consts[zp] if zp else None, s["attrs"]).contiguous()
+            s["inputs"] = [name if i == wi else "" if i == zi else t for i, t in enumerate(ins)]
+
+    @staticmethod
+    def _int_source(ins: Sequence[str], attrs: Mapping[str, Any], consts: Mapping[str, torch.Tensor]
+                    ) -> dict[str, Any]:
+        """The integer initializer behind a weight DequantizeLinear (for the integer kernels)."""
+        zp = consts[ins[2]] if len(ins) > 2 and ins[2] else torch.zeros((), dtype=consts[ins[0]].dtype)
+        return {"name": ins[0], "q": consts[ins[0]], "scale": consts[ins[1]], "zp": zp, "axis": attrs.get("axis", 1)}
 
     def _is_weight_dq(self, node: Mapping[str, Any], ins: Sequence[str]) -> bool:
         """A DequantizeLinear of an integer initializer (int8/uint8 weights, int32 biases) with constant
@@ -332,7 +387,7 @@ class OnnxGraphModule(nn.Module):
             fused[i] = {"name": s["name"], "op": "FakeQuantize", "inputs": [s["inputs"][0]],
                         "outputs": [steps[j]["outputs"][0] for j in users],
                         "attrs": {"key": key, "qmin": lo, "qmax": hi, "axis": s["attrs"].get("axis", 1),
-                                  "per_channel": scale.numel() > 1,
+                                  "per_channel": scale.numel() > 1, "scale_name": qp[0],
                                   "dtype": str(zp.dtype).removeprefix("torch.")}}
             drop.update(users)
         return [fused.get(i, s) for i, s in enumerate(steps) if i not in drop]
@@ -357,10 +412,8 @@ class OnnxGraphModule(nn.Module):
         scale, zp = getattr(self, f"{a['key']}_scale"), getattr(self, f"{a['key']}_zp")
         if x.dtype != torch.float32:
             x = x.float()
-        if a["per_channel"]:
-            axis = a["axis"] + x.dim() if a["axis"] < 0 else a["axis"]
-            return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, a["qmin"], a["qmax"])
-        return torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], a["qmin"], a["qmax"])
+        axis = (a["axis"] + x.dim() if a["axis"] < 0 else a["axis"]) if a["per_channel"] else None
+        return exact_fake_quant(x, scale, zp, a["qmin"], a["qmax"], axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float NCHW images ``x`` in [0, 1] (on the module's device)."""
@@ -377,7 +430,15 @@ class OnnxGraphModule(nn.Module):
                 for out in s["outputs"]:
                     env[out] = y
                 continue
-            out = s["fn"](args, s["attrs"])
+            if "integer" in s and self.fake_quant_enabled:  # forward as ONNX Runtime's kernel, float gradient
+                value = integer_value(self, s, *args[:2])
+                if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
+                    out = s["fn"](args, s["attrs"])
+                    out = out + (value - out).detach()
+                else:  # no gradient wanted: the float op is not needed
+                    out = value
+            else:
+                out = s["fn"](args, s["attrs"])
             if isinstance(out, (list, tuple)):
                 for name, value in zip(s["outputs"], out, strict=False):
                     env[name] = value
@@ -432,6 +493,10 @@ def onnx_module(onnx_path: str | Path) -> OnnxGraphModule:
 def _module(path: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], trainable: bool) -> OnnxGraphModule:
     from rkd.deploy.bundle import file_sha256
 
+    if any(n["op"] == "QuantizeLinear" for n in spec["nodes"]):
+        fused = ort_fused_outputs(str(path))
+        if fused is not None:
+            spec = {**spec, "ort_fused": fused}
     return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)},
                            trainable=trainable).eval()
 

@@ -33,6 +33,31 @@ def _ci(entry: Mapping[str, Any] | None) -> str:
     return f"{100 * lo:.1f}-{100 * hi:.1f}"
 
 
+def preprocessing_text(record: Mapping[str, Any] | None) -> str | None:
+    """One line for the report's ``preprocessing`` record (what stood in front of the model), e.g.
+    ``BGR, x*255, mean (103.5, 116.3, 123.7), std (57.38, 57.12, 58.4), NHWC``; None when none was stated."""
+    if not record:
+        return None
+    mean, std = list(record.get("mean") or [0.0] * 3), list(record.get("std") or [1.0] * 3)
+    scale = float(record.get("scale", 1.0))
+    parts = [str(record.get("channels", "rgb")).upper()] + ([f"x*{scale:g}"] if scale != 1.0 else [])
+    if any(v != 0.0 for v in mean) or any(v != 1.0 for v in std):
+        parts += [f"mean ({', '.join(f'{v:.4g}' for v in mean)})", f"std ({', '.join(f'{v:.4g}' for v in std)})"]
+    return ", ".join(parts + [str(record.get("layout", "nchw")).upper()])
+
+
+def white_box_text(record: Mapping[str, Any] | None) -> str | None:
+    """One line for the report's ``white_box`` record: which gradient attacks ran through what, or why none
+    did; None without a record."""
+    if not record:
+        return None
+    if record.get("ran"):
+        text = f"ran ({', '.join(record.get('attacks') or [])}) with gradients from {record.get('gradients_from')}"
+        rules = record.get("gradient_rules")
+        return text + (f"; gradient rules: {rules}" if rules else "")
+    return f"none ran: {record.get('why_not')}"
+
+
 #: ``rkd verify``'s exit code per verdict (``no gates`` measures only: 0).
 VERDICT_EXIT_CODES = {"pass": 0, "no gates": 0, "fail": 1, "unreliable": 5}
 
@@ -44,7 +69,8 @@ def verdict_exit_code(report: Mapping[str, Any]) -> int:
 
 
 def junit_xml(report: Mapping[str, Any]) -> str:
-    """JUnit XML with one test case per gate (and one for warnings when they fail the run)."""
+    """JUnit XML with one test case per gate (and one for warnings when they fail the run); the suite's
+    properties record the artifact, threat model, accuracies, stated preprocessing and white-box record."""
     cases: list[tuple[str, str | None, str]] = []
     for gate in report.get("gates") or []:
         cases.append((f"gate {gate['gate']}", None if gate["passed"] else gate["message"], gate["message"]))
@@ -69,6 +95,10 @@ def junit_xml(report: Mapping[str, Any]) -> str:
     note = (report.get("floor") or {}).get("note")
     if note:
         ET.SubElement(props, "property", name="floor", value=note)
+    for key, text in (("preprocessing", preprocessing_text(report.get("preprocessing"))),
+                      ("white_box", white_box_text(report.get("white_box")))):
+        if text:
+            ET.SubElement(props, "property", name=key, value=text)
     classname = f"rkd.verify.{Path(str(artifact.get('file', 'artifact'))).name}"
     for name, failure, message in cases:
         case = ET.SubElement(suite, "testcase", classname=classname, name=name)
@@ -83,7 +113,8 @@ def junit_xml(report: Mapping[str, Any]) -> str:
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-    """A Markdown summary: verdict, gates, per-attack table (engine vs float), agreement, warnings."""
+    """A Markdown summary: verdict, stated preprocessing, white-box attacks (or why none ran), gates, per-attack
+    table (engine vs float), agreement, warnings."""
     artifact = report.get("artifact") or {}
     verdict = {"no gates": "measured, no gates", "unreliable": "UNRELIABLE"}.get(
         report.get("verdict", ""), "PASS" if report.get("passed") else "FAIL")
@@ -96,6 +127,11 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"samples sha256 `{str((report.get('data') or {}).get('indices_sha256', ''))[:16]}`",
         "",
     ]
+    pre, white = preprocessing_text(report.get("preprocessing")), white_box_text(report.get("white_box"))
+    if pre:
+        lines += [f"Preprocessing in front of the model: {pre}.", ""]
+    if white:
+        lines += [f"White-box attacks: {white}.", ""]
     gates = report.get("gates") or []
     if gates:
         lines += ["| gate | value | result |", "|---|---|---|"]

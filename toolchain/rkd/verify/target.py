@@ -198,7 +198,10 @@ def load_differentiable(path: str | Path, device: str | torch.device = "cpu", *,
     - an rkd checkpoint (``.safetensors`` + sidecar): as it is (it normalises its own input);
     - with ``model`` (a registered architecture such as ``tv_mobilenet_v2``): a plain state_dict from
       torchvision, timm-style or RobustBench code (:func:`rkd.models.load_foreign_checkpoint`, never unpickled)
-      with ``num_classes`` outputs and the normalisation ``preprocessing`` states (or the architecture's default).
+      with ``num_classes`` outputs and the normalisation ``preprocessing`` states (or the architecture's default);
+    - with ``model`` ``timm:NAME`` or ``torchvision:NAME``: that library's architecture, built without download,
+      with the state_dict loaded strictly (:func:`rkd.models.library.load_library_model`), behind the same
+      normalisation.
 
     Raises:
         UsageError: a missing file or one that cannot give gradients.
@@ -227,18 +230,25 @@ def load_differentiable(path: str | Path, device: str | torch.device = "cpu", *,
     if model is not None:
         from rkd.atomic import file_sha256
         from rkd.models import load_foreign_checkpoint
+        from rkd.models.library import load_library_model, parse_model_spec
 
         if num_classes is None:
             raise UsageError(f"--reference-model {model}: the number of classes is unknown; write it as {model}:N")
+        spec = parse_model_spec(model)
         mean = std = None
         if preprocessing is not None and not (preprocessing.mean == (0.0, 0.0, 0.0)
                                               and preprocessing.std == (1.0, 1.0, 1.0)):
             order = slice(None, None, -1) if preprocessing.channels == "bgr" else slice(None)
             mean = [v / preprocessing.scale for v in preprocessing.mean][order]
             std = [v / preprocessing.scale for v in preprocessing.std][order]
-        clf = load_foreign_checkpoint(path, model=model, num_classes=num_classes, mean=mean, std=std,
-                                      map_location=device)
-        return clf.eval(), {"file": str(path), "sha256": file_sha256(path), "kind": f"state_dict ({model})"}
+        if spec.library is not None:  # timm:NAME, torchvision:NAME
+            clf = load_library_model(path, spec, num_classes, mean=mean, std=std, map_location=device)
+            name = f"{spec.library}:{spec.name}"
+        else:
+            clf = load_foreign_checkpoint(path, model=spec.name, num_classes=num_classes, mean=mean, std=std,
+                                          map_location=device)
+            name = spec.name
+        return clf.eval(), {"file": str(path), "sha256": file_sha256(path), "kind": f"state_dict ({name})"}
     if suffix in CHECKPOINT_SUFFIXES:
         from rkd.models import load_checkpoint
 
@@ -288,12 +298,14 @@ def _engine_source(path: Path, manifest: dict[str, Any] | None) -> Path:
 
 
 def _reference_classes(spec: str, runtime: Runtime, image_size: int | None) -> tuple[str, int]:
-    """``NAME[:CLASSES]`` of ``--reference-model``; CLASSES defaults to the engine's output width (one probe)."""
-    name, _, count = spec.partition(":")
-    if count:
-        if not count.isdigit() or int(count) < 1:
-            raise UsageError(f"--reference-model '{spec}': write NAME or NAME:CLASSES (a positive integer)")
-        return name, int(count)
+    """``[LIBRARY:]NAME[:CLASSES]`` of ``--reference-model`` as ``([LIBRARY:]NAME, CLASSES)``; CLASSES defaults
+    to the engine's output width (one probe)."""
+    from rkd.models.library import parse_model_spec
+
+    parsed = parse_model_spec(spec)
+    name = f"{parsed.library}:{parsed.name}" if parsed.library else parsed.name
+    if parsed.classes is not None:
+        return name, parsed.classes
     declared = runtime.input_shape or ()
     side = declared[2] if len(declared) == 4 and isinstance(declared[2], int) else image_size or 32
     side_w = declared[3] if len(declared) == 4 and isinstance(declared[3], int) else side
