@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rkd.deploy.bench_timing import Call
+from rkd.deploy.runtimes import SESSION_CONFIG
 from rkd.errors import MissingDependencyError, RkdError, UsageError
 
 BASELINE = "onnx-fp32"
@@ -19,10 +20,10 @@ ONNX_FILES: dict[str, str] = {
 TENSORRT_PRECISIONS: tuple[str, ...] = ("int8", "fp16", "fp32")
 #: Every runtime name a bundle can have (engines of several GPUs with one precision get ``-<gpu slug>`` added).
 RUNTIME_NAMES: tuple[str, ...] = ("torch", *ONNX_FILES, *(f"trt-{p}" for p in TENSORRT_PRECISIONS))
-#: ONNX Runtime session settings of every bench session: idle intra-op threads sleep instead of spinning, so they
-#: do not take the CPU from the runtime timed next (measured here: torch's batch-1 call right after an ONNX Runtime
-#: call took ~40 ms instead of ~0.1 ms with spinning on; ONNX Runtime alone is as fast either way).
-ORT_SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+#: ONNX Runtime session settings of every bench session: rkd's default (idle intra-op threads sleep, so they do not
+#: take the CPU from the runtime timed next: torch's batch-1 call right after an ONNX Runtime call took ~40 ms
+#: instead of ~0.1 ms with spinning on).
+ORT_SESSION_CONFIG: dict[str, str] = dict(SESSION_CONFIG)
 
 
 @dataclass
@@ -151,9 +152,8 @@ def _open(rt: BundleRuntime, manifest: Mapping[str, Any], *, device: str, batch_
     if rt.backend == "torch":
         return open_runtime(rt.file, device=extra.pop("device", device), batch_size=batch_size, **extra)
     if rt.backend == "onnxruntime":
-        config = {**ORT_SESSION_CONFIG, **dict(extra.pop("session_config", None) or {})}
         return open_runtime(rt.file, device=extra.pop("device", device), batch_size=batch_size, threads=threads,
-                            session_config=config, **extra)
+                            **extra)
     runtime = open_runtime(rt.file, manifest=dict(manifest), **extra)
     runtime.batch_size = min(batch_size, int(runtime.max_batch))  # a larger batch is split by Runtime.predict
     return runtime
