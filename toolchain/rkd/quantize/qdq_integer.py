@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rkd.quantize.onnx_ops import _conv_core
+from rkd.quantize.onnx_ops import _conv_core, _pad_input, _pads
 
 #: Float ops that ONNX Runtime runs as integer kernels when their inputs are dequantized int8/uint8 tensors.
 INTEGER_OPS = ("Conv", "Gemm", "MatMul")
@@ -201,7 +201,7 @@ def _add_value(module: nn.Module, step: Mapping[str, Any], a: torch.Tensor, b: t
     fixed = zc.to(torch.float32) - _fma(ra, za.to(torch.float32), rb * zb.to(torch.float32))
     qa, qb = torch.round(a / sa) + za, torch.round(b / sb) + zb
     r = _fma(qa, ra, _fma(qb, rb, fixed))
-    return (torch.round(r).to(torch.float64) - zc).to(torch.float32) * sc
+    return (torch.round(r) - zc.to(torch.float32)) * sc  # integers below 2**24: exact in float32
 
 
 def _gap_value(module: nn.Module, step: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
@@ -256,26 +256,95 @@ def integer_value(module: nn.Module, step: Mapping[str, Any], x: torch.Tensor, o
     return torch.round(v) * y_scale
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward ``value`` (computed without gradients), backward ``grad * mask``: the straight-through gradient of
+    fake quantization, zero where the input saturated."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
+
+
 def exact_fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int,
                      axis: int | None) -> torch.Tensor:
-    """QuantizeLinear -> DequantizeLinear as ONNX Runtime computes it (``x / scale``, round half to even) with
-    the gradient of ``torch.fake_quantize_per_*_affine`` (straight-through, zero where saturated); torch's own
-    forward multiplies by ``1 / scale``, which differs at rounding ties."""
+    """QuantizeLinear -> DequantizeLinear as ONNX Runtime computes it (``x / scale``, round half to even; torch's
+    ``fake_quantize_per_*_affine`` multiplies by ``1 / scale``, which differs at rounding ties) with their
+    straight-through gradient: 1 where ``round(x / scale) + zp`` lies in ``[qmin, qmax]``, else 0. One pass of
+    elementwise ops gives the value and the mask (torch's fake-quantize kernel costs several of them)."""
     if axis is None:
         s, z = scale[0], zp[0].to(torch.float32)
     else:
         shape = [1] * x.dim()
         shape[axis] = -1
         s, z = scale.reshape(shape), zp.to(torch.float32).reshape(shape)
+    grad_wanted = torch.is_grad_enabled() and x.requires_grad
     with torch.no_grad():
-        exact = ((torch.round(x / s) + z).clamp_(qmin, qmax) - z) * s
-    if not (torch.is_grad_enabled() and x.requires_grad):
+        q = torch.round(x / s).add_(z)
+        mask = ((q >= qmin) & (q <= qmax)) if grad_wanted else None
+        exact = q.clamp_(qmin, qmax).sub_(z).mul_(s)
+    if mask is None:
         return exact
-    if axis is None:
-        fq = torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], qmin, qmax)
-    else:
-        fq = torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
-    return fq + (exact - fq).detach()
+    return _StraightThrough.apply(x, exact, mask)
 
 
-__all__ = ["INTEGER_OPS", "IntSource", "exact_fake_quant", "integer_value", "ort_fused_outputs", "plan_integer_steps"]
+class _IntegerConv(torch.autograd.Function):
+    """Forward: ONNX Runtime's integer kernel's value (given); backward: the float convolution's gradients with
+    respect to its input, weight and bias (``aten.convolution_backward``), without running the float forward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, value: torch.Tensor,
+                conv: tuple[list[int], list[int], list[int], int]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.conv, ctx.bias_sizes = conv, (list(b.shape) if b is not None else None)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, w, ctx.bias_sizes, stride, padding, dilation, False, [0] * len(stride), groups, need)
+        return gx, gw, gb, None, None
+
+
+class _IntegerAdd(torch.autograd.Function):
+    """Forward: ``QLinearAdd``'s value (given); backward: the float ``a + b``'s gradient (``grad`` to both)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        return grad, grad, None
+
+
+def integer_add(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor | None:
+    """``value`` carrying the gradient of the float ``a + b``, or None when the two are broadcast (then the
+    caller combines the float op as usual)."""
+    if a.shape != b.shape or a.shape != value.shape:
+        return None
+    return _IntegerAdd.apply(a, b, value)
+
+
+def integer_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, attrs: Mapping[str, Any],
+                 value: torch.Tensor) -> torch.Tensor:
+    """``value`` (the integer kernel's output for ONNX ``Conv`` with ``attrs``) carrying the gradient of the float
+    ``Conv(x, w, b)``: the same as ``conv + (value - conv).detach()`` at the cost of the backward alone."""
+    n = w.dim() - 2
+    begin, end = _pads(attrs.get("pads"), n)
+    if begin != end:  # asymmetric padding: pad first (differentiable), then a convolution without padding
+        x, begin = _pad_input(x, begin, end), [0] * n
+    conv = (list(attrs.get("strides", [1] * n)), list(begin), list(attrs.get("dilations", [1] * n)),
+            int(attrs.get("group", 1)))
+    return _IntegerConv.apply(x, w, b, value, conv)
+
+
+__all__ = ["INTEGER_OPS", "IntSource", "exact_fake_quant", "integer_add", "integer_conv", "integer_value", "ort_fused_outputs", "plan_integer_steps"]

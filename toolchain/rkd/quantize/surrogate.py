@@ -63,6 +63,8 @@ from rkd.quantize.onnx_ops import (
 from rkd.quantize.qdq_integer import (
     IntSource,
     exact_fake_quant,
+    integer_add,
+    integer_conv,
     integer_value,
     ort_fused_outputs,
     plan_integer_steps,
@@ -432,11 +434,13 @@ class OnnxGraphModule(nn.Module):
                 continue
             if "integer" in s and self.fake_quant_enabled:  # forward as ONNX Runtime's kernel, float gradient
                 value = integer_value(self, s, *args[:2])
-                if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
+                if not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)):
+                    out = value  # no gradient wanted: the float op is not needed
+                elif s["op"] == "Conv":  # the float convolution's gradient without its forward
+                    out = integer_conv(args[0], args[1], args[2] if len(args) > 2 else None, s["attrs"], value)
+                elif s["op"] != "Add" or (out := integer_add(args[0], args[1], value)) is None:
                     out = s["fn"](args, s["attrs"])
                     out = out + (value - out).detach()
-                else:  # no gradient wanted: the float op is not needed
-                    out = value
             else:
                 out = s["fn"](args, s["attrs"])
             if isinstance(out, (list, tuple)):
