@@ -285,11 +285,12 @@ def exact_fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmi
         s, z = scale.reshape(shape), zp.to(torch.float32).reshape(shape)
     grad_wanted = torch.is_grad_enabled() and x.requires_grad
     with torch.no_grad():
-        q = torch.round(x / s).add_(z)
-        mask = ((q >= qmin) & (q <= qmax)) if grad_wanted else None
-        exact = q.clamp_(qmin, qmax).sub_(z).mul_(s)
-    if mask is None:
-        return exact
+        q = torch.div(x, s).round_().add_(z)
+        if not grad_wanted:
+            return q.clamp_(qmin, qmax).sub_(z).mul_(s)
+        clamped = q.clamp(qmin, qmax)
+        mask = clamped == q
+        exact = clamped.sub_(z).mul_(s)
     return _StraightThrough.apply(x, exact, mask)
 
 

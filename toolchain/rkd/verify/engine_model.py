@@ -19,7 +19,8 @@ class EngineModel(nn.Module):
 
     Under ``torch.no_grad``/``inference_mode``, or when ``x`` needs no gradient (Square's queries, every
     success check), it returns the engine's logits alone: a surrogate pass there would be wasted. It owns the
-    surrogate, so ``next(model.parameters())`` gives the device attack libraries read.
+    surrogate, so ``next(model.parameters())`` gives the device attack libraries read. The surrogate's weights
+    are laid out channels_last (in place), the layout in which oneDNN runs convolutions fastest on CPU.
 
     Attributes:
         calls: engine forward passes so far, and ``images``: images sent to the engine (for timing reports).
@@ -27,7 +28,9 @@ class EngineModel(nn.Module):
 
     def __init__(self, engine: Any, surrogate: nn.Module | None) -> None:
         super().__init__()
-        self.surrogate = surrogate.eval() if surrogate is not None else None  # None: engine values only
+        if surrogate is not None:  # channels_last weights: oneDNN's faster convolutions, the same integer values
+            surrogate = surrogate.eval().to(memory_format=torch.channels_last)
+        self.surrogate = surrogate  # None: engine values only
         self.engine = engine
         self.calls = 0
         self.images = 0
