@@ -28,7 +28,6 @@ console = Console(stderr=True)
 out = Console()
 STATE = {"debug": False}
 
-
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
     """Map rkd errors to one line on stderr and their exit code; anything else is an internal error (4). With
