@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rkd.checks import check_int
 from rkd.data.arrays import ImageArrays, IndexLike, as_index
 from rkd.data.imagefolder import (
     check_image_size,
@@ -122,8 +123,7 @@ class FolderImages:
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
         if len(self.labels) != len(self.files):
             raise DataError(f"{self.name}: {len(self.files)} files but {len(self.labels)} labels")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise UsageError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        check_int("num_workers", self.num_workers, 0)
 
     @classmethod
     def scan(
