@@ -45,8 +45,6 @@ it (same name, ``.md``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import os
 import statistics
@@ -59,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import command_line, machine_info, write_report
+from _common import pin_threads, report_header, report_parser, stderr_log, write_report
 from _step import (
     FLOP_MODEL,
     MALLOC_MMAP_THRESHOLD,
@@ -521,15 +519,7 @@ def parse_points(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("benchmarks/results/distill_step-cpu.json"),
-        help="JSON report; the Markdown summary goes beside it (.md)",
-    )
+    p = report_parser(__doc__, "benchmarks/results/distill_step-cpu.json")
     p.add_argument("--student", default="resnet18")
     p.add_argument("--student-width", type=float, default=0.25)
     p.add_argument("--teacher", default="resnet18")
@@ -567,19 +557,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
+    pin_threads(args.threads)
     if args.memory_point:
         ((b, m),) = args.memory_point
         print(json.dumps(memory_point(args, b, m)))
         return
 
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    log = stderr_log(t0)
     device = torch.device(args.device)
     student_choice = ModelChoice(args.student, args.student_width)
     teacher_choice = ModelChoice(args.teacher, args.teacher_width)
@@ -714,13 +699,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sections["memory_estimate"] = memory_estimate(args, log)
 
     report = {
-        "benchmark": "distill_step",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-        "command": command_line(),
+        **report_header("distill_step"),
         "config": {
             "student": student_choice.label(),
             "teacher": teacher_choice.label(),

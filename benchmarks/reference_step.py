@@ -83,14 +83,11 @@ summary beside it (same name, ``.md``). ``TORCHINDUCTOR_CACHE_DIR`` defaults to 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
-import datetime as dt
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,7 +95,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import command_line, machine_info
+from _common import pin_threads, report_header, report_parser, stderr_log, write_report
 from _reference import (
     ArdReference,
     Knobs,
@@ -783,15 +780,7 @@ def parse_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("benchmarks/results/reference_step-cpu.json"),
-        help="JSON report; the Markdown summary goes beside it (.md)",
-    )
+    p = report_parser(__doc__, "benchmarks/results/reference_step-cpu.json")
     p.add_argument(
         "--students",
         type=parse_students,
@@ -878,29 +867,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache_files = (
         sum(1 for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
     )  # 0: a cold compile
-    torch.set_num_threads(args.threads)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
+    pin_threads(args.threads)
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    log = stderr_log(t0)
     teacher = ModelChoice(args.teacher, args.teacher_width)
     students = [bench_student(args, s, teacher, log) for s in args.students]
     if args.flops_only:
         print(json.dumps(students, indent=1))
         return
     report = {
-        "benchmark": "reference_step",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "env": {
-            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR")
-        },
-        "command": command_line(),
+        **report_header("reference_step", ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR")),
         "target_speedup": TARGET_SPEEDUP,
         "inductor_cache_files_at_start": cache_files,
         "sources": {"ard": ARD_SOURCE, "rslad": RSLAD_SOURCE},
@@ -928,10 +904,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "students": students,
         "total_seconds": time.perf_counter() - t0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     md = markdown(report)
-    args.out.with_suffix(".md").write_text(md)
+    write_report(args.out, report, md, allow_nan=False)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     print(md)
 
