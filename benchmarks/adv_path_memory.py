@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import distill_step as ds  # the sibling benchmark: its bench, method and memory helpers (this folder is on sys.path)
+import _common  # the helpers shared by the benchmarks (this folder is on sys.path)
+import _step as ds  # the training-step bench: models, method, step and memory helpers
 import torch
 
 MODES = {"default": False, "low_memory": True}
@@ -44,16 +45,16 @@ def point(args: argparse.Namespace, batch: int, low_memory: bool) -> dict[str, A
                           num_classes=10, device=torch.device("cpu"), channels_last=True, seed=args.seed)
     method, optimizer = ds.build_method(bench, "adv_path", low_memory=low_memory)
     ds.train_step(bench, method, optimizer)
-    ds._trim()
-    before = ds._rss_bytes()
+    ds.trim()
+    before = ds.rss_bytes()
     Path("/proc/self/clear_refs").write_text("5")
     times = []
     for _ in range(args.timed_steps):
         t0 = time.perf_counter()
         ds.train_step(bench, method, optimizer)
         times.append(time.perf_counter() - t0)
-    return {"batch": batch, "low_memory": low_memory, "before_bytes": before, "peak_bytes": ds._hwm_bytes(),
-            "growth_bytes": ds._hwm_bytes() - before, "step_s": times}
+    return {"batch": batch, "low_memory": low_memory, "before_bytes": before, "peak_bytes": ds.hwm_bytes(),
+            "growth_bytes": ds.hwm_bytes() - before, "step_s": times}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              for i in rounds]
         summary.append(row)
     return {"kind": "rkd-benchmark-adv-path-memory", "date": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "command": ds.command_line(), "machine": ds.machine_info(), "torch": torch.__version__,
+            "command": _common.command_line(), "machine": _common.machine_info(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "student": ds.ModelChoice(args.student, args.student_width).label(),
             "teacher": ds.ModelChoice(args.teacher, args.teacher_width).label(), "m": args.steps,
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(point(args, int(batch), MODES[mode])))
         return
     rep = run(args)
-    ds.write_report(args.out, rep, markdown(rep), indent=1)
+    _common.write_report(args.out, rep, markdown(rep), indent=1)
     print(markdown(rep))
 
 

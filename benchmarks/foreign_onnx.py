@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import distill_step as ds  # noqa: E402  (machine_info, write_report)
+import _common as ds  # noqa: E402  (machine_info, write_report)
 
 from rkd.stats import wilson_interval  # noqa: E402
 

@@ -399,9 +399,9 @@ def section_environment(report: Report, sizes: Sizes, sec: dict[str, Any], deadl
     import torch
 
     sys.path.insert(0, str(BENCH_DIR))
-    import distill_step as ds
+    import _common
 
-    report.data["machine"] = ds.machine_info()
+    report.data["machine"] = _common.machine_info()
     gpu: dict[str, Any] = {"cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -553,8 +553,8 @@ def compile_model(sizes: Sizes, model: Any) -> Any:
 
 
 def build_step(ctx: StepContext, student: str, v: Variant) -> Callable[[], None]:
-    import distill_step as ds
-    import reference_step as rs
+    import _reference as rs
+    import _step as ds
 
     bench = dataclasses.replace(ctx.benches[student], amp=v.amp)
     knobs = dict(v.knobs)
@@ -687,7 +687,7 @@ def run_group(report: Report, ctx: StepContext, student: str, variants: list[Var
 
 
 def make_benches(ctx: StepContext, report: Report) -> None:
-    import distill_step as ds
+    import _step as ds
     import torch
 
     s = ctx.sizes
@@ -714,7 +714,7 @@ def static_bytes(bench: Any) -> dict[str, int]:
 
 def summarise_student(sizes: Sizes, res: dict[str, Any], bench: Any) -> dict[str, Any]:
     """Ratios between variants of one student, per round where they ran in the same rounds."""
-    import distill_step as ds
+    import _step as ds
 
     times = res.get("_times", {})
     b = sizes.batch

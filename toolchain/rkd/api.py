@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rkd.atomic import check_output_path as _check_path
 from rkd.errors import UsageError
 
 Log = Callable[[str], None]
@@ -27,12 +28,6 @@ RENAMED = {"set": "overrides"}
 DISPLAY_ONLY = frozenset({"by_class"})
 DEFAULT_CURVE_EPS = "0,2/255,4/255,8/255,12/255,16/255"
 _TRT_HINT = "pip install 'rkd[tensorrt]' on a machine with NVIDIA's index, or use NVIDIA's PyTorch container"
-
-
-def _check_path(path: Path | None, option: str, *, folder: bool) -> None:
-    from rkd.cli._common import check_output_path
-
-    check_output_path(path, option, folder=folder)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from rkd.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -180,3 +182,35 @@ def sweep_scratch(parent: str | Path, stem: str) -> list[Path]:
         logger.warning("working folder(s) left by an interrupted rkd run: %s; delete them if no rkd process is "
                        "using them", ", ".join(f"'{p}'" for p in legacy))
     return legacy
+
+
+def check_output_path(path: Path | None, option: str, *, folder: bool) -> None:
+    """Refuse, before any work, an output the run could not write: a file where a folder is wanted (or the
+    reverse), a file on the way, or a folder that is not writable (tried with a temporary file, removed at once,
+    in the nearest folder that exists: permissions alone do not tell for root or a read-only file system). Nothing
+    else is created here.
+
+    Raises:
+        UsageError: naming ``option``, the path and what to do.
+    """
+    if path is None:
+        return
+    if str(path).strip() in ("", ".") and not folder:
+        raise UsageError(f"{option} '{path}' is not a file name")
+    if path.exists() and folder and not path.is_dir():
+        raise UsageError(f"{option} '{path}' is a file; give a folder")
+    if path.exists() and not folder and path.is_dir():
+        raise UsageError(f"{option} '{path}' is a folder; give a file path")
+    anchor = path if folder and path.is_dir() else path.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise UsageError(f"{option} '{path}': '{anchor}' is a file, so the path cannot be created")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} '{path}': '{anchor}' is not writable; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=anchor):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} '{path}': cannot write in '{anchor}' ({exc.strerror or exc}); choose another "
+                         "path") from None

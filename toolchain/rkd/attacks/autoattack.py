@@ -42,7 +42,6 @@ from torch import nn
 from rkd.attacks.autoattack_state import CLEAN_WRONG, ROBUST, AutoAttackState, model_sha256
 from rkd.attacks.checks import (
     check_choice,
-    check_count,
     check_eps,
     check_images,
     check_labels,
@@ -51,6 +50,7 @@ from rkd.attacks.checks import (
 )
 from rkd.attacks.library_output import LIBRARY_LOGGER, captured_library_logs, stdout_to_log  # noqa: F401
 from rkd.attacks.predictions import batched_classes
+from rkd.checks import check_int
 from rkd.data.subsets import samples_sha256
 from rkd.errors import UsageError
 from rkd.progress import unit as progress_unit
@@ -184,8 +184,8 @@ def _check_arguments(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     norm_key = check_choice("norm", norm, tuple(_LIBRARY_NORMS))
     eps = check_eps(eps, norm_key)
     version, custom = _resolve_attacks(version, attacks)
-    batch_size = check_count("batch_size", batch_size)
-    seed = check_count("seed", seed, minimum=0)
+    batch_size = check_int("batch_size", batch_size)
+    seed = check_int("seed", seed, minimum=0)
     if torch.is_inference_mode_enabled():
         raise UsageError("run_autoattack needs autograd: call it outside torch.inference_mode")
     x = check_images(x)

@@ -52,13 +52,6 @@ def check_positive(what: str, value: float) -> float:
     return v
 
 
-def check_count(what: str, value: int, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``, else a UsageError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{what} must be an integer >= {minimum}; got {value!r}")
-    return value
-
-
 def check_images(x: torch.Tensor) -> torch.Tensor:
     """Checks a float batch (N, ...) with values in [0, 1]; returns it detached (cloned if an inference
     tensor).

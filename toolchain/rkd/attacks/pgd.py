@@ -19,7 +19,6 @@ from torch import nn
 
 from rkd.attacks.checks import (
     check_choice,
-    check_count,
     check_eps,
     check_images,
     check_labels,
@@ -29,6 +28,7 @@ from rkd.attacks.checks import (
 from rkd.attacks.compiled import compiled_forward
 from rkd.attacks.losses import LossFn, resolve_loss
 from rkd.attacks.predictions import predicted_class
+from rkd.checks import check_int
 from rkd.errors import UsageError
 
 NORMS = ("linf", "l2")
@@ -209,7 +209,7 @@ class PGDConfig:
         """The same settings, validated and normalised (UsageError naming the bad one)."""
         norm = check_choice("norm", self.norm, NORMS)
         return replace(self, norm=norm, eps=check_eps(self.eps, norm), alpha=check_positive("alpha", self.alpha),
-                       steps=check_count("steps", self.steps), start=check_choice("start", self.start, STARTS))
+                       steps=check_int("steps", self.steps), start=check_choice("start", self.start, STARTS))
 
 
 def run_pgd(

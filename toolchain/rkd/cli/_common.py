@@ -7,7 +7,6 @@ import logging
 import os
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -28,7 +27,6 @@ from rkd.errors import RkdError
 console = Console(stderr=True)
 out = Console()
 STATE = {"debug": False}
-
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
@@ -59,42 +57,6 @@ def handle_errors() -> Iterator[None]:
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(4) from None
-
-
-def check_output_path(path: Path | None, option: str, *, folder: bool) -> None:
-    """Refuse, before any work, an output the run could not write: a file where a folder is wanted (or the
-    reverse), a file on the way, or a folder that is not writable (tried with a temporary file, removed at once,
-    in the nearest folder that exists: permissions alone do not tell for root or a read-only file system). Nothing
-    else is created here.
-
-    Raises:
-        UsageError: naming ``option``, the path and what to do.
-    """
-    from rkd.errors import UsageError
-
-    if path is None:
-        return
-    if str(path).strip() in ("", ".") and not folder:
-        raise UsageError(f"{option} '{path}' is not a file name")
-    if path.exists() and folder and not path.is_dir():
-        raise UsageError(f"{option} '{path}' is a file; give a folder")
-    if path.exists() and not folder and path.is_dir():
-        raise UsageError(f"{option} '{path}' is a folder; give a file path")
-    anchor = path if folder and path.is_dir() else path.parent
-    while not anchor.exists() and anchor != anchor.parent:
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise UsageError(f"{option} '{path}': '{anchor}' is a file, so the path cannot be created")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} '{path}': '{anchor}' is not writable; choose another path")
-    import tempfile
-
-    try:
-        with tempfile.TemporaryFile(dir=anchor):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{option} '{path}': cannot write in '{anchor}' ({exc.strerror or exc}); choose another "
-                         "path") from None
 
 
 def setup_logging(verbose: bool) -> None:

@@ -10,7 +10,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from rkd.cli._common import check_output_path, handle_errors, out
+from rkd.atomic import check_output_path
+from rkd.cli._common import handle_errors, out
 
 
 def _ratio(value: float | None) -> str:

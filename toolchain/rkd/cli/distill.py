@@ -8,27 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from rkd.cli._common import RichProgress, handle_errors, render_train_result
+from rkd.cli._recipe import DataRoot, Device, Resume, out_option, recipe_argument, set_option
 
 
 def distill(
-    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML with a 'student' section, or a "
-                                           "shipped recipe's name.", show_default=False)],
+    recipe: Annotated[Path, recipe_argument("student")],
     teacher: Annotated[
         Optional[Path], typer.Option(help="Teacher checkpoint \\[default: teacher.checkpoint, or the recipe's "
                                      "own teacher run].")
     ] = None,
-    set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set student.train.epochs=1.")
-    ] = None,
-    out_dir: Annotated[
-        Optional[Path], typer.Option("--out", help="Run directory \\[default: runs/<recipe name>/student].")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
-    data_root: Annotated[
-        Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found \\[default: "
-                                    "data.root, else $RKD_DATA_ROOT, else ~/.cache/rkd/data].")
-    ] = None,
+    set_: Annotated[Optional[list[str]], set_option("student")] = None,
+    out_dir: Annotated[Optional[Path], out_option("student")] = None,
+    resume: Resume = False,
+    device: Device = None,
+    data_root: DataRoot = None,
 ) -> None:
     """Distil a robust teacher into a student (adv_path by default; ard, iad, rslad, adaad, pgd_at, trades).
 

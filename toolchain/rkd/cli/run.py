@@ -8,23 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from rkd.cli._common import RichProgress, console, handle_errors, out
+from rkd.cli._recipe import DataRoot, Device, set_option
 
 
 def run(
     recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML (teacher, student, deploy, verify "
                                            "sections), or a shipped recipe's name (quickstart, smoke).",
                                            show_default=False)],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: "
-                                                      "--set student.train.epochs=1.")] = None,
+    set_: Annotated[Optional[list[str]], set_option("student")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory \\[default: runs/<recipe name>].")]
         = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage from its last checkpoint.")]
         = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: the recipe's].")] = None,
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Where data sets are downloaded or found "
-                                                     "\\[default: data.root, else $RKD_DATA_ROOT, else "
-                                                     "~/.cache/rkd/data].")]
-        = None,
+    device: Device = None,
+    data_root: DataRoot = None,
 ) -> None:
     """Run a whole recipe: teacher, distill, export, quantize, engine, verify; unchanged stages are skipped.
 

@@ -30,6 +30,10 @@ class EpochLoader:
     batch_size: int
     world_size: int
     drop_last: bool
+    device: torch.device
+    shuffle: bool
+    seed: int
+    channels_last: bool
     _epoch: int
     _skip: int
 
@@ -51,6 +55,32 @@ class EpochLoader:
         self.batch_size, self.drop_last, self.rank, self.world_size = batch_size, drop_last, rank, world_size
         self._epoch = 0
         self._skip = 0
+
+    def _set_options(self, name: str, classes: list[str], *, device: str | torch.device, shuffle: bool,
+                     augment: bool, seed: int, channels_last: bool) -> None:
+        """Set what every loader keeps of its data set and options."""
+        self.device = torch.device(device)
+        self.classes = list(classes)
+        self.name = name
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.channels_last = channels_last
+
+    def _epoch_order(self) -> torch.Tensor:
+        """The current epoch's sample order, on the CPU: a permutation drawn from ``(seed, epoch)`` when
+        shuffling, else the stored order (every loader draws the same one)."""
+        n = self.num_samples
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(derive_seed("batchloader-order", self.seed, self._epoch))
+        return torch.randperm(n, generator=g)
+
+    def _to_float(self, xb: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC images as float32 NCHW in [0, 1], channels-last in memory when the loader says so."""
+        x = xb.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     @property
     def num_samples(self) -> int:  # pragma: no cover - abstract
@@ -140,15 +170,10 @@ class BatchLoader(EpochLoader):
                     world_size=world_size)
         if padding < 0:
             raise UsageError(f"padding must be >= 0, got {padding}")
-        self.device = torch.device(device)
+        self._set_options(data.name, data.classes, device=device, shuffle=shuffle, augment=augment, seed=seed,
+                          channels_last=channels_last)
         self.x = data.x.to(self.device)
         self.y = data.y.to(self.device)
-        self.classes = list(data.classes)
-        self.name = data.name
-        self.shuffle = shuffle
-        self.augment = augment
-        self.seed = seed
-        self.channels_last = channels_last
         self.padding = padding
         self._plan: tuple[int, torch.Tensor, tuple[torch.Tensor, ...] | None] | None = None
 
@@ -176,11 +201,7 @@ class BatchLoader(EpochLoader):
         if self._plan is not None and self._plan[0] == self._epoch:
             return self._plan[1], self._plan[2]
         n = self.num_samples
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed("batchloader-order", self.seed, self._epoch))
-            order = torch.randperm(n, generator=g).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
+        order = self._epoch_order().to(self.device)
         aug = None
         if self.augment:
             g = torch.Generator(device=self.device)
@@ -188,11 +209,6 @@ class BatchLoader(EpochLoader):
             aug = crop_flip_params(n, padding=self.padding, generator=g, device=self.device)
         self._plan = (self._epoch, order, aug)
         return order, aug
-
-    def _to_float(self, xb: torch.Tensor) -> torch.Tensor:
-        x = xb.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt)
 
 
 def make_loader(data: object, **kwargs: Any) -> EpochLoader:

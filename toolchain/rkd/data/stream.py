@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rkd.checks import check_int
 from rkd.data.arrays import ImageArrays, IndexLike, as_index
 from rkd.data.imagefolder import (
     check_image_size,
@@ -122,8 +123,7 @@ class FolderImages:
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
         if len(self.labels) != len(self.files):
             raise DataError(f"{self.name}: {len(self.files)} files but {len(self.labels)} labels")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise UsageError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        check_int("num_workers", self.num_workers, 0)
 
     @classmethod
     def scan(
@@ -238,13 +238,8 @@ class StreamLoader(EpochLoader):
         self._setup(len(data), data.name, batch_size=batch_size, drop_last=drop_last, rank=rank,
                     world_size=world_size)
         self.data = data
-        self.device = torch.device(device)
-        self.classes = list(data.classes)
-        self.name = data.name
-        self.shuffle = shuffle
-        self.augment = augment
-        self.seed = seed
-        self.channels_last = channels_last
+        self._set_options(data.name, data.classes, device=device, shuffle=shuffle, augment=augment, seed=seed,
+                          channels_last=channels_last)
         self.num_workers = data.num_workers if num_workers is None else int(num_workers)
 
     @property
@@ -255,11 +250,7 @@ class StreamLoader(EpochLoader):
     def step_items(self, start_step: int = 0) -> list[list[tuple[int, int | None]]]:
         """This rank's ``(index, augmentation seed)`` lists, one per step from ``start_step`` on."""
         n, b = self.num_samples, self.batch_size
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed("batchloader-order", self.seed, self._epoch))
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
+        order = self._epoch_order().tolist()
         steps = []
         for step in range(start_step, len(self)):
             rows = order[step * b + self.rank: min((step + 1) * b, n): self.world_size]
@@ -282,6 +273,4 @@ class StreamLoader(EpochLoader):
         for xb, yb in loader:
             xb = xb.to(self.device, non_blocking=cuda)
             yb = yb.to(self.device, non_blocking=cuda)
-            x = xb.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            yield x.contiguous(memory_format=fmt), yb
+            yield self._to_float(xb), yb

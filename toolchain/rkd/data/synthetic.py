@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rkd.checks import check_int
 from rkd.data.arrays import ImageArrays
 from rkd.data.seeds import derive_seed
 from rkd.errors import UsageError
@@ -40,8 +41,7 @@ def make_synthetic(
     """
     n = DEFAULT_SIZES.get(split, 128) if n is None else n
     for key, value, low in (("n", n, 1), ("num_classes", num_classes, 2), ("image_size", image_size, 4)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise UsageError(f"synthetic {key} must be an integer >= {low}, got {value!r}")
+        check_int(f"synthetic {key}", value, low)
     if not 0.0 <= float(noise) <= 1.0:
         raise UsageError(f"synthetic noise must lie in [0, 1], got {noise!r}")
     g = torch.Generator().manual_seed(derive_seed("synthetic-prototypes", seed, num_classes))

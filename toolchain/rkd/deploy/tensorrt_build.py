@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from rkd.atomic import atomic_write, scratch_dir, sweep_scratch
+from rkd.checks import check_int
 from rkd.deploy.engine_onnx import (  # noqa: F401 - re-exported
     FP16_CONVERSION,
     _one_line,
@@ -159,15 +160,9 @@ def _check_precision(precision: str) -> str:
     return precision
 
 
-def _check_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return _check_int("image_size", h), _check_int("image_size", w)
+    return check_int("image_size", h), check_int("image_size", w)
 
 
 
@@ -204,8 +199,8 @@ def _profile_shapes(
 
 def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> tuple[int, int, int]:
     """The optimization profile's batch sizes, checked: positive integers, min <= opt <= max."""
-    batches = (_check_int("min_batch", min_batch), _check_int("opt_batch", opt_batch),
-               _check_int("max_batch", max_batch))
+    batches = (check_int("min_batch", min_batch), check_int("opt_batch", opt_batch),
+               check_int("max_batch", max_batch))
     if not batches[0] <= batches[1] <= batches[2]:
         raise UsageError(f"batch sizes must satisfy min <= opt <= max, got {batches[0]}, {batches[1]}, {batches[2]}")
     return batches
@@ -319,7 +314,7 @@ def build_engine(
     _check_precision(precision)
     batches = _check_batches(min_batch, opt_batch, max_batch)
     hw = _image_hw(image_size)
-    _check_int("workspace_bytes", workspace_bytes)
+    check_int("workspace_bytes", workspace_bytes)
     data, model_bytes = checked_onnx(onnx_path, precision)
 
     require_cuda("building a TensorRT engine")

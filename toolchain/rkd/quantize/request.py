@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rkd.checks import check_int
 from rkd.errors import UsageError
 
 #: Quantization schemes (:data:`rkd.quantize.ort_static.SCHEMES`), named here so the request needs no torch.
@@ -19,11 +20,6 @@ SCHEMES = ("cpu", "trt")
 #: Calibration methods (:data:`rkd.quantize.ort_static.METHODS`).
 METHODS = ("minmax", "entropy", "percentile")
 DataArg = tuple[str, dict[str, Any]]
-
-
-def _positive(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_device(device: str) -> None:
@@ -49,11 +45,11 @@ class QatOptions:
         """Raise UsageError (naming the CLI option) on a bad value; a distilling method without a teacher."""
         from rkd.quantize.qat import needs_teacher
 
-        _positive("--epochs", self.epochs)
+        check_int("--epochs", self.epochs)
         if self.train_n is not None:
-            _positive("--train-n", self.train_n)
+            check_int("--train-n", self.train_n)
         if self.steps is not None:
-            _positive("--qat-steps", self.steps)
+            check_int("--qat-steps", self.steps)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise UsageError(f"--qat-lr must be > 0, got {self.lr!r}")
         if needs_teacher(self.method):
@@ -101,9 +97,9 @@ class QuantizeRequest:
             raise UsageError(f"unknown scheme '{self.scheme}'; choose {', '.join(SCHEMES)}")
         if self.method not in METHODS:
             raise UsageError(f"unknown calibration method '{self.method}'; choose {', '.join(METHODS)}")
-        _positive("--calib-n", self.calib_n)
-        _positive("--eval-n", self.eval_n, 0)
-        _positive("--batch-size", self.batch_size)
+        check_int("--calib-n", self.calib_n)
+        check_int("--eval-n", self.eval_n, 0)
+        check_int("--batch-size", self.batch_size)
         check_device(self.device)
         _ = self.eval_steps
         if self.qat is not None:

@@ -35,7 +35,7 @@ from torch import nn
 from rkd.deploy.adapters import AdaptedRuntime, Preprocessing
 from rkd.deploy.onnx_files import stamped_threat_model
 from rkd.deploy.runtimes import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, Runtime, open_runtime
-from rkd.errors import CheckpointError, UsageError
+from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
 
 MANIFEST = "manifest.json"
 FLOAT_ONNX = "model.onnx"
@@ -342,8 +342,34 @@ def open_target(
         CheckpointError: a changed bundle file, a stale engine, unreadable files.
         MissingDependencyError: the runtime's backend is not installed (exit 3).
     """
-    from rkd.errors import UnsupportedOperatorError
+    path = _artifact_file(artifact)
+    manifest = _bundle_manifest(path) if path.suffix.lower() not in CHECKPOINT_SUFFIXES else None
+    _refuse_preprocessing(path, manifest, preprocessing)
+    engine_source = None
+    if path.suffix.lower() in ENGINE_SUFFIXES:  # refuse a stale engine before touching TensorRT
+        engine_source = Path(surrogate) if surrogate is not None else _engine_source(path, manifest)
+    runtime: Runtime = open_runtime(path, device=device, batch_size=batch_size, **(runtime_options or {}))
+    if preprocessing is not None:
+        runtime = AdaptedRuntime(runtime, preprocessing)
+    grads = _own_gradients(path, runtime, engine_source, surrogate, device, preprocessing)
+    warnings: list[str] = []
+    if reference is not None:
+        name, classes = (_reference_classes(reference_model, runtime, image_size) if reference_model is not None
+                         else (None, None))
+        ref_model, ref_info = load_differentiable(reference, device, preprocessing=preprocessing, model=name,
+                                                  num_classes=classes)
+    else:
+        ref_model, ref_info = _default_reference(path, grads, runtime, manifest, surrogate, device, warnings)
+    if grads.kind == "onnx-float" and surrogate is None and grads.model is not None:
+        grads.info = {**grads.info, "kind": "onnx-interpreter (exact gradients)"}
+    if grads.unsupported is not None:
+        _gradients_from_reference(grads, grads.unsupported, ref_model, ref_info, need_gradients, warnings)
+    return _target(path, runtime, grads, ref_model, ref_info, manifest, engine_source, warnings)
 
+
+def _artifact_file(artifact: str | Path) -> Path:
+    """The file :func:`open_target` opens: ``artifact`` itself, or a bundle directory's ``model.int8.onnx`` (else
+    its ``model.onnx``); one whose suffix names a runtime."""
     path = Path(artifact)
     if path.is_dir():
         for name in ("model.int8.onnx", FLOAT_ONNX):
@@ -354,84 +380,99 @@ def open_target(
             raise UsageError(f"'{path}' holds neither model.int8.onnx nor model.onnx: pass the engine file itself")
     if not path.is_file():
         raise UsageError(f"engine file not found: '{path}'")
-    suffix = path.suffix.lower()
-    if suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES + CHECKPOINT_SUFFIXES:
+    if path.suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES + CHECKPOINT_SUFFIXES:
         raise UsageError(
             f"cannot tell which runtime runs '{path}': expected .onnx (ONNX Runtime), .engine/.plan (TensorRT) "
             "or .safetensors (an rkd checkpoint)"
         )
-    manifest = _bundle_manifest(path) if suffix not in CHECKPOINT_SUFFIXES else None
-    if preprocessing is not None and (manifest is not None or suffix in CHECKPOINT_SUFFIXES):
-        what = "checkpoint" if suffix in CHECKPOINT_SUFFIXES else "bundle's model"
+    return path
+
+
+def _refuse_preprocessing(path: Path, manifest: dict[str, Any] | None, preprocessing: Preprocessing | None) -> None:
+    """Refuse an input convention stated for an rkd model (a checkpoint, a bundle's file): it normalises its own
+    input."""
+    checkpoint = path.suffix.lower() in CHECKPOINT_SUFFIXES
+    if preprocessing is not None and (manifest is not None or checkpoint):
+        what = "checkpoint" if checkpoint else "bundle's model"
         raise UsageError(f"'{path.name}' is an rkd {what}, which takes [0, 1] RGB NCHW images and normalises them "
                          "itself: drop --mean/--std/--pixel-scale/--layout/--channels")
-    warnings: list[str] = []
-    engine_source = None
-    if suffix in ENGINE_SUFFIXES:  # refuse a stale engine before touching TensorRT
-        engine_source = Path(surrogate) if surrogate is not None else _engine_source(path, manifest)
-    runtime: Runtime = open_runtime(path, device=device, batch_size=batch_size, **(runtime_options or {}))
-    if preprocessing is not None:
-        runtime = AdaptedRuntime(runtime, preprocessing)
 
+
+@dataclass
+class _Gradients:
+    """The artifact's kind and its gradient surrogate: ``model`` (None where the interpreter cannot differentiate
+    the file, ``unsupported`` saying why) and the report's description of it, ``info``."""
+
+    kind: str
+    model: nn.Module | None
+    info: dict[str, Any]
     unsupported: UnsupportedOperatorError | None = None
-    grad_model: nn.Module | None
-    if suffix in CHECKPOINT_SUFFIXES:
-        kind = "checkpoint"
-        grad_model = runtime.model  # type: ignore[attr-defined]
-        grad_info = {"file": str(path), "sha256": runtime.sha256, "kind": "checkpoint (exact gradients)"}
-    else:
-        if engine_source is not None:
-            kind, source = "tensorrt", engine_source
-        else:
-            kind = "onnx-int8" if _is_qdq(path) else "onnx-float"
-            source = Path(surrogate) if surrogate is not None else path
-        try:
-            grad_model, grad_info = load_differentiable(source, device, preprocessing=preprocessing)
-        except UnsupportedOperatorError as exc:
-            unsupported, grad_model, grad_info = exc, None, {}
-    if surrogate is not None and suffix in CHECKPOINT_SUFFIXES:
-        grad_model, grad_info = load_differentiable(surrogate, device)
 
-    ref_model: nn.Module | None
-    ref_info: dict[str, Any]
-    if reference is not None:
-        name, classes = (_reference_classes(reference_model, runtime, image_size) if reference_model is not None
-                         else (None, None))
-        ref_model, ref_info = load_differentiable(reference, device, preprocessing=preprocessing, model=name,
-                                                  num_classes=classes)
-    elif kind == "checkpoint":
-        ref_model = runtime.model  # type: ignore[attr-defined]
-        ref_info = {"file": str(path), "sha256": runtime.sha256, "note": "the verified model is the float model"}
-    elif kind == "onnx-float" and surrogate is None and grad_model is not None:
-        ref_model, ref_info = grad_model, {**grad_info, "note": "the verified model is the float model"}
-    elif manifest is not None and (path.parent / FLOAT_ONNX).is_file() and FLOAT_ONNX in manifest.get("files", {}):
-        ref_model, ref_info = load_differentiable(path.parent / FLOAT_ONNX, device)
+
+def _own_gradients(path: Path, runtime: Runtime, engine_source: Path | None, surrogate: str | Path | None,
+                   device: str | torch.device, preprocessing: Preprocessing | None) -> _Gradients:
+    """The artifact's kind and gradient surrogate as in the module table, ``surrogate`` overriding the choice."""
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if surrogate is not None:
+            return _Gradients("checkpoint", *load_differentiable(surrogate, device))
+        return _Gradients("checkpoint", runtime.model,  # type: ignore[attr-defined]
+                          {"file": str(path), "sha256": runtime.sha256, "kind": "checkpoint (exact gradients)"})
+    if engine_source is not None:
+        kind, source = "tensorrt", engine_source
     else:
-        ref_model, ref_info = None, {}
-        warnings.append("no float reference (no bundle model.onnx, no --reference): drops and transfer attacks "
-                        "are not measured")
-    if kind == "onnx-float" and surrogate is None and grad_model is not None:
-        grad_info = {**grad_info, "kind": "onnx-interpreter (exact gradients)"}
-    if unsupported is not None:
-        if ref_model is not None:  # BPDA through the float model: the engine's values, the reference's gradients
-            grad_model = ref_model
-            grad_info = {**{k: v for k, v in ref_info.items() if k != "note"}, "kind": "the float reference (BPDA)",
-                         "note": f"{unsupported}"}
-            warnings.append(f"the gradients come from the float reference, not the engine's own graph "
-                            f"({', '.join(unsupported.ops)} cannot be differentiated): white-box numbers are "
-                            "transfer-like and may overstate robustness")
-        elif need_gradients:
-            raise unsupported
-        else:
-            grad_info = {"kind": "none", "note": f"{unsupported}"}
-    stamp_file = engine_source if engine_source is not None else path if suffix in ONNX_SUFFIXES else None
+        kind = "onnx-int8" if _is_qdq(path) else "onnx-float"
+        source = Path(surrogate) if surrogate is not None else path
+    try:
+        return _Gradients(kind, *load_differentiable(source, device, preprocessing=preprocessing))
+    except UnsupportedOperatorError as exc:
+        return _Gradients(kind, None, {}, exc)
+
+
+def _default_reference(path: Path, grads: _Gradients, runtime: Runtime, manifest: dict[str, Any] | None,
+                       surrogate: str | Path | None, device: str | torch.device,
+                       warnings: list[str]) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The float reference when none is given: the checkpoint itself, a float ONNX file itself, or the bundle's
+    ``model.onnx``; else none, with a warning."""
+    if grads.kind == "checkpoint":
+        return runtime.model, {"file": str(path), "sha256": runtime.sha256,  # type: ignore[attr-defined]
+                               "note": "the verified model is the float model"}
+    if grads.kind == "onnx-float" and surrogate is None and grads.model is not None:
+        return grads.model, {**grads.info, "note": "the verified model is the float model"}
+    if manifest is not None and (path.parent / FLOAT_ONNX).is_file() and FLOAT_ONNX in manifest.get("files", {}):
+        return load_differentiable(path.parent / FLOAT_ONNX, device)
+    warnings.append("no float reference (no bundle model.onnx, no --reference): drops and transfer attacks "
+                    "are not measured")
+    return None, {}
+
+
+def _gradients_from_reference(grads: _Gradients, unsupported: UnsupportedOperatorError, ref_model: nn.Module | None,
+                              ref_info: dict[str, Any], need_gradients: bool, warnings: list[str]) -> None:
+    """A file the interpreter cannot differentiate: BPDA through the float reference when there is one; else no
+    surrogate for a gradient-free suite, and ``unsupported`` raised for one that needs gradients."""
+    if ref_model is not None:  # BPDA through the float model: the engine's values, the reference's gradients
+        grads.model = ref_model
+        grads.info = {**{k: v for k, v in ref_info.items() if k != "note"}, "kind": "the float reference (BPDA)",
+                      "note": f"{unsupported}"}
+        warnings.append(f"the gradients come from the float reference, not the engine's own graph "
+                        f"({', '.join(unsupported.ops)} cannot be differentiated): white-box numbers are "
+                        "transfer-like and may overstate robustness")
+    elif need_gradients:
+        raise unsupported
+    else:
+        grads.info = {"kind": "none", "note": f"{unsupported}"}
+
+
+def _target(path: Path, runtime: Runtime, grads: _Gradients, ref_model: nn.Module | None, ref_info: dict[str, Any],
+            manifest: dict[str, Any] | None, engine_source: Path | None, warnings: list[str]) -> VerifyTarget:
+    """The opened target with the report's description and the threat model its model file records."""
+    stamp_file = engine_source if engine_source is not None else path if path.suffix.lower() in ONNX_SUFFIXES else None
     stamped = stamped_threat_model(stamp_file) if stamp_file is not None else None
     info = {
         "threat_model_file": stamp_file.name if stamped is not None and stamp_file is not None else None,
-        "artifact": {"file": str(path), "kind": kind, **runtime.describe()},
-        "surrogate": grad_info,
+        "artifact": {"file": str(path), "kind": grads.kind, **runtime.describe()},
+        "surrogate": grads.info,
         "reference": ref_info or None,
         "bundle": str(path.parent) if manifest is not None else None,
     }
-    return VerifyTarget(path=path, kind=kind, runtime=runtime, surrogate=grad_model, reference=ref_model,
+    return VerifyTarget(path=path, kind=grads.kind, runtime=runtime, surrogate=grads.model, reference=ref_model,
                         manifest=manifest, info=info, warnings=warnings, stamped_threat_model=stamped)
