@@ -1,7 +1,7 @@
-"""The pieces every ONNX operator function of the gradient interpreter shares (:mod:`rkd.quantize.onnx_ops` for
-the float operators, :mod:`rkd.quantize.onnx_qops` for the quantized ones, :mod:`rkd.quantize.qdq_integer` for
-the integer kernels): the operator function type, explicit padding, the convolution core of Conv, QLinearConv and
-ConvInteger, and per-axis broadcasting of quantization parameters."""
+"""The pieces every ONNX operator function of the gradient interpreter shares (:mod:`rkd.quantize.onnx_ops`
+for the float operators, :mod:`rkd.quantize.onnx_qops` for the quantized ones, :mod:`rkd.quantize.qdq_integer`
+for the integer kernels): the operator function type, explicit padding, the convolution core of Conv,
+QLinearConv and ConvInteger, and per-axis broadcasting of quantization parameters."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """ONNX operators as differentiable torch functions: the operator registry of the gradient interpreter
-(:class:`rkd.quantize.surrogate.OnnxGraphModule`) and the float operators. The quantized operators (QuantizeLinear,
-DequantizeLinear, the integer and QOperator ops) are in :mod:`rkd.quantize.onnx_qops`, the pieces both share
-(padding, the convolution core, per-axis broadcasting) in :mod:`rkd.quantize.onnx_common`; this module registers
-them all and keeps their names importable.
+(:class:`rkd.quantize.surrogate.OnnxGraphModule`) and the float operators. The quantized operators
+(QuantizeLinear, DequantizeLinear, the integer and QOperator ops) are in :mod:`rkd.quantize.onnx_qops`, the
+pieces both share (padding, the convolution core, per-axis broadcasting) in :mod:`rkd.quantize.onnx_common`;
+this module registers them all and keeps their names importable.
 
 Each operator is ``fn(inputs, attrs)``: ``inputs`` the node's input tensors in order (None for an omitted
 optional input), ``attrs`` its attributes; it returns one tensor, or a tuple for several outputs. Standard
@@ -66,9 +66,9 @@ from rkd.quantize.onnx_qops import (
 
 #: Names kept importable from here: the shared pieces (:mod:`rkd.quantize.onnx_common`, also used by
 #: :mod:`rkd.quantize.qdq_integer`) and the quantized operators (:mod:`rkd.quantize.onnx_qops`).
-__all__ = ["CENTRED_WEIGHTS", "MS_DOMAIN", "ONNX_DOMAIN", "ONNX_TO_TORCH", "OPS", "QRANGE", "Op", "OnnxOpInfo",
-           "_broadcast", "_conv_core", "_dequantize", "_pad_input", "_pads", "centred_weight", "domain_name",
-           "lookup", "supported_ops"]
+__all__ = ["CENTRED_WEIGHTS", "MS_DOMAIN", "ONNX_DOMAIN", "ONNX_TO_TORCH", "OPS", "QRANGE", "Op",
+           "OnnxOpInfo", "_broadcast", "_conv_core", "_dequantize", "_pad_input", "_pads", "centred_weight",
+           "domain_name", "lookup", "supported_ops"]
 
 
 #: The default ONNX domain and ONNX Runtime's contrib domain.

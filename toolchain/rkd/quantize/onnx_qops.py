@@ -1,11 +1,12 @@
 """The quantized ONNX operators of the gradient interpreter: ``QuantizeLinear``, ``DequantizeLinear``,
 ``DynamicQuantizeLinear``, the integer ops (``MatMulInteger``, ``ConvInteger``) and the QOperator ops
-(``QLinearConv``, ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``, ...), with the quantization arithmetic they share
-(zero points, centring, straight-through rounding onto the integer grid) and the constant-weight centring that
-:class:`rkd.quantize.surrogate.OnnxGraphModule` does once at build time (:func:`centred_weight`).
+(``QLinearConv``, ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``, ...), with the quantization arithmetic they
+share (zero points, centring, straight-through rounding onto the integer grid) and the constant-weight
+centring that :class:`rkd.quantize.surrogate.OnnxGraphModule` does once at build time
+(:func:`centred_weight`).
 
-The integer-tensor convention, the semantics and the gradient of each op are stated in :mod:`rkd.quantize.onnx_ops`,
-which registers these functions with the float operators.
+The integer-tensor convention, the semantics and the gradient of each op are stated in
+:mod:`rkd.quantize.onnx_ops`, which registers these functions with the float operators.
 """
 
 from __future__ import annotations
