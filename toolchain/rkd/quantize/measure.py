@@ -98,7 +98,7 @@ def run_qat(
     (``after`` is filled in by the caller). ``attack``: eps, alpha, steps, seed, batch_size of the measurement."""
     from rkd.config import resolve_device
     from rkd.deploy.runtimes import OnnxRuntime
-    from rkd.quantize.qat import train_qat, write_back
+    from rkd.quantize.qat import QatTraining, train_qat, write_back
 
     seed, batch_size = attack["seed"], attack["batch_size"]
     before = None
@@ -110,10 +110,9 @@ def run_qat(
     if train_set is None:
         raise UsageError("QAT needs its training images")
     n, train_idx = len(train_set.idx), train_set.idx
-    student, info = train_qat(ptq_path, train_set.data, method=options.method, teacher=teacher,
-                              epochs=options.epochs, lr=options.lr, steps=options.steps, eps=attack["eps"],
-                              alpha=attack["alpha"], batch_size=min(batch_size, 128), device=resolve_device(device),
-                              seed=seed)
+    training = QatTraining(options=options, teacher=teacher, eps=attack["eps"], alpha=attack["alpha"],
+                           batch_size=min(batch_size, 128))
+    student, info = train_qat(ptq_path, train_set.data, training, device=resolve_device(device), seed=seed)
     written = write_back(student, ptq_path, int8_path)
     return {
         "method": options.method, "method_config": info.pop("method"),
