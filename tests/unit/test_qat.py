@@ -23,7 +23,8 @@ from rkd.deploy.onnx_export import export_onnx
 from rkd.deploy.runtimes import OnnxRuntime
 from rkd.models import save_checkpoint
 from rkd.quantize.ort_static import quantize_onnx
-from rkd.quantize.qat import build_qat_student, train_qat, write_back
+from rkd.quantize.qat import QatTraining, build_qat_student, train_qat, write_back
+from rkd.quantize.request import QatOptions
 from rkd.quantize.surrogate import build_surrogate
 from rkd.testing import train_tiny_classifier
 
@@ -84,8 +85,8 @@ def test_write_back_of_unchanged_weights_is_identical(ptq: dict[str, Any], schem
 
 def test_trained_weights_written_back_run_in_onnx_runtime(ptq: dict[str, Any], tmp_path: Path) -> None:
     train = ptq["train"].subset(torch.arange(128))
-    student, info = train_qat(ptq["cpu"], train, method="pgd_at", epochs=1, lr=0.05, steps=2, batch_size=32,
-                              device="cpu", seed=0)
+    training = QatTraining(QatOptions(method="pgd_at", epochs=1, lr=0.05, steps=2), batch_size=32)
+    student, info = train_qat(ptq["cpu"], train, training, device="cpu", seed=0)
     assert info["steps_per_epoch"] == 4 and info["train_n"] == 128
     out = tmp_path / "qat.onnx"
     written = write_back(student, ptq["cpu"], out)
@@ -159,8 +160,9 @@ def test_adv_path_with_teacher_trains_the_fake_quant_student(ptq: dict[str, Any]
     train = ptq["train"].subset(torch.arange(64))
     before = {k: getattr(build_qat_student(ptq["cpu"]), k).detach().clone()
               for k in build_qat_student(ptq["cpu"]).weight_keys.values()}
-    student, info = train_qat(ptq["cpu"], train, method="adv_path", teacher=ptq["model"], epochs=1, lr=0.05,
-                              steps=2, batch_size=32, device="cpu", seed=0)
+    training = QatTraining(QatOptions(method="adv_path", epochs=1, lr=0.05, steps=2), teacher=ptq["model"],
+                           batch_size=32)
+    student, info = train_qat(ptq["cpu"], train, training, device="cpu", seed=0)
     assert info["method"]["name"] == "adv_path" and info["method"]["steps"] == 2
     assert any(not torch.equal(getattr(student, k), v) for k, v in before.items())
     write_back(student, ptq["cpu"], tmp_path / "qat.onnx")

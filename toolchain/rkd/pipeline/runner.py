@@ -261,7 +261,8 @@ class Pipeline:
         return self._stage("export", key, run)
 
     def _quantize(self, student: Path, float_onnx: Path, teacher: Path | None) -> Path:
-        from rkd.quantize.pipeline import quantize_checkpoint
+        from rkd.quantize.pipeline import run_quantize
+        from rkd.quantize.request import QatOptions, QuantizeRequest
 
         assert self.profile is not None and self.profile.quantize is not None and self.recipe.deploy is not None
         q, deploy = self.profile.quantize, self.recipe.deploy
@@ -270,12 +271,15 @@ class Pipeline:
 
         def run(resume: bool) -> tuple[Path, dict[str, Any]]:
             method = self.recipe.student.method.name if self.recipe.student else "adv_path"
-            section = quantize_checkpoint(
-                student, float_onnx.parent, profile=q.scheme, calib_data=self._data_arg(), calib_n=deploy.calibration_n or q.calibration_n,
-                data_root=self.data_root or self.recipe.data.root, method=q.method, eval_n=0, force=True,
-                seed=self.recipe.seed, nodes_to_exclude=q.exclude or None, qat=deploy.qat, qat_method=method,
-                qat_epochs=deploy.qat_epochs, qat_lr=deploy.qat_lr, qat_teacher=teacher if deploy.qat else None,
-                qat_train_n=deploy.qat_train_n, device=self.device)
+            qat = QatOptions(method=method, epochs=deploy.qat_epochs, lr=deploy.qat_lr, teacher=teacher,
+                             train_n=deploy.qat_train_n) if deploy.qat else None
+            request = QuantizeRequest(
+                checkpoint=Path(student), bundle=float_onnx.parent, scheme=q.scheme, method=q.method,
+                calib_data=self._data_arg(), calib_n=deploy.calibration_n or q.calibration_n,
+                data_root=self.data_root or self.recipe.data.root, eval_n=0, force=True, seed=self.recipe.seed,
+                nodes_to_exclude=tuple(q.exclude or ()), device=self.device, qat=qat,
+            ).validate()
+            section = run_quantize(request)
             agree = ((section.get("surrogate") or {}).get("agreement") or {}).get("top1_agreement")
             return float_onnx.parent / "model.int8.onnx", {"surrogate_agreement": agree}
 

@@ -1,24 +1,28 @@
-"""What ``rkd quantize`` measures: float vs INT8 clean and PGD accuracy (the INT8 model attacked through
-:class:`rkd.verify.engine_model.EngineModel`: ONNX Runtime forward, surrogate gradient, BPDA), and the QAT step
-that fine-tunes the PTQ model's fake-quant twin (:mod:`rkd.quantize.qat`) with before/after numbers."""
+"""What ``rkd quantize`` measures: float vs INT8 clean and PGD accuracy by rkd's one evaluation core
+(:func:`rkd.verify.suite.evaluate_robustness`, the function behind ``rkd eval`` and ``rkd verify``; the INT8 model
+attacked through :class:`rkd.verify.engine_model.EngineModel`: ONNX Runtime forward, surrogate gradient, BPDA),
+and the QAT step that fine-tunes the PTQ model's fake-quant twin (:mod:`rkd.quantize.qat`) with before/after
+numbers."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from rkd.attacks.predictions import batched_classes, predicted_class
 from rkd.data import Selection, indices_sha256
-from rkd.data.seeds import derive_seed
 from rkd.errors import UsageError
 from rkd.quantize.request import QatOptions
 from rkd.quantize.surrogate import agreement, build_surrogate
 from rkd.stats import accuracy_summary
 from rkd.verify.engine_model import EngineModel
+
+if TYPE_CHECKING:
+    from rkd.verify.outcome import RobustnessResult
 
 PTQ_NAME = "model.int8.ptq.onnx"  # with --qat: the post-training-quantized model QAT started from
 
@@ -27,64 +31,61 @@ def _acc(correct: torch.Tensor) -> dict[str, Any]:
     return accuracy_summary(int(correct.sum()), int(correct.numel()))
 
 
-def _pgd_adv(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, seed: int,
-    batch_size: int, label: str = "pgd",
-) -> torch.Tensor:
-    """PGD (L-inf, random start, cross-entropy) on every row of ``x``; seeded per call. Progress (samples done,
-    robust so far: one more forward per batch) goes to :func:`rkd.progress.active` as ``<label> pgdK``."""
-    from rkd.attacks import pgd
-    from rkd.progress import unit
+def _suite(
+    model: nn.Module, who: str, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, seconds: float, *,
+    eps: float, alpha: float, steps: int, seed: int, batch_size: int, keep_adv: bool = False,
+) -> RobustnessResult:
+    """Clean and PGD-``steps`` accuracy of ``model`` by rkd's evaluation core
+    (:func:`rkd.verify.suite.evaluate_robustness`, as ``rkd eval`` and ``rkd verify`` measure: L-inf, random
+    start, cross-entropy, each sample's start seeded from ``seed``, only clean-correct samples attacked, the
+    final iterate scored). The clean outcome is the given predictions ``pred`` (measured once, also for the
+    float/INT8 agreement); progress goes to :func:`rkd.progress.active` as ``<who> pgdK``."""
+    from rkd.attacks.predictions import NO_CLASS
+    from rkd.progress import labelled
+    from rkd.verify.outcome import AttackOutcome
+    from rkd.verify.suite import class_counts, evaluate_robustness
 
-    gen = torch.Generator().manual_seed(derive_seed("rkd-quantize-pgd", seed))
-    out: list[torch.Tensor] = []
-    robust = 0
-    with unit(f"{label} pgd{steps}", len(x)) as sink:
-        for i in range(0, len(x), batch_size):
-            out.append(pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=alpha, steps=steps,
-                           start="random", generator=gen).x_adv.detach())
-            robust += int((batched_classes(model, out[-1], batch_size) == y[i:i + batch_size].cpu()).sum())
-            sink.advance(min(i + batch_size, len(x)), robust)
-    return torch.cat(out) if out else x.clone()
+    clean = AttackOutcome("clean", pred == y, seconds,
+                          {"predicted": class_counts(pred, y), "non_finite": int((pred == NO_CLASS).sum())})
+    with labelled(f"{who} "):
+        return evaluate_robustness(model, x, y, attacks=f"clean,pgd{steps}" if steps else "clean", eps=eps,
+                                   alpha=alpha, seed=seed, batch_size=batch_size, keep_adv=keep_adv,
+                                   done={"clean": clean})
 
 
 def evaluate_int8(
     model: nn.Module, surrogate: nn.Module, engine: Any, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     alpha: float, steps: int, seed: int, batch_size: int,
 ) -> dict[str, Any]:
-    """Clean and PGD accuracy of the float model and the INT8 engine, and surrogate/engine agreement."""
+    """Clean and PGD accuracy of the float model and the INT8 engine (attacked through
+    :class:`~rkd.verify.engine_model.EngineModel`), each by :func:`_suite`, and surrogate/engine agreement on
+    the clean images and on the INT8 model's adversarial examples."""
     t0 = time.perf_counter()
     f_pred = batched_classes(model.eval(), x, batch_size)
+    t_float = time.perf_counter() - t0
     q_pred = predicted_class(engine.predict(x))
-    f_clean, q_clean = f_pred == y, q_pred == y
-    result: dict[str, Any] = {
-        "float": {"clean": _acc(f_clean)}, "int8": {"clean": _acc(q_clean)},
-        "float_int8_top1_agreement": float((f_pred == q_pred).float().mean()),
-        "agreement": {"clean": agreement(surrogate, engine, x, batch_size=batch_size)},
-    }
+    t_int8 = time.perf_counter() - t0 - t_float
+    clean_agreement = agreement(surrogate, engine, x, batch_size=batch_size)
     seconds: dict[str, float] = {"clean": time.perf_counter() - t0}
+    attack = {"eps": eps, "alpha": alpha, "steps": steps, "seed": seed, "batch_size": batch_size}
+    f_res = _suite(model, "float", x, y, f_pred, t_float, **attack)
+    q_res = _suite(EngineModel(engine, surrogate).eval(), "int8", x, y, q_pred, t_int8, keep_adv=True, **attack)
+    result: dict[str, Any] = {
+        "float": {"clean": _acc(f_res.outcomes["clean"].correct)},
+        "int8": {"clean": _acc(q_res.outcomes["clean"].correct)},
+        "float_int8_top1_agreement": float((f_pred == q_pred).float().mean()),
+        "agreement": {"clean": clean_agreement},
+    }
     if steps:
         name = f"pgd{steps}"
-        attack = {"eps": eps, "alpha": alpha, "steps": steps, "seed": seed, "batch_size": batch_size}
-        t0 = time.perf_counter()
-        f_rob = torch.zeros_like(f_clean)
-        idx = f_clean.nonzero().flatten()
-        if len(idx):
-            x_adv = _pgd_adv(model, x[idx], y[idx], **attack, label="float")
-            f_rob[idx] = batched_classes(model, x_adv, batch_size) == y[idx]
-        seconds[f"float_{name}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        q_rob = torch.zeros_like(q_clean)
-        idx = q_clean.nonzero().flatten()
-        wrapped = EngineModel(engine, surrogate).eval()
-        result["agreement"][name] = None
-        if len(idx):
-            x_adv = _pgd_adv(wrapped, x[idx], y[idx], **attack, label="int8")
-            q_rob[idx] = predicted_class(engine.predict(x_adv)) == y[idx]
-            result["agreement"][name] = agreement(surrogate, engine, x_adv, batch_size=batch_size)
-        seconds[f"int8_{name}"] = time.perf_counter() - t0
-        result["float"][name] = _acc(f_rob)
-        result["int8"][name] = _acc(q_rob)
+        idx = q_res.outcomes["clean"].correct.nonzero().flatten()
+        x_adv = q_res.outcomes[name].x_adv
+        result["agreement"][name] = (agreement(surrogate, engine, x_adv[idx], batch_size=batch_size)
+                                     if len(idx) and x_adv is not None else None)
+        seconds[f"float_{name}"] = f_res.outcomes[name].seconds
+        seconds[f"int8_{name}"] = q_res.outcomes[name].seconds
+        result["float"][name] = _acc(f_res.outcomes[name].correct)
+        result["int8"][name] = _acc(q_res.outcomes[name].correct)
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return result
 
@@ -98,7 +99,7 @@ def run_qat(
     (``after`` is filled in by the caller). ``attack``: eps, alpha, steps, seed, batch_size of the measurement."""
     from rkd.config import resolve_device
     from rkd.deploy.runtimes import OnnxRuntime
-    from rkd.quantize.qat import train_qat, write_back
+    from rkd.quantize.qat import QatTraining, train_qat, write_back
 
     seed, batch_size = attack["seed"], attack["batch_size"]
     before = None
@@ -110,10 +111,9 @@ def run_qat(
     if train_set is None:
         raise UsageError("QAT needs its training images")
     n, train_idx = len(train_set.idx), train_set.idx
-    student, info = train_qat(ptq_path, train_set.data, method=options.method, teacher=teacher,
-                              epochs=options.epochs, lr=options.lr, steps=options.steps, eps=attack["eps"],
-                              alpha=attack["alpha"], batch_size=min(batch_size, 128), device=resolve_device(device),
-                              seed=seed)
+    training = QatTraining(options=options, teacher=teacher, eps=attack["eps"], alpha=attack["alpha"],
+                           batch_size=min(batch_size, 128))
+    student, info = train_qat(ptq_path, train_set.data, training, device=resolve_device(device), seed=seed)
     written = write_back(student, ptq_path, int8_path)
     return {
         "method": options.method, "method_config": info.pop("method"),

@@ -15,6 +15,7 @@ that ONNX Runtime runs, with the same scales; it is checked with ``onnx.checker`
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,26 @@ import torch
 
 from rkd.data.arrays import ImageArrays
 from rkd.errors import CheckpointError, UsageError
+from rkd.quantize.request import QatOptions
 from rkd.quantize.surrogate import OnnxGraphModule, build_surrogate
 
-DEFAULT_METHOD = "adv_path"
-DEFAULT_LR = 0.01
+DEFAULT_METHOD = QatOptions.method
+DEFAULT_LR = QatOptions.lr
+
+
+@dataclass(frozen=True)
+class QatTraining:
+    """What :func:`train_qat` trains with, besides the data, the file and the device: the request's QAT
+    ``options`` (``method``, ``epochs``, ``lr``, attack ``steps``; its ``teacher`` path and ``train_n`` are
+    for the caller, which loads the teacher and picks the images), the loaded ``teacher`` module (for a method
+    that distils), the checkpoint's threat model (``eps``, ``alpha``), ``batch_size`` and ``augment``."""
+
+    options: QatOptions = field(default_factory=QatOptions)
+    teacher: torch.nn.Module | None = None
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    batch_size: int = 128
+    augment: bool = True
 
 
 def build_qat_student(int8_onnx: str | Path) -> OnnxGraphModule:
@@ -91,22 +108,11 @@ def needs_teacher(name: str) -> bool:
 
 
 def train_qat(
-    int8_onnx: str | Path,
-    train_data: ImageArrays,
-    *,
-    method: str = DEFAULT_METHOD,
-    teacher: torch.nn.Module | None = None,
-    epochs: int = 1,
-    lr: float = DEFAULT_LR,
-    steps: int | None = None,
-    eps: float = 8 / 255,
-    alpha: float = 2 / 255,
-    batch_size: int = 128,
-    device: str = "cpu",
+    int8_onnx: str | Path, train_data: ImageArrays, training: QatTraining, *, device: str = "cpu",
     seed: int = 0,
-    augment: bool = True,
 ) -> tuple[OnnxGraphModule, dict[str, Any]]:
-    """Fine-tune the trainable fake-quant student of ``int8_onnx`` with registry ``method`` via ``fit``.
+    """Fine-tune the trainable fake-quant student of ``int8_onnx`` with the registry method of
+    ``training.options`` via ``fit``.
 
     SGD (momentum 0.9, weight decay 0), constant ``lr``, ``epochs`` passes over ``train_data``; no held-out
     evaluation (rkd quantize measures the INT8 model itself afterwards). Returns ``(student, info)``.
@@ -116,21 +122,23 @@ def train_qat(
     from rkd.seeding import seed_everything
     from rkd.train.loop import fit
 
+    opts, teacher = training.options, training.teacher
+    method, eps, alpha = opts.method, training.eps, training.alpha
     if needs_teacher(method) and teacher is None:
         raise UsageError(f"--qat with method '{method}' distils from a teacher: pass --teacher CHECKPOINT")
     seed_everything(seed)
     student = build_qat_student(int8_onnx)
-    config = method_config(method, steps=steps, eps=eps, alpha=alpha)
+    config = method_config(method, steps=opts.steps, eps=eps, alpha=alpha)
     algo = create_method(config, student=student, teacher=teacher if needs_teacher(method) else None)
-    cfg = TrainConfig(epochs=epochs, lr=lr, schedule="constant", weight_decay=0.0, amp="off",
+    cfg = TrainConfig(epochs=opts.epochs, lr=opts.lr, schedule="constant", weight_decay=0.0, amp="off",
                       channels_last="off", eval_every=0, eval_n=0, log_every=50)
-    batch = min(batch_size, len(train_data))
+    batch = min(training.batch_size, len(train_data))
     with tempfile.TemporaryDirectory(prefix=".rkd-qat-") as run_dir:
         result = fit(algo, train_data, None, cfg, run_dir=run_dir, device=device, batch_size=batch,
-                     threat=ThreatConfig(eps=eps, alpha=alpha), fingerprint=f"qat:{method}", augment=augment,
-                     seed=seed, save_model=False)
+                     threat=ThreatConfig(eps=eps, alpha=alpha), fingerprint=f"qat:{method}",
+                     augment=training.augment, seed=seed, save_model=False)
     student = student.cpu().eval()
-    info = {"method": config.model_dump(), "epochs": epochs, "lr": lr, "schedule": "constant",
+    info = {"method": config.model_dump(), "epochs": opts.epochs, "lr": opts.lr, "schedule": "constant",
             "optimizer": "sgd momentum 0.9, weight decay 0", "batch_size": batch, "train_n": len(train_data),
             "steps_per_epoch": len(train_data) // batch, "seconds": round(result.seconds, 2),
             "trained_weights": len(student.weight_keys)}

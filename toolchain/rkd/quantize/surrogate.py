@@ -17,8 +17,8 @@ logits) is replicated exactly by construction, with no mapping from ONNX names b
   ``QLinearConv``, ``QGemm``, ``QLinearAdd``, ... that ``QuantFormat.QOperator`` writes: dequantize, float op,
   requantize with straight-through rounding) runs as its torch function in :mod:`rkd.quantize.onnx_ops`, whose
   docstring states each gradient choice; :func:`supported_ops` lists them. A graph using an operator missing
-  there is refused when it is read, with an :class:`~rkd.errors.UnsupportedOperatorError` naming each such
-  operator, its count and its first node.
+  there is refused when it is read (:func:`~rkd.quantize.onnx_graph.graph_spec`), with an
+  :class:`~rkd.errors.UnsupportedOperatorError` naming each such operator, its count and its first node.
 
 The forward value therefore matches ONNX Runtime's INT8 output up to float rounding at quantization ties
 (ONNX Runtime fuses DQ -> Conv -> Q into integer kernels that requantize with a float multiplier); agreement
@@ -31,35 +31,30 @@ device, as attack libraries expect; ``set_fake_quant(False)`` turns activation q
 quantized) for diagnostics. Files: :func:`save_surrogate` writes the QDQ graph's raw tensors (int8 weights,
 scales, zero points) as safetensors plus a JSON sidecar holding the node list; :func:`load_surrogate` rebuilds
 the module from them (no pickle).
+
+This module holds :class:`OnnxGraphModule` (the node list turned into steps: constant folding, fused
+fake-quant pairs, trainable weights, integer kernels; and ``forward``), :func:`build_surrogate`,
+:func:`onnx_module` and :func:`agreement`. Reading the ONNX file into the node list is
+:mod:`rkd.quantize.onnx_graph`; the files are :mod:`rkd.quantize.surrogate_files`; their public names stay
+importable from here.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from rkd.atomic import atomic_write, atomic_write_text
 from rkd.attacks.predictions import batched_logits, logit_agreement
-from rkd.errors import CheckpointError, UnsupportedOperatorError, UsageError
-from rkd.quantize.onnx_ops import (
-    CENTRED_WEIGHTS,
-    OPS,
-    QRANGE,
-    Op,
-    _broadcast,
-    _dequantize,
-    centred_weight,
-    domain_name,
-    lookup,
-    supported_ops,
-)
+from rkd.errors import UsageError
+from rkd.quantize.onnx_common import Op, _broadcast
+from rkd.quantize.onnx_graph import graph_spec, unsupported_operator_error
+from rkd.quantize.onnx_ops import OPS, domain_name, lookup, supported_ops
+from rkd.quantize.onnx_qops import CENTRED_WEIGHTS, QRANGE, _dequantize, centred_weight
 from rkd.quantize.qdq_integer import (
     IntSource,
     exact_fake_quant,
@@ -69,121 +64,20 @@ from rkd.quantize.qdq_integer import (
     ort_fused_outputs,
     plan_integer_steps,
 )
+from rkd.quantize.surrogate_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    KIND,
+    load_surrogate,
+    save_surrogate,
+    sidecar_path,
+)
 
-__all__ = ["OPS", "OnnxGraphModule", "agreement", "build_surrogate", "graph_spec", "load_surrogate",
-           "onnx_module", "save_surrogate", "supported_ops", "unsupported_operator_error"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "KIND", "OPS", "OnnxGraphModule", "agreement", "build_surrogate",
+           "graph_spec", "load_surrogate", "onnx_module", "save_surrogate", "sidecar_path", "supported_ops",
+           "unsupported_operator_error"]
 
 _QRANGE = QRANGE
-
-FORMAT = "rkd-surrogate"
-FORMAT_VERSION = 1
-KIND = "onnx-qdq-interpreter"
-
-
-# ---------------------------------------------------------------------------------------- graph parsing
-def _attr_value(attr: Any, node_name: str, tensors: dict[str, torch.Tensor]) -> Any:
-    import onnx
-    from onnx import numpy_helper
-
-    value = onnx.helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, onnx.TensorProto):
-        key = f"{node_name}::{attr.name}"
-        tensors[key] = torch.from_numpy(np.array(numpy_helper.to_array(value)))
-        return {"__tensor__": key}
-    if isinstance(value, (list, tuple)):
-        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
-    if isinstance(value, (int, float, str)):
-        return value
-    raise UsageError(f"surrogate: attribute '{attr.name}' of node '{node_name}' has an unsupported type")
-
-
-def _constant_value(attrs: dict[str, Any], name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The tensor of an ONNX Constant node (``value`` or one of ``value_float(s)``/``value_int(s)``)."""
-    if isinstance(attrs.get("value"), dict):
-        return tensors.pop(attrs["value"]["__tensor__"])
-    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
-                       ("value_int", torch.int64), ("value_ints", torch.int64)):
-        if key in attrs:
-            return torch.tensor(attrs[key], dtype=dtype)
-    raise UsageError(f"surrogate: Constant node '{name}' without a tensor, float or int value is not supported")
-
-
-def unsupported_operator_error(path: str | Path, missing: Mapping[str, tuple[str, int, str]]
-                               ) -> UnsupportedOperatorError:
-    """The one-line error naming each operator of ``path`` that the interpreter lacks: ``missing`` maps
-    ``"domain:op"`` to ``(op, count, first node name)``."""
-    parts = []
-    for key, (op, count, first) in sorted(missing.items(), key=lambda kv: (kv[1][0], kv[0])):
-        domain = key.rsplit(":", 1)[0]
-        where = "" if domain == "ai.onnx" else f"domain {domain}, "
-        parts.append(f'{op} ({where}{count}, first at node "{first}")')
-    ops = sorted({op for op, _, _ in missing.values()})
-    return UnsupportedOperatorError(
-        f"{Path(path).name} uses operators the gradient interpreter does not support: {', '.join(parts)}; give "
-        "--surrogate (a differentiable model of it: an rkd checkpoint, or an ONNX file of supported operators, "
-        "docs/reference/onnx-ops.md) or run black-box attacks only (--attacks square)",
-        ops=ops, counts={op: sum(c for o, c, _ in missing.values() if o == op) for op in ops},
-        first_nodes={op: next(f for o, _, f in missing.values() if o == op) for op in ops})
-
-
-def graph_spec(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read an ONNX file into ``(spec, tensors)``: the JSON-ready node list and the initializers (raw dtypes).
-
-    ``Constant`` nodes become initializers; tensor-valued attributes of other nodes are stored in ``tensors``
-    under ``"<node>::<attr>"``; a node of a domain other than ``ai.onnx`` records it as ``"domain"``.
-
-    Raises:
-        UnsupportedOperatorError: operators the interpreter lacks, each named with its count and first node.
-        CheckpointError: an unreadable file. UsageError: a missing file, not one image input.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise UsageError(f"ONNX file not found: '{path}'")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # DecodeError and friends
-        raise CheckpointError(f"cannot read '{path}' as ONNX: {str(exc).strip().splitlines()[0]}") from None
-    graph = model.graph
-    tensors: dict[str, torch.Tensor] = {}
-    for init in graph.initializer:
-        tensors[init.name] = torch.from_numpy(np.array(numpy_helper.to_array(init)))
-    inputs = [i.name for i in graph.input if i.name not in tensors]
-    if len(inputs) != 1 or len(graph.output) < 1:
-        raise UsageError(f"'{path}' must have one image input and a logits output; it has inputs {inputs}")
-    nodes: list[dict[str, Any]] = []
-    missing: dict[str, tuple[str, int, str]] = {}  # "domain:op" -> (op, count, first node)
-    for i, node in enumerate(graph.node):
-        name = node.name or f"node{i}"
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            attrs = {a.name: _attr_value(a, name, tensors) for a in node.attribute}
-            tensors[node.output[0]] = _constant_value(attrs, name, tensors)
-            continue
-        if lookup(node.op_type, node.domain) is None:
-            key = f"{domain_name(node.domain)}:{node.op_type}"
-            op, count, first = missing.get(key, (node.op_type, 0, name))
-            missing[key] = (op, count + 1, first)
-            continue
-        if missing:
-            continue
-        attrs = {a.name: _attr_value(a, name, tensors) for a in node.attribute}
-        record = {"name": name, "op": node.op_type, "inputs": list(node.input), "outputs": list(node.output),
-                  "attrs": attrs}
-        if domain_name(node.domain) != "ai.onnx":
-            record["domain"] = node.domain
-        nodes.append(record)
-    if missing:
-        raise unsupported_operator_error(path, missing)
-    used = {t for n in nodes for t in n["inputs"] if t} | {
-        v["__tensor__"] for n in nodes for v in n["attrs"].values() if isinstance(v, dict)}
-    tensors = {k: v for k, v in tensors.items() if k in used}
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    spec = {"input": inputs[0], "output": graph.output[0].name, "opset": int(opset), "nodes": nodes}
-    return spec, tensors
 
 
 # ------------------------------------------------------------------------------------------- the module
@@ -503,84 +397,6 @@ def _module(path: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], 
             spec = {**spec, "ort_fused": fused}
     return OnnxGraphModule(spec, tensors, source={"file": path.name, "sha256": file_sha256(path)},
                            trainable=trainable).eval()
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar of a surrogate ``.safetensors`` file (same stem, ``.json``)."""
-    return Path(path).with_suffix(".json")
-
-
-_SAFE_KEY = re.compile(r"^[^\x00]+$")
-
-
-def save_surrogate(module: OnnxGraphModule, path: str | Path) -> Path:
-    """Write ``module`` as ``path`` (safetensors: the graph's raw tensors) plus its JSON sidecar (the nodes).
-
-    Both files are written atomically, the weights first; the sidecar records the weights' sha256.
-
-    Raises:
-        UsageError: not an :class:`OnnxGraphModule`, or a path not ending in ``.safetensors``.
-    """
-    from safetensors.torch import save_file
-
-    from rkd.deploy.bundle import file_sha256
-
-    if not isinstance(module, OnnxGraphModule):
-        raise UsageError(
-            f"save_surrogate needs an OnnxGraphModule (build_surrogate), got {type(module).__name__}"
-        )
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UsageError(f"surrogate path must end in .safetensors, got '{path}'")
-    bad = [k for k in module.raw if not _SAFE_KEY.match(k)]
-    if bad:
-        raise UsageError(f"surrogate tensor name {bad[0]!r} cannot be stored")
-    tensors = {k: v.contiguous().clone() for k, v in module.raw.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
-    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "graph": module.spec,
-              "source": module.source, "weights": path.name, "sha256": file_sha256(path)}
-    atomic_write_text(sidecar_path(path), json.dumps(record, indent=1) + "\n")
-    return path
-
-
-def load_surrogate(path: str | Path, *, map_location: str | torch.device = "cpu") -> OnnxGraphModule:
-    """Load a surrogate written by :func:`save_surrogate` (sha256-checked; safetensors, never pickle).
-
-    Raises:
-        CheckpointError: a missing or foreign file or sidecar, a sha256 mismatch, a corrupt file.
-    """
-    from safetensors.torch import load_file
-
-    from rkd.deploy.bundle import file_sha256
-
-    path = Path(path)
-    side = sidecar_path(path)
-    if not path.is_file() or not side.is_file():
-        missing = path if not path.is_file() else side
-        raise CheckpointError(f"surrogate file missing: '{missing}' (rkd quantize writes both files)")
-    try:
-        record = json.loads(side.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"surrogate sidecar '{side}' is not valid JSON ({exc}); rerun rkd quantize"
-        ) from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("kind") != KIND:
-        raise CheckpointError(f"'{side}' is not an rkd surrogate sidecar (expected \"format\": \"{FORMAT}\")")
-    if record.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"'{side}' has format_version {record.get('format_version')!r}, this rkd reads {FORMAT_VERSION}; "
-            "rerun rkd quantize (or upgrade rkd)"
-        )
-    actual = file_sha256(path)
-    if actual != record.get("sha256"):
-        raise CheckpointError(f"sha256 mismatch for surrogate '{path}': the file changed since it was saved; "
-                              "rerun rkd quantize")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as exc:  # SafetensorError
-        raise CheckpointError(f"cannot read surrogate '{path}': {str(exc).splitlines()[0]}") from None
-    module = OnnxGraphModule(record["graph"], tensors, source=record.get("source"))
-    return module.to(map_location).eval()
 
 
 @torch.no_grad()
