@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "foreign_onnx", "date": dt.date.today().isoformat(), "machine": ds.machine_info(),
         "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
         "command": ds.command_line(),
-        "model": f"torchvision mobilenet_v2 (width 1.0), random weights (seed {args.seed}), BatchNorm statistics from generated "
+        "model": f"torchvision mobilenet_v2 (width 1.0), random weights (seed {args.seed}), "
+                 "BatchNorm statistics from generated "
                  "images, 10-class head refitted on the synthetic data set; TorchScript exporter; ONNX Runtime "
                  "quantize_static MinMax on 16 synthetic train images, per-channel int8 weights, uint8 "
                  "activations",

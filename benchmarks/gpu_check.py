@@ -90,7 +90,8 @@ NEEDS: tuple[tuple[str, str], ...] = (
     ("pydantic", "pydantic"), ("pydantic-core", "pydantic_core"), ("annotated-types", "annotated_types"),
     ("typing-inspection", "typing_inspection"), ("typing-extensions", "typing_extensions"),
     ("pyyaml", "yaml"), ("safetensors", "safetensors"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
-    ("pyautoattack", "pyautoattack"), ("matplotlib", "matplotlib"), ("shellingham", "shellingham"), ("annotated-doc", "annotated_doc"), ("pytest", "pytest"),
+    ("pyautoattack", "pyautoattack"), ("matplotlib", "matplotlib"), ("shellingham", "shellingham"),
+    ("annotated-doc", "annotated_doc"), ("pytest", "pytest"),
 )
 # Brought as wheels by default: what a bare CUDA image with torch may lack (pydantic and its parts, AutoAttack),
 # or hold in a version rkd's CLI was not written against (typer; typing-extensions for pydantic).

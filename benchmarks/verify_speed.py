@@ -48,7 +48,8 @@ def summarise(report: dict[str, Any], command: str) -> str:
         f"{report['device'].get('cpu')} with {report['device'].get('torch_threads')} torch threads; command: "
         f"`{command}`. One run (no repeats): the spread is not measured.",
         "",
-        f"Total {t['total_s']:.0f} s: float reference {t.get('float_s', 0):.0f} s, engine {t['engine_s']:.0f} s, checks "
+        f"Total {t['total_s']:.0f} s: float reference {t.get('float_s', 0):.0f} s, "
+        f"engine {t['engine_s']:.0f} s, checks "
         f"{t['checks_s']:.1f} s; engine calls {t['engine_calls']}, images through the engine {t['engine_images']}.",
         "",
         "| side | attack | points attacked | robust after | seconds |",
@@ -79,7 +80,8 @@ def main() -> None:
             ap.error("give --engine or --report")
         folder = Path(args.out + ".report")
         cmd = [sys.executable, "-m", "rkd", "verify", "--engine", args.engine, "--n", str(args.n),
-               "--attacks", "pgd20,autoattack", "--report", str(folder), "--state", str(folder) + ".state", "--no-gates"]
+               "--attacks", "pgd20,autoattack", "--report", str(folder), "--state", str(folder) + ".state",
+               "--no-gates"]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         subprocess.run(cmd, check=False, env=os.environ.copy())

@@ -1,9 +1,9 @@
 """Test configuration: hardware markers auto-skip, shared fixtures.
 
 Markers (declared in pyproject.toml): ``cuda`` (needs a CUDA GPU), ``tensorrt`` (needs ``import tensorrt``),
-``slow`` (real-data or installed-wheel integration tests; seconds to a minute on 2 cores). The development copy of CIFAR-10 is
-looked up at ``$RKD_TEST_CIFAR10`` or ``../shared/data/cifar10`` beside the repository; tests that need it skip
-cleanly when it is absent.
+``slow`` (real-data or installed-wheel integration tests; seconds to a minute on 2 cores). The development copy of
+CIFAR-10 is looked up at ``$RKD_TEST_CIFAR10`` or ``../shared/data/cifar10`` beside the repository; tests that need
+it skip cleanly when it is absent.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def class_breakdown(report: dict[str, Any]) -> dict[str, Any] | None:
         return None
     top = bc["most_predicted"]
     return {"most_predicted": top, "share": bc["predicted"][top] / report["n"],
-            "attacks": {name: {"per_class": bc["acc"][name], "without_most_predicted": bc["without_most_predicted"][name]}
+            "attacks": {name: {"per_class": bc["acc"][name],
+                               "without_most_predicted": bc["without_most_predicted"][name]}
                         for name in report["per_sample"]}}
 
 
@@ -78,7 +79,8 @@ def collect_result(cfg: Settings, part: Part, steps: list[Step], seconds: dict[s
         rec |= {
             "recipe": {"data": recipe["data"], "method": recipe["student"]["method"],
                        "train": recipe["student"]["train"], "teacher": cfg["teacher"]["checkpoint"],
-                       "teacher_sha256": hashlib.sha256((REPO / cfg["teacher"]["checkpoint"]).read_bytes()).hexdigest()},
+                       "teacher_sha256":
+                           hashlib.sha256((REPO / cfg["teacher"]["checkpoint"]).read_bytes()).hexdigest()},
             "train": {"segments": sum(1 for m in metrics if m.get("event") in ("start", "resume")),
                       "holdout": holdout[-1] if holdout else None},
             "eval": {"n": report["n"], "seed": report["seed"], "eps": report["eps_text"], "data": report["data"],

@@ -80,7 +80,8 @@ class Estimator:
         except KeyError as exc:
             return None, f"not in probe.json ({exc})"
         stale = self.stale(part.student) if part.student else []
-        return seconds / 60, f"probe (stale: probed with {', '.join(stale)}; rerun `run.py probe`)" if stale else "probe"
+        return seconds / 60, (f"probe (stale: probed with {', '.join(stale)}; rerun `run.py probe`)"
+                              if stale else "probe")
 
     def autoattack_minutes(self, part: Part) -> float | None:
         """The separate AutoAttack evaluation of ``part`` alone: other seeds' measured seconds per image, scaled to

@@ -20,12 +20,14 @@ def probe_distill(cfg: Settings, student: str, name: str, overrides: list[str], 
     recipe = cfg.recipe()
     batch = int(recipe["data"]["batch_size"])
     run = folder / f"{student}-{name}"
-    sets = [*cfg.recipe_overrides, *student_overrides(cfg, student), f"data.train_subset={steps * batch}", "student.train.epochs=1", "student.train.eval_n=0",
+    sets = [*cfg.recipe_overrides, *student_overrides(cfg, student), f"data.train_subset={steps * batch}",
+            "student.train.epochs=1", "student.train.eval_n=0",
             "student.train.log_every=1", "student.train.checkpoint_every_steps=null", *overrides]
     if cfg.smoke:
         sets = [s for s in sets if not s.startswith("data.train_subset=")]
     step = Step(f"probe-{student}-{name}", ["distill", cfg["recipe"], "--teacher", cfg["teacher"]["checkpoint"],
-                                          "--out", str(run), *cfg.data_args(), *[a for o in sets for a in ("--set", o)]])
+                                          "--out", str(run), *cfg.data_args(),
+                                          *[a for o in sets for a in ("--set", o)]])
     seconds = run_step(step, folder)
     recs = [m for m in read_jsonl(REPO / run / "metrics.jsonl") if "img_per_s" in m]
     elapsed = [(m["step"], m["step"] * batch / m["img_per_s"]) for m in recs]
@@ -93,7 +95,8 @@ def _probe_evaluation(cfg: Settings, out: dict[str, Any], folder: Path) -> tuple
         ckpt = str(folder / f"{student}-pgd_at" / "model.safetensors")
         report = folder / f"eval-{student}-{pgd}.json"
         step = Step(f"probe-eval-{student}", ["eval", ckpt, "--data", cfg["data"], *cfg.data_args(), "--n",
-                                              str(cfg["eval"]["n"]), "--attacks", f"clean,{pgd}", "--report", str(report)])
+                                              str(cfg["eval"]["n"]), "--attacks", f"clean,{pgd}",
+                                              "--report", str(report)])
         run_step(step, folder)
         att = json.loads((REPO / report).read_text())["attacks"]
         cost = att[pgd]["seconds"] / max(1, att["clean"]["correct"])
@@ -114,7 +117,8 @@ def _probe_deploy(cfg: Settings, out: dict[str, Any], folder: Path, measured: st
     dep = cfg["deploy"]
     recipe = cfg.recipe()
     batch = int(recipe["data"]["batch_size"])
-    quant = Step("probe-ptq", ["quantize", ckpt, "--calib-data", data, *cfg.data_args(), "--calib-n", str(dep["calib_n"]),
+    quant = Step("probe-ptq", ["quantize", ckpt, "--calib-data", data, *cfg.data_args(),
+                               "--calib-n", str(dep["calib_n"]),
                                "--eval-n", str(pc["eval_n"]), "--out", str(bundle), "--force"])
     quant_s = run_step(quant, folder)
     manifest = json.loads((REPO / bundle / "manifest.json").read_text())["quantize"]

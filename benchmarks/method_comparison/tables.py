@@ -44,7 +44,8 @@ def table_main(cfg: Settings, results: dict[str, dict[str, Any]], tj: dict[str, 
         aa_n = per_student(ev["autoattack_n"], student)
         own = cfg.fill(spec.get("overrides") or [])
         lines += [f"## {student}: {spec['name']} width {spec['width']}", "",
-                  *([f"Trained with base.yaml plus `{' '.join(own)}` (this student's own settings).", ""] if own else []),
+                  *([f"Trained with base.yaml plus `{' '.join(own)}` (this student's own settings).", ""]
+                    if own else []),
                   "| method | seeds | " + " | ".join(label(c) for c in columns) + f" | {label(pgd)} without the "
                   "most-predicted class |", "|---|---|" + "---|" * (len(columns) + 1)]
         tj["main"][student] = {}

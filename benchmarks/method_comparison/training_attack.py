@@ -10,7 +10,8 @@ learned to resist that attack, not to be robust.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/method_comparison/training_attack.py \\
         --teacher benchmarks/results/method_comparison/teacher/model.safetensors --data-root ../shared/data/cifar10 \\
-        --out benchmarks/results/method_comparison/training_attack.json runs/method_comparison/*-rslad-s0/student/model.safetensors
+        --out benchmarks/results/method_comparison/training_attack.json \\
+        runs/method_comparison/*-rslad-s0/student/model.safetensors
 """
 
 from __future__ import annotations
@@ -74,13 +75,15 @@ def main() -> None:
             "top1_agreement_with_teacher": agree, "seconds": time.perf_counter() - t0,
         }
         r = rows[str(path)]
-        print(f"{path}: clean {r['clean']['acc']:.1%}, RSLAD KL-PGD{args.steps} {r[f'rslad_kl_pgd{args.steps}']['acc']:.1%}, "
+        print(f"{path}: clean {r['clean']['acc']:.1%}, "
+              f"RSLAD KL-PGD{args.steps} {r[f'rslad_kl_pgd{args.steps}']['acc']:.1%}, "
               f"CE-PGD{args.steps} {r[f'ce_pgd{args.steps}']['acc']:.1%}, CE-PGD20 {r['ce_pgd20']['acc']:.1%}, "
               f"teacher agreement {agree:.1%}", flush=True)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "data": {"dataset": "cifar10", "split": "test", "first_n": args.n}, "eps": "8/255", "alpha": "2/255",
-        "seed": args.seed, "teacher": str(args.teacher), "machine": {"processor": platform.processor() or platform.machine(),
+        "seed": args.seed, "teacher": str(args.teacher),
+        "machine": {"processor": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads()}, "versions": package_versions(), "students": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -191,5 +191,6 @@ def test_measure_interleaves_and_summarises() -> None:
                      "a1", "a1", "ab", "b1", "b1", "bb",  # round 1: a first (each turn re-warms with a batch-1 call)
                      "b1", "b1", "bb", "a1", "a1", "ab"]  # round 2: b first
     assert timings["a"].latency_ms == [1000.0, 1000.0] and timings["a"].throughput == [10.0, 10.0]
-    assert percentile([4, 1, 3, 2], 0.5) == 2.5 and percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9) == pytest.approx(9.1)
+    assert (percentile([4, 1, 3, 2], 0.5) == 2.5
+            and percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9) == pytest.approx(9.1))
     assert bench_module.summarize(Timing([1.0, 3.0], [5.0, 7.0]))[0]["mean"] == 2.0

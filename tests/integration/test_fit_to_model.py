@@ -33,7 +33,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.png")
     return root
 
 

@@ -98,7 +98,8 @@ def test_a_tightened_gate_exits_1(finished: Path, tmp_path: Path) -> None:
     assert 'name="gate robust_acc&gt;1"' in junit and "<failure" in junit
 
 
-def test_a_gate_the_verify_stage_cannot_judge_is_refused_before_anything_changes(finished: Path, tmp_path: Path) -> None:
+def test_a_gate_the_verify_stage_cannot_judge_is_refused_before_anything_changes(
+        finished: Path, tmp_path: Path) -> None:
     out = _copy(finished, tmp_path)
     before = sorted(p.name for p in (out / "verify").iterdir())
     res = _rkd_run(out, "verify.gates=['cw_acc>=0.1']")

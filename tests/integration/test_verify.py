@@ -320,7 +320,8 @@ def test_gates_parse_and_judge() -> None:
     from rkd.verify.gates import check_gate_metrics, evaluate_gates
 
     g = parse_gate(" drop.robust_acc <= 3% ")
-    assert (g.metric, g.op, g.threshold, g.text) == ("drop.robust_acc", "<=", pytest.approx(0.03), "drop.robust_acc<=3%")
+    assert (g.metric, g.op, g.threshold, g.text) == ("drop.robust_acc", "<=", pytest.approx(0.03),
+                                                     "drop.robust_acc<=3%")
     report = {"worst_case": {"acc": 0.41, "ci95": [0.38, 0.44]}, "attacks": {"pgd20": {"acc": 0.5, "ci95": [0, 1]}},
               "drop": {"robust_acc": 0.02}, "agreement": {"clean": {"top1_agreement": 0.995}}, "warnings": ["w"]}
     gates = [parse_gate(t) for t in ("robust_acc>=0.40", "lower.robust_acc>=0.40", "drop.robust_acc<=0.03",
@@ -352,7 +353,8 @@ def test_gates_parse_and_judge() -> None:
                            gradient_attacks=False)
 
 
-@pytest.mark.parametrize("text,hint", [("drop.robust_acc<=3", "write 0.03 or 3%"), ("robust_acc>=40", "write 0.4 or 40%"),
+@pytest.mark.parametrize("text,hint", [("drop.robust_acc<=3", "write 0.03 or 3%"),
+                                       ("robust_acc>=40", "write 0.4 or 40%"),
                                        ("agreement.clean>=1.5", r"outside \[0, 1\]"), ("clean_acc>=-0.1", "outside"),
                                        ("warnings<=-1", "outside"), ("drop.clean_acc<=300%", "outside")])
 def test_a_gate_threshold_outside_its_metric_range_is_refused(text: str, hint: str) -> None:

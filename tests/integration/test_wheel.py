@@ -49,7 +49,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except PackageNotFoundError as exc:
         pytest.skip(f"building the wheel needs pip and setuptools: {exc.name} is not installed")
     if int(found["setuptools"].split(".")[0]) < 77:
-        pytest.skip(f"building the wheel needs setuptools >= 77 (pyproject's build-system), found {found['setuptools']}")
+        pytest.skip(f"building the wheel needs setuptools >= 77 (pyproject's build-system), "
+                    f"found {found['setuptools']}")
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
     src.mkdir()

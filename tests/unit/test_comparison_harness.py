@@ -81,7 +81,8 @@ def test_table_cells_leave_out_evaluations_on_another_n(harness: ModuleType) -> 
 def test_a_recollected_part_keeps_the_per_class_section_of_the_same_evaluation(harness: ModuleType) -> None:
     data = {"dataset": "cifar10", "n": 1000, "indices_sha256": "a"}
     previous = {"eval": {"checkpoint_sha256": "c1", "data": data, "by_class": {"most_predicted": 6}}}
-    assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c1"}, "data": data}) == {"most_predicted": 6}
+    assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c1"}, "data": data}) == {
+        "most_predicted": 6}
     assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c2"}, "data": data}) is None  # retrained
     assert harness.same_checkpoint_by_class(previous, {"model": {"sha256": "c1"}, "data": data | {"n": 500}}) is None
     assert harness.same_checkpoint_by_class(None, {"model": {"sha256": "c1"}, "data": data}) is None

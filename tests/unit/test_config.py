@@ -31,7 +31,8 @@ def test_defaults_follow_method_md() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "trian": {}}}, "teacher.trian: unknown key (did you mean 'train'?)"),
+        ({**BASE, "teacher": {"model": {"name": "resnet18"}, "trian": {}}},
+         "teacher.trian: unknown key (did you mean 'train'?)"),
         ({**BASE, "teacher": {"model": {"name": "resnet18"}, "method": {"name": "trades", "bta": 1}}},
          "teacher.method.bta: unknown key (did you mean 'beta'?)"),
         ({**BASE, "teacher": {"model": {"name": "resnet18"}, "method": {"name": "pgd_at", "beta": 6}}},
@@ -163,7 +164,8 @@ def test_a_named_profile_comes_from_the_users_export_folder_else_the_shipped_one
         find_profile("mine/x86-cpu-int8.yaml")  # a path elsewhere is a path, never a name
     own = tmp_path / "export" / "x86-cpu-int8.yaml"  # the user's own folder wins
     own.parent.mkdir()
-    own.write_text((shipped / "x86-cpu-int8.yaml").read_text().replace("drop.robust_acc<=0.03", "drop.robust_acc<=0.01"))
+    own.write_text((shipped / "x86-cpu-int8.yaml").read_text()
+                   .replace("drop.robust_acc<=0.03", "drop.robust_acc<=0.01"))
     assert find_profile("x86-cpu-int8") == Path("export") / "x86-cpu-int8.yaml"
     assert "drop.robust_acc<=0.01" in load_profile("x86-cpu-int8").verify.gates
     assert find_profile("gpu-int8") == shipped / "gpu-int8.yaml"  # names it lacks still come from rkd

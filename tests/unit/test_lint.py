@@ -21,4 +21,5 @@ def test_ruff_check_is_clean() -> None:
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
     res = subprocess.run([ruff, "check", "--no-cache", *CHECKED], cwd=REPO, capture_output=True, text=True)
-    assert res.returncode == 0, f"ruff check found problems (fix them, or `ruff check --fix`):\n{res.stdout}{res.stderr}"
+    assert res.returncode == 0, (f"ruff check found problems (fix them, or `ruff check --fix`):\n"
+                                 f"{res.stdout}{res.stderr}")

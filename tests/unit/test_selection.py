@@ -96,7 +96,8 @@ def test_the_rule_keeps_small_32px_folders_in_memory(folder: Path, monkeypatch: 
 
 def test_too_many_images_names_the_flag_or_takes_all(folder: Path) -> None:
     options = {"path": str(folder), "image_size": 96}
-    with pytest.raises(UsageError, match=r"--calib-n 99 asks for more samples than imagefolder has: only 21 training images; lower"):
+    with pytest.raises(UsageError, match=r"--calib-n 99 asks for more samples than imagefolder has: "
+                                         r"only 21 training images; lower"):
         load_selection("imagefolder", "train", n=99, options=options, flag="--calib-n")
     assert len(load_selection("imagefolder", "train", n=99, options=options, fewer_ok=True, num_workers=0).idx) == 21
     with pytest.raises(UsageError, match="image_sise"):

@@ -75,7 +75,8 @@ def test_folder_images_scan_subset_and_decode(folder: Path) -> None:
     arrays = part.decode()
     assert isinstance(arrays, ImageArrays) and tuple(arrays.x.shape) == (3, 48, 48, 3)
     assert np.array_equal(arrays.x[0].numpy(), decode_eval(data.files[1], 48, 0.875))
-    assert "RandomResizedCrop(48" in data.transforms["train"] and data.transforms["eval"] == "Resize(54) + CenterCrop(48)"
+    assert ("RandomResizedCrop(48" in data.transforms["train"]
+            and data.transforms["eval"] == "Resize(54) + CenterCrop(48)")
 
 
 def _epoch(loader: StreamLoader, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

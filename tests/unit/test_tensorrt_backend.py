@@ -517,7 +517,8 @@ def _fake_engine_function_as_onnx(path: Path) -> Path:
     weight = torch.zeros(3 * SIDE * SIDE, CLASSES)
     weight[torch.arange(CLASSES), torch.arange(CLASSES)] = 2.0
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
         "fake-function",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
@@ -544,7 +545,8 @@ def test_verify_attacks_a_tensorrt_engine_of_a_bundle(gpu: dict, tmp_path: Path)
         surrogate=_fake_engine_function_as_onnx(tmp_path / "exact.onnx"))
     rep = verify_artifact(request)
     assert rep["artifact"]["kind"] == "tensorrt" and rep["artifact"]["runtime"] == "tensorrt"
-    assert rep["agreement"]["clean"]["top1_agreement"] == 1.0 and rep["agreement"]["adversarial"]["top1_agreement"] == 1.0
+    assert (rep["agreement"]["clean"]["top1_agreement"] == 1.0
+            and rep["agreement"]["adversarial"]["top1_agreement"] == 1.0)
     assert rep["reference"]["file"].endswith("model.onnx") and "drop" in rep
     assert not any("agreement" in w for w in rep["warnings"])
     assert rep["worst_case"]["correct"] <= rep["attacks"]["pgd5"]["correct"] <= rep["attacks"]["clean"]["correct"]

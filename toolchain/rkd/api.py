@@ -174,7 +174,8 @@ def _engine_builder() -> Callable[..., Any]:
     try:
         from rkd.deploy.tensorrt_build import build_bundle_engine, import_tensorrt, require_cuda
     except ImportError as exc:
-        raise MissingDependencyError(f"--target trt cannot load rkd.deploy.tensorrt_build ({exc}); {_TRT_HINT}") from None
+        raise MissingDependencyError(
+            f"--target trt cannot load rkd.deploy.tensorrt_build ({exc}); {_TRT_HINT}") from None
     import_tensorrt()
     require_cuda("--target trt (building a TensorRT engine)")
     return build_bundle_engine

@@ -93,7 +93,8 @@ def runtime_availability() -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {"torch": {"available": True, "devices": ["cpu"]}}
     if torch.cuda.is_available():
-        out["torch"]["devices"] += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        out["torch"]["devices"] += [f"cuda:{i} ({torch.cuda.get_device_name(i)})"
+                                    for i in range(torch.cuda.device_count())]
     if importlib.util.find_spec("onnxruntime") is None:
         out["onnxruntime"] = {"available": False, "why": "onnxruntime is not installed (pip install onnxruntime)"}
     else:

@@ -1,7 +1,7 @@
 """Typed errors with actionable one-line messages and the CLI exit code each maps to.
 
-Exit codes (docs/reference/exit-codes.md, DESIGN.md): 0 pass, 1 gate failed, 2 usage or recipe error, 3 backend or hardware missing,
-4 internal error.
+Exit codes (docs/reference/exit-codes.md, DESIGN.md): 0 pass, 1 gate failed, 2 usage or recipe error, 3 backend or
+hardware missing, 4 internal error.
 """
 
 from __future__ import annotations

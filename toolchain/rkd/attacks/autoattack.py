@@ -395,7 +395,8 @@ def _result(aa: Any, model: nn.Module, s: _Setup, state: AutoAttackState, names:
              "(non-deterministic model or batch-dependent numerics); counted as not robust", warn=True)
     dev = s.x.device
     return AutoAttackResult(
-        x_adv=x_adv, robust=robust.to(dev), clean=clean.to(dev), per_attack={k: v.to(dev) for k, v in per_attack.items()},
+        x_adv=x_adv, robust=robust.to(dev), clean=clean.to(dev),
+        per_attack={k: v.to(dev) for k, v in per_attack.items()},
         broken_by=broken_by, messages=state.messages, attacks=names, version=s.version, eps=s.eps, norm=s.lib_norm,
         seed=s.seed, seconds=dict(state.seconds),
     )

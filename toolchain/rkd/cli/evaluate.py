@@ -16,7 +16,8 @@ from rkd.cli.choices import Norm, Sample
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="rkd checkpoint (.safetensors with its .json sidecar), "
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
+                                               help="rkd checkpoint (.safetensors with its .json sidecar), "
                                                "or a plain state_dict with --model.", show_default=False)],
     data: Annotated[str, typer.Option(help="cifar10, cifar100, synthetic, npz:PATH or imagefolder:PATH.")] = "cifar10",
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Download/cache folder \\[default: "
@@ -36,7 +37,8 @@ def eval_command(
                                                    "\\[default: CHECKPOINT's folder/<stem>.eval.json].")] = None,
     aa_state: Annotated[Optional[Path], typer.Option("--aa-state", help="AutoAttack state file (resumable).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Architecture of a foreign state_dict.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a foreign state_dict.")] = None,
+    num_classes: Annotated[Optional[int],
+                           typer.Option("--num-classes", help="Classes of a foreign state_dict.")] = None,
     width: Annotated[float, typer.Option(help="Width multiplier of a foreign state_dict.")] = 1.0,
     depth: Annotated[Optional[int], typer.Option(help="Depth (wide_resnet).")] = None,
     widen_factor: Annotated[Optional[int], typer.Option("--widen-factor", help="Widen factor (wide_resnet).")] = None,

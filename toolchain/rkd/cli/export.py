@@ -52,7 +52,8 @@ def _render(manifest: dict[str, Any], out_dir: Path) -> None:
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="rkd checkpoint (.safetensors with its .json sidecar).",
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
+                                               help="rkd checkpoint (.safetensors with its .json sidecar).",
                                                show_default=False)],
     target: Annotated[Target, typer.Option(help="onnx: the ONNX bundle; trt: also a TensorRT engine "
                                            "(needs tensorrt and a CUDA GPU).")] = Target.onnx,

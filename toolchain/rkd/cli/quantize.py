@@ -120,7 +120,8 @@ def _render(section: dict[str, Any], bundle: Path) -> None:
 
 
 def quantize(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="rkd checkpoint (.safetensors with its .json sidecar).",
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
+                                               help="rkd checkpoint (.safetensors with its .json sidecar).",
                                                show_default=False)],
     calib_data: Annotated[Optional[str], typer.Option(
         "--calib-data", help="Calibration images (training split): cifar10, cifar100, npz:PATH, "

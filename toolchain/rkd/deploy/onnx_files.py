@@ -44,7 +44,8 @@ def external_data_files(path: str | Path) -> list[str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
-        raise CheckpointError(f"cannot read ONNX file '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise CheckpointError(
+            f"cannot read ONNX file '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
     names = sorted({ExternalDataInfo(t).location for t in _tensors(model.graph) if uses_external_data(t)})
     folder = path.parent.resolve()
     for name in names:

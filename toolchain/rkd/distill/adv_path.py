@@ -110,7 +110,8 @@ class AdvPath(DistillMethod):
     config_class = AdvPathConfig
     needs_teacher = True
 
-    def _draw(self, shape: torch.Size | tuple[int, ...], device: torch.device, kind: str, high: int = 0) -> torch.Tensor:
+    def _draw(self, shape: torch.Size | tuple[int, ...], device: torch.device, kind: str,
+              high: int = 0) -> torch.Tensor:
         gen = self.generator
         gdev = gen.device if gen is not None else device
         if kind == "int":

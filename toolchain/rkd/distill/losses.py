@@ -20,7 +20,8 @@ def ard_kl_scale(num_classes: int) -> float:
     return 1.0 / num_classes
 
 
-def kl_per_sample(target_log_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kl_per_sample(target_log_probs: torch.Tensor, student_logits: torch.Tensor,
+                  temperature: float = 1.0) -> torch.Tensor:
     """KL(P || Q) per sample, summed over classes, in float32.
 
     Args:

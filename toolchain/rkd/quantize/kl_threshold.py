@@ -2,8 +2,8 @@
 computed exactly as ONNX Runtime's ``HistogramCollector.get_entropy_threshold`` does, only faster.
 
 ONNX Runtime's implementation sums bins with Python's built-in ``sum`` and merges them in Python loops: on a
-MobileNetV2 it spent about 85% of an ``rkd quantize --method entropy`` run there. :func:`entropy_threshold` takes the same
-histogram and returns the same thresholds (the tests compare the two on the same histograms): the outlier counts
+MobileNetV2 it spent about 85% of an ``rkd quantize --method entropy`` run there. :func:`entropy_threshold` takes the
+same histogram and returns the same thresholds (the tests compare the two on the same histograms): the outlier counts
 come from a cumulative sum, the bin merging from a reshape, and each candidate's smoothing and KL divergence from
 ONNX Runtime's own ``smooth_distribution`` and ``entropy``, so the float32 arithmetic that picks the minimum is the
 same.
@@ -74,7 +74,8 @@ def entropy_threshold(
     return lower, upper
 
 
-def entropy_thresholds(histograms: dict[str, tuple[Any, ...]], num_quantized_bins: int) -> dict[str, tuple[float, float]]:
+def entropy_thresholds(histograms: dict[str, tuple[Any, ...]],
+                       num_quantized_bins: int) -> dict[str, tuple[float, float]]:
     """:func:`entropy_threshold` for every tensor of an ONNX Runtime ``HistogramCollector.histogram_dict``
     (``name -> (hist, edges, min, max, ...)``), as floats."""
     out = {}

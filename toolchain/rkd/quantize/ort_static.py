@@ -14,9 +14,10 @@ schemes:
 Calibration ``entropy`` (KL-divergence threshold search, as TensorRT's entropy calibrator) collects histograms
 with ONNX Runtime's own ``calibrate.create_calibrator(..., CalibrationMethod.Entropy, extra_options={"num_bins":
 2048, "num_quantized_bins": 128})``, searches their thresholds with :mod:`rkd.quantize.kl_threshold` (ONNX
-Runtime's search, same results, several times faster) and hands the ranges to ``quantize_static`` as ``TensorQuantOverrides`` (``rmin``,
-``rmax`` per tensor): ``quantize_static`` cannot set the histogram sizes, and its defaults (128 bins, 128 quantized
-bins) leave the full observed range as the only candidate threshold, i.e. exactly MinMax (byte-identical files).
+Runtime's search, same results, several times faster) and hands the ranges to ``quantize_static`` as
+``TensorQuantOverrides`` (``rmin``, ``rmax`` per tensor): ``quantize_static`` cannot set the histogram sizes, and
+its defaults (128 bins, 128 quantized bins) leave the full observed range as the only candidate threshold, i.e.
+exactly MinMax (byte-identical files).
 
 The classifier's logits (the graph output) stay float by default (``OpTypesToExcludeOutputQuantization`` for
 the output's producer, when that op type occurs once): nothing downstream consumes them as INT8, and 8-bit

@@ -1,8 +1,8 @@
 """Checkpoint -> INT8 bundle: calibrate on real training images, quantize with ONNX Runtime (QDQ), build the
 fake-quant surrogate, and measure float vs INT8 clean and PGD accuracy on the same test images.
 
-The INT8 model is attacked through :class:`rkd.verify.engine_model.EngineModel`: forward value from ONNX Runtime, gradient
-from the surrogate (BPDA, ``s(x) + (engine(x) - s(x)).detach()``), so PGD runs against the artifact that
+The INT8 model is attacked through :class:`rkd.verify.engine_model.EngineModel`: forward value from ONNX Runtime,
+gradient from the surrogate (BPDA, ``s(x) + (engine(x) - s(x)).detach()``), so PGD runs against the artifact that
 ships, not against the float model. Everything measured goes into the bundle manifest's ``quantize`` section.
 """
 

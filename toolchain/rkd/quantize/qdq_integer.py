@@ -348,4 +348,5 @@ def integer_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, attrs
     return _IntegerConv.apply(x, w, b, value, conv)
 
 
-__all__ = ["INTEGER_OPS", "IntSource", "exact_fake_quant", "integer_add", "integer_conv", "integer_value", "ort_fused_outputs", "plan_integer_steps"]
+__all__ = ["INTEGER_OPS", "IntSource", "exact_fake_quant", "integer_add", "integer_conv", "integer_value",
+           "ort_fused_outputs", "plan_integer_steps"]

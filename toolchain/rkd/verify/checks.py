@@ -152,5 +152,6 @@ def check_output_widths(target: VerifyTarget, probe: torch.Tensor, dev: torch.de
         with torch.inference_mode():
             width = int(model(probe.to(dev)).shape[1])
         if width != engine:
-            raise CheckpointError(f"{what} '{(info or {}).get('file')}' scores {width} classes but the engine {engine}: "
+            raise CheckpointError(f"{what} '{(info or {}).get('file')}' scores {width} classes "
+                                  f"but the engine {engine}: "
                                   "give the float model of the same classifier")

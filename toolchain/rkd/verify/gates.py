@@ -168,7 +168,8 @@ def check_gate_metrics(
             raise UsageError(f"gate '{gate.text}' needs the float reference: verify a bundle file or pass --reference")
         if gate.metric.startswith("drop.") and base not in on_reference:
             raise UsageError(f"gate '{gate.text}': the float reference does not measure {base} (a drop compares "
-                             f"the same attack on both); gate on {', '.join(sorted('drop.' + m for m in on_reference))}")
+                             "the same attack on both); "
+                             f"gate on {', '.join(sorted('drop.' + m for m in on_reference))}")
 
 
 def metric_value(report: Mapping[str, Any], metric: str) -> float | None:

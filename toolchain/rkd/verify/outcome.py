@@ -55,7 +55,8 @@ class RobustnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers with RobustBench's names (``clean_acc``, ``autoattack_acc``, ``eps``)."""
-        attacks = {name: o.summary() | ({"details": o.details} if o.details else {}) for name, o in self.outcomes.items()}
+        attacks = {name: o.summary() | ({"details": o.details} if o.details else {})
+                   for name, o in self.outcomes.items()}
         worst = accuracy_summary(int(self.worst_case.sum()), self.n)
         out: dict[str, Any] = {
             "eps": self.eps,

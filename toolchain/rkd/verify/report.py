@@ -263,7 +263,8 @@ def write_reports(
     and, when the report has a curve, verify.curve.png; append the Markdown to ``$GITHUB_STEP_SUMMARY``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / JSON_NAME, "markdown": out / MARKDOWN_NAME, "junit": Path(junit) if junit else out / JUNIT_NAME}
+    paths = {"json": out / JSON_NAME, "markdown": out / MARKDOWN_NAME,
+             "junit": Path(junit) if junit else out / JUNIT_NAME}
     if report.get("curve"):
         paths["curve"] = plot_curve(report["curve"], out / CURVE_NAME,
                                     title=Path(str((report.get("artifact") or {}).get("file", ""))).name)

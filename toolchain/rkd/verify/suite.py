@@ -42,7 +42,8 @@ from rkd.verify.outcome import AttackOutcome, RobustnessResult
 from rkd.verify.runners import RUNNERS, SuiteRun, autoattack_state_paths, random_starts  # noqa: F401
 
 __all__ = ["AttackOutcome", "AttackSpec", "RobustnessResult", "check_seed", "check_suite", "class_counts",
-           "class_coverage_warning", "evaluate_robustness", "SuiteOptions", "parse_attacks", "predict_correct", "random_starts"]
+           "class_coverage_warning", "evaluate_robustness", "SuiteOptions", "parse_attacks", "predict_correct",
+           "random_starts"]
 
 
 def predict_correct(

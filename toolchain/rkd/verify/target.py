@@ -171,7 +171,8 @@ def _is_qdq(path: Path) -> bool:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
-        raise CheckpointError(f"cannot read ONNX file '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise CheckpointError(
+            f"cannot read ONNX file '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
     return any(node.op_type in _INTEGER_OPS for node in model.graph.node)
 
 
