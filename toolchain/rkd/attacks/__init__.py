@@ -5,7 +5,7 @@
 - :func:`fgsm` (Goodfellow et al. 2015), :func:`cw_inf` and :func:`cw_margin` (Carlini & Wagner 2017).
 - :func:`run_autoattack`: AutoAttack (Croce & Hein 2020) via pyautoattack, with a per-attack breakdown;
   pyautoattack is imported only when it is called.
-- :func:`compile_attack_model`: ``torch.compile`` for the attacked model (opt-in).
+- :func:`compile_attack_model`: ``torch.compile`` for the attacked model (training's ``compile_attack``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""``torch.compile`` for the attack forward (opt-in; never the default).
+"""``torch.compile`` for the attack forward (``train.compile_attack``; ``auto`` measures it first:
+:mod:`rkd.train.compile_choice`).
 
-Measured on the 2-core development CPU (torch 2.14, rkd CPU-COSTS note): 1.2-2.9x faster PGD steps for
+Measured on a 2-core CPU (torch 2.14): 1.2-2.9x faster PGD steps for
 MobileNetV2-class models (ResNet-18 gains least); the first call compiles for tens of seconds (24-72 s cold,
 3-5 s with a warm cache). Set ``TORCHINDUCTOR_CACHE_DIR`` to a writable folder that persists between runs.
 """

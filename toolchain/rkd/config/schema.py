@@ -218,7 +218,8 @@ class TrainConfig(StrictModel):
     warmup_epochs: int = Field(0, ge=0)
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU; bf16: also on CPU (AMX)
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU
-    compile_attack: bool = False  # torch.compile the model used by the inner attack
+    # torch.compile the inner attack's model; auto: time eager and compiled steps on long runs, keep the faster
+    compile_attack: Literal["auto"] | bool = "auto"
     eval_every: int = Field(1, ge=0)  # epochs between held-out evaluations (0: only at the end)
     eval_n: int = Field(500, ge=0)  # held-out images evaluated (at most data.holdout)
     eval_pgd_steps: int = Field(20, ge=1)  # PGD-k of the periodic evaluation

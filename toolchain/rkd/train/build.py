@@ -108,7 +108,16 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Any:
     return create_model(cfg.name, **kwargs)
 
 
+def _identity(dump: dict[str, Any]) -> dict[str, Any]:
+    """``dump`` with the speed-only ``train.compile_attack`` fixed at false (so it may change between a run and
+    its resume, and runs fingerprinted before ``auto`` existed still resume)."""
+    train = dump.get("train")
+    if isinstance(train, dict) and "compile_attack" in train:
+        return {**dump, "train": {**train, "compile_attack": False}}
+    return dump
+
+
 def fingerprint(*sections: StrictModel | Any) -> str:
     """A stable hash of recipe sections (what a run's results depend on)."""
-    payload = [s.model_dump(mode="json") if isinstance(s, StrictModel) else s for s in sections]
+    payload = [_identity(s.model_dump(mode="json")) if isinstance(s, StrictModel) else s for s in sections]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

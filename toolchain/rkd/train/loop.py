@@ -21,6 +21,7 @@ from rkd.data import ImageArrays, make_loader
 from rkd.distill.base import DistillMethod
 from rkd.errors import TrainingDiverged, UsageError
 from rkd.models import save_checkpoint
+from rkd.train.compile_choice import CompileTrial
 from rkd.train.distributed import current_context
 from rkd.train.metrics import MetricsWriter
 from rkd.train.progress import NullProgress, ProgressSink
@@ -109,7 +110,7 @@ def _place(method: DistillMethod, cfg: TrainConfig, dev: torch.device, distribut
     method.to(dev)
     if cfg.channels_last != "off":
         method.to(memory_format=torch.channels_last)
-    method.attack_model = compile_attack_model(student) if cfg.compile_attack else student
+    method.attack_model = compile_attack_model(student) if cfg.compile_attack is True else student
     if distributed:  # the loss passes go through DDP (gradient all-reduce); attacks use the bare module
         from torch.nn.parallel import DistributedDataParallel
 
@@ -193,6 +194,37 @@ class _Run:
                                f"{self.steps_per_epoch}")
         self.resumed_from = self.pos.global_step
         self.metrics = MetricsWriter(run / "metrics.jsonl", enabled=ctx.is_main)
+        self.trial = self._compile_trial() if cfg.compile_attack == "auto" else None
+
+    def _compile_trial(self) -> CompileTrial:
+        from rkd.attacks import compile_attack_model
+
+        def install(model: torch.nn.Module) -> None:
+            self.method.attack_model = model
+
+        def reduce(seconds: float) -> float:
+            if not self.ctx.distributed:
+                return seconds
+            return float(self.ctx.all_reduce_sum(torch.tensor([seconds], device=self.dev)).item())
+
+        left = self.cfg.epochs * self.steps_per_epoch - self.pos.global_step
+        return CompileTrial(eager=self.student, install=install, remaining_steps=left,
+                            compile_fn=compile_attack_model, reduce=reduce)
+
+    def _timed_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, lr: float) -> tuple[Any, torch.Tensor]:
+        """:meth:`step`, timed for the ``compile_attack: auto`` trial while it lasts."""
+        trial = self.trial
+        if trial is None or trial.phase == "done":
+            return self.step(x, y, epoch, lr)
+        t0 = time.perf_counter()
+        out, loss = self.step(x, y, epoch, lr)
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        decision = trial.after_step(time.perf_counter() - t0)
+        if decision is not None:
+            self.metrics.write({**decision, "global_step": self.pos.global_step})
+            self.sink.on_event(f"compile_attack auto: {decision['choice']} ({decision['reason']})")
+        return out, loss
 
     def save_state(self) -> None:
         if self.ctx.is_main:
@@ -233,7 +265,7 @@ class _Run:
         tally = _Tally(self.dev)
         for x, y in self.loader.batches(start_step=pos.step_in_epoch):
             lr = lr_at(pos.global_step, self.steps_per_epoch, cfg)
-            out, loss = self.step(x, y, epoch, lr)
+            out, loss = self._timed_step(x, y, epoch, lr)
             tally.add(out, loss, y)
             if pos.step_in_epoch % cfg.log_every == 0 or pos.step_in_epoch == self.steps_per_epoch:
                 rec = tally.record(self.ctx, epoch=epoch, pos=pos, lr=lr)
