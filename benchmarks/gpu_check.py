@@ -9,14 +9,19 @@ script stops itself at ``--budget`` seconds and still writes its report):
    an AutoAttack subset, ``rkd verify`` with the torch runtime, ONNX export from a model on the GPU; and the
    other ``cuda``-marked tests), with each test's outcome and time.
 2. ``distill_step``: one training step (attack, forward, backward, SGD step, student in train mode, as
-   ``rkd.train.loop`` runs it) of adv_path and RSLAD for a ResNet-18 and a MobileNetV2 student (full width), a
+   ``rkd.train.loop`` runs it) of adv_path, RSLAD and ARD for a ResNet-18 and a MobileNetV2 student (full width), a
    WideResNet-34-10 teacher, batch 128, m = 10: fp32 and bf16 autocast; adv_path as the ``reconstruction``
    preset and as the candidate variant (branch U only, RSLAD's KL ascent, linear weights summed, clean-teacher
    target); adv_path's one-pass alignment against chunks of B, chunks of 1024 (the paper recipe's
-   ``max_batch``) and ``low_memory``; the research-code-style reference steps of ``reference_step.py`` /
-   ``distill_step.py`` (fp32 eager NCHW) in the same rounds, for the speed ratio; with ``--published-rslad DIR``
-   (a zibojia/RSLAD checkout) also the published RSLAD step itself (``reference_step.PublishedRslad``), so the
-   same rounds give rkd / published and reference / published. Images/s and peak memory
+   ``max_batch``) and ``low_memory``; the research-code-style reference steps of adv_path, RSLAD and ARD
+   (``_step.ReferenceAdvPath``, ``_reference.RsladReference``, ``_reference.ArdReference``, as
+   ``reference_step.py`` / ``distill_step.py`` time them; fp32 eager NCHW) in the same rounds, for the speed
+   ratio; with ``--published-rslad DIR`` (a zibojia/RSLAD checkout) and ``--published-ard DIR`` (a
+   goldblum/AdversariallyRobustDistillation checkout) also the published RSLAD and ARD steps themselves
+   (``_reference.PublishedRslad``, ``_reference.PublishedArd``), so the same rounds give rkd / published and
+   reference / published. Images/s, GFLOP per step and GFLOP/s (each variant's FLOPs counted once, on an
+   untimed step after its warm-up, by ``_step.count_flops``: ``torch.utils.flop_counter``'s formulas, a grouped
+   convolution's weight gradient per group), and peak memory
    (``torch.cuda.max_memory_allocated`` during the step, and its growth over the memory held before it).
    Variants of one student run interleaved, in an order reversed every other round; median [min, max] over
    rounds. ``distill_step_compiled`` (run last, with whatever time is left): the same with the compiled attack
@@ -36,9 +41,19 @@ Data are synthetic (``data.dataset=synthetic``, ``rkd.data.synthetic``): a GPU m
 no network. The step benchmark uses untrained models from rkd's registry (a step's cost depends on neither the
 weights nor the pixels); there is no committed WRN-34-10 teacher.
 
-Run on a GPU machine (``make gpu-check``; 266 s on one H200, ``results/gpu_check/gpu_check.md``)::
+Run on a GPU machine (``make gpu-check``; 266 s on one H200 before the ARD variants and the FLOP counts were
+added, ``results/gpu_check/gpu_check.md``)::
 
-    python3 benchmarks/gpu_check.py --out benchmarks/results/gpu_check
+    python3 benchmarks/gpu_check.py --out benchmarks/results/gpu_check \
+        --published-rslad build/published/rslad --published-ard build/published/ard
+
+The two checkouts of the published code are not part of this project. Get them where there is a network
+(``make published-code`` runs these) and copy ``build/published`` to the GPU machine with the repository::
+
+    git clone https://github.com/zibojia/RSLAD build/published/rslad
+    git clone https://github.com/goldblum/AdversariallyRobustDistillation build/published/ard
+
+``make gpu-check`` passes each of them it finds there; without one, its published step is left out.
 
 Packages beyond torch: ``--needs`` lists them and which are missing here; on a machine with an index,
 ``--fetch-wheels build/gpu-wheels`` downloads them as wheels for the GPU machine's Python (``--python-version``);
@@ -107,6 +122,10 @@ RECONSTRUCTION = {"preset": "reconstruction", "gamma": 1.0, "step_loss": "ce", "
 CANDIDATE = {"preset": "reconstruction", "gamma": 0.0, "step_loss": "kl", "aggregate": "sum",
              "weights": "linear", "align_target": "clean"}
 RECIPE_MAX_BATCH = 1024  # recipes/cifar10-resnet18.yaml's student.method.max_batch
+FLOPS_NOTE = ("GFLOP/step: torch.utils.flop_counter's formulas summed over one step of the variant (_step.count_flops: "
+              "convolutions and matrix products, forward and backward, 2 FLOPs per multiply-add; a grouped "
+              "convolution's weight gradient counted per group), on one untimed step after the warm-up; GFLOP/s: "
+              "that count over each round's time")
 
 
 # ---- sizes ---------------------------------------------------------------------------------------------------
@@ -483,14 +502,16 @@ def section_cuda_tests(report: Report, sizes: Sizes, sec: dict[str, Any], deadli
 @dataclass(frozen=True)
 class Variant:
     key: str  # "<name>/<precision>/<mode>"
-    kind: str  # adv_path | rslad | reference_adv_path | reference_rslad | published_rslad
+    kind: str  # adv_path | rslad | ard | reference_adv_path | reference_rslad | reference_ard | published_rslad |
+    #            published_ard
     knobs: tuple[tuple[str, Any], ...]
     amp: str  # "bf16" | "off"
     compiled: bool
     what: str
 
 
-def eager_variants(batch: int, published_rslad: Path | None = None) -> list[Variant]:
+def eager_variants(batch: int, published_rslad: Path | None = None,
+                   published_ard: Path | None = None) -> list[Variant]:
     rec, cand = tuple(RECONSTRUCTION.items()), tuple(CANDIDATE.items())
     out = []
     for amp, prec in (("bf16", "bf16"), ("off", "fp32")):
@@ -498,7 +519,8 @@ def eager_variants(batch: int, published_rslad: Path | None = None) -> list[Vari
                         "adv_path, reconstruction preset, alignment in one pass"),
                 Variant(f"adv_path_candidate/{prec}/one_pass", "adv_path", cand, amp, False,
                         "adv_path candidate: gamma 0, KL ascent, linear weights summed, clean target"),
-                Variant(f"rslad/{prec}/eager", "rslad", (), amp, False, "RSLAD")]
+                Variant(f"rslad/{prec}/eager", "rslad", (), amp, False, "RSLAD"),
+                Variant(f"ard/{prec}/eager", "ard", (), amp, False, "ARD")]
     out += [Variant(f"adv_path_reconstruction/bf16/chunks_of_{batch}", "adv_path", rec + (("max_batch", batch),),
                     "bf16", False, f"alignment in chunks of B = {batch}"),
             Variant(f"adv_path_reconstruction/bf16/chunks_of_{RECIPE_MAX_BATCH}", "adv_path",
@@ -510,26 +532,35 @@ def eager_variants(batch: int, published_rslad: Path | None = None) -> list[Vari
                     "adv_path written the straightforward way (a PGD loop per branch, a teacher and a student "
                     "call per iterate), fp32 eager NCHW"),
             Variant("reference_rslad/fp32/research_code", "reference_rslad", (), "off", False,
-                    "RSLAD as zibojia/RSLAD writes it (fp32 eager NCHW, autograd.grad loop)")]
+                    "RSLAD as zibojia/RSLAD writes it (fp32 eager NCHW, autograd.grad loop)"),
+            Variant("reference_ard/fp32/research_code", "reference_ard", (), "off", False,
+                    "ARD as goldblum/AdversariallyRobustDistillation writes it (fp32 eager NCHW, autograd.grad "
+                    "loop, train-mode attack, every loss term in the graph)")]
     if published_rslad is not None:
         out.append(Variant("published_rslad/fp32/published_code", "published_rslad", (), "off", False,
                            "the published code itself: zibojia/RSLAD's rslad_inner_loss (imported from "
                            f"{published_rslad}) and its training-loop body, fp32 eager NCHW"))
+    if published_ard is not None:
+        out.append(Variant("published_ard/fp32/published_code", "published_ard", (), "off", False,
+                           "the published code itself: goldblum/AdversariallyRobustDistillation's AttackPGD "
+                           f"(compiled from {published_ard}/main.py) and the body of its train, fp32 eager NCHW"))
     return out
 
 
 def compiled_groups() -> list[tuple[str, list[Variant]]]:
-    """Compiled-attack variants, each with its eager twin, in priority order (one group per student each)."""
+    """Compiled-attack variants, each with its eager twin, in priority order (one group per student each): adv_path
+    and RSLAD first, ARD last."""
     rec = tuple(RECONSTRUCTION.items())
     groups = []
-    for kind, knobs, label in (("adv_path", rec, "adv_path_reconstruction"), ("rslad", (), "rslad")):
+    for kind, knobs, label in (("adv_path", rec, "adv_path_reconstruction"), ("rslad", (), "rslad"),
+                               ("ard", (), "ard")):
         for amp, prec in (("bf16", "bf16"), ("off", "fp32")):
             mode = "one_pass" if kind == "adv_path" else "eager"
             groups.append((f"{label}/{prec}", [
                 Variant(f"{label}/{prec}/compiled", kind, knobs, amp, True, "compiled attack (train.compile_attack)"),
                 Variant(f"{label}/{prec}/{mode}", kind, knobs, amp, False, "its eager twin"),
             ]))
-    order = [0, 2, 1, 3]  # bf16 adv_path, bf16 RSLAD, fp32 adv_path, fp32 RSLAD
+    order = [0, 2, 1, 3, 4, 5]  # bf16 adv_path, bf16 RSLAD, fp32 adv_path, fp32 RSLAD, bf16 ARD, fp32 ARD
     return [groups[i] for i in order]
 
 
@@ -541,6 +572,7 @@ class StepContext:
     nchw: dict[str, Any] = field(default_factory=dict)  # student label -> Bench (NCHW, for the references)
     reference_loss: Any = None
     published_rslad: Path | None = None  # a zibojia/RSLAD checkout (--published-rslad); None: not timed
+    published_ard: Path | None = None  # a goldblum/AdversariallyRobustDistillation checkout (--published-ard)
 
 
 def compile_model(sizes: Sizes, model: Any) -> Any:
@@ -559,7 +591,7 @@ def build_step(ctx: StepContext, student: str, v: Variant) -> Callable[[], None]
 
     bench = dataclasses.replace(ctx.benches[student], amp=v.amp)
     knobs = dict(v.knobs)
-    if v.kind in ("adv_path", "rslad"):
+    if v.kind in ("adv_path", "rslad", "ard"):
         method, opt = ds.build_method(bench, v.kind, **knobs)
         if v.compiled:
             method.attack_model = compile_model(ctx.sizes, method.student)
@@ -571,15 +603,16 @@ def build_step(ctx: StepContext, student: str, v: Variant) -> Callable[[], None]
         method, opt = ds.build_method(nchw, "adv_path", **knobs)
         reference = ds.ReferenceAdvPath(method, nchw.num_classes, ctx.reference_loss)
         return lambda: ds.train_step(nchw, method, opt, lambda: reference.loss(nchw.x, nchw.y))
-    if v.kind == "published_rslad":
-        method, _ = ds.build_method(nchw, "rslad")
-        pub = rs.make_published(method, copy.deepcopy(nchw.student), copy.deepcopy(nchw.teacher),
-                                {"rslad": ctx.published_rslad})
+    if v.kind in ("published_rslad", "published_ard"):
+        name = v.kind.removeprefix("published_")
+        method, _ = ds.build_method(nchw, name)
+        folder = ctx.published_rslad if name == "rslad" else ctx.published_ard
+        pub = rs.make_published(method, copy.deepcopy(nchw.student), copy.deepcopy(nchw.teacher), {name: folder})
         if pub is None:
-            raise ValueError("published_rslad needs --published-rslad DIR")
+            raise ValueError(f"{v.kind} needs --published-{name} DIR")
         return lambda: pub.step(nchw.x, nchw.y)
-    if v.kind == "reference_rslad":
-        method, _ = ds.build_method(nchw, "rslad")
+    if v.kind in ("reference_rslad", "reference_ard"):
+        method, _ = ds.build_method(nchw, v.kind.removeprefix("reference_"))
         ref = rs.make_reference(method, copy.deepcopy(nchw.student), nchw.teacher, rs.Knobs(), None)
         return lambda: ref.step(nchw.x, nchw.y)
     raise ValueError(f"unknown variant kind {v.kind!r}")
@@ -594,8 +627,11 @@ def free_memory() -> None:
 
 
 def run_group(report: Report, ctx: StepContext, student: str, variants: list[Variant], deadline: float,
-              warmup: int) -> dict[str, Any]:
-    """Build and warm up each variant (skipped when its deadline is near), then interleaved timed rounds."""
+              warmup: int, flops: bool = False) -> dict[str, Any]:
+    """Build and warm up each variant (skipped when its deadline is near), then interleaved timed rounds. With
+    ``flops``, each variant's FLOPs are counted on one more step after its warm-up (``_step.count_flops``; not
+    timed), and GFLOP/s is given per round beside its time."""
+    import _step as ds
     import torch
 
     cuda = ctx.device.type == "cuda"
@@ -629,9 +665,23 @@ def run_group(report: Report, ctx: StepContext, student: str, variants: list[Var
             entry["first_call_s"] = calls[0]
             entry["warmup_calls_s"] = calls
             last_warm[v.key] = calls[-1]
+            if flops:
+                sync()
+                t = time.perf_counter()
+                try:
+                    entry["gflop_per_step"] = ds.count_flops(step) / 1e9
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as e:  # the count must never cost the timing
+                    entry["flop_count_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                    free_memory()
+                sync()
+                entry["flop_count_call_s"] = time.perf_counter() - t
             steps[v.key] = step
             entry["status"] = "ok"
-            report.log(f"  {student} {v.key}: first call {calls[0]:.2f} s, last warm-up {calls[-1]:.3f} s")
+            counted = f", {entry['gflop_per_step']:.4g} GFLOP/step" if "gflop_per_step" in entry else ""
+            report.log(f"  {student} {v.key}: first call {calls[0]:.2f} s, last warm-up {calls[-1]:.3f} s"
+                       f"{counted}")
         except torch.cuda.OutOfMemoryError as e:
             entry["status"] = f"failed: out of memory ({str(e).splitlines()[0][:200]})"
             report.log(f"  {student} {v.key}: {entry['status']}")
@@ -677,6 +727,8 @@ def run_group(report: Report, ctx: StepContext, student: str, variants: list[Var
         entry["rounds"] = len(times[k])
         entry["seconds"] = spread(times[k])
         entry["images_per_second"] = spread([batch / t for t in times[k]])
+        if entry.get("gflop_per_step"):
+            entry["gflop_per_second"] = spread([entry["gflop_per_step"] / t for t in times[k]])
         if cuda and peaks[k]:
             entry["peak_bytes"] = max(peaks[k])
             entry["growth_bytes"] = max(growth[k])
@@ -730,14 +782,18 @@ def summarise_student(sizes: Sizes, res: dict[str, Any], bench: Any) -> dict[str
               f"adv_path_reconstruction/{prec}/one_pass")
         ratio(f"speedup_reference_over_rkd_rslad_{prec}", "reference_rslad/fp32/research_code", f"rslad/{prec}/eager")
         ratio(f"speedup_published_over_rkd_rslad_{prec}", "published_rslad/fp32/published_code", f"rslad/{prec}/eager")
+        ratio(f"speedup_reference_over_rkd_ard_{prec}", "reference_ard/fp32/research_code", f"ard/{prec}/eager")
+        ratio(f"speedup_published_over_rkd_ard_{prec}", "published_ard/fp32/published_code", f"ard/{prec}/eager")
         ratio(f"time_adv_path_over_rslad_{prec}", f"adv_path_reconstruction/{prec}/one_pass", f"rslad/{prec}/eager")
         ratio(f"time_candidate_over_reconstruction_{prec}", f"adv_path_candidate/{prec}/one_pass",
               f"adv_path_reconstruction/{prec}/one_pass")
     ratio("time_reference_over_published_rslad", "reference_rslad/fp32/research_code",
           "published_rslad/fp32/published_code")
+    ratio("time_reference_over_published_ard", "reference_ard/fp32/research_code", "published_ard/fp32/published_code")
     for name in ("adv_path_reconstruction", "adv_path_candidate"):
         ratio(f"speedup_bf16_over_fp32_{name}", f"{name}/fp32/one_pass", f"{name}/bf16/one_pass")
     ratio("speedup_bf16_over_fp32_rslad", "rslad/fp32/eager", "rslad/bf16/eager")
+    ratio("speedup_bf16_over_fp32_ard", "ard/fp32/eager", "ard/bf16/eager")
     for mode in (f"chunks_of_{b}", f"chunks_of_{RECIPE_MAX_BATCH}", "low_memory"):
         key = f"adv_path_reconstruction/bf16/{mode}"
         ratio(f"time_{mode}_over_one_pass_bf16", key, "adv_path_reconstruction/bf16/one_pass")
@@ -760,7 +816,8 @@ def section_distill_step(report: Report, ctx: StepContext, sec: dict[str, Any], 
                      "batch": s.batch, "steps": s.steps, "rounds": s.rounds, "warmup": s.warmup,
                      "device": s.device, "channels_last": True, "optimizer": "SGD lr 0.1 momentum 0.9 wd 2e-4",
                      "reconstruction": RECONSTRUCTION, "candidate": CANDIDATE,
-                     "data": "uniform random images, random labels; untrained models (cost depends on neither)"}
+                     "data": "uniform random images, random labels; untrained models (cost depends on neither)",
+                     "flops": FLOPS_NOTE}
     torch.manual_seed(0)
     make_benches(ctx, report)
     sec["students"] = {}
@@ -769,7 +826,8 @@ def section_distill_step(report: Report, ctx: StepContext, sec: dict[str, Any], 
         # the students share what is left; the last one gets the rest
         share = deadline - (deadline - report.elapsed()) * (len(labels) - 1 - i) / (len(labels) - i)
         report.log(f"distill_step {label}: until {share:.0f} s")
-        res = run_group(report, ctx, label, eager_variants(s.batch, ctx.published_rslad), share, s.warmup)
+        res = run_group(report, ctx, label, eager_variants(s.batch, ctx.published_rslad, ctx.published_ard), share,
+                        s.warmup, flops=True)
         times = res.pop("_times")
         rounds = res.pop("_rounds_done")
         summary = summarise_student(s, {**res, "_times": times}, ctx.benches[label])
@@ -783,9 +841,28 @@ def section_distill_step(report: Report, ctx: StepContext, sec: dict[str, Any], 
         sec["status"] = "partial: " + "; ".join(failed)[:500]
 
 
+COMPILED_RECOMPILE_LIMIT = 64  # dynamo's graphs per code object in this process (torch's default: 8)
+
+
+def raise_recompile_limit(limit: int) -> int | None:
+    """Let dynamo keep up to ``limit`` graphs of one code object. Every group compiles the students' shared
+    ``forward`` anew for its architecture, autocast state and mode (ARD attacks in train mode), more than torch's
+    default 8 together; past the limit dynamo would run the compiled variants eagerly (a warning, no error).
+    Returns the limit now in force (None where this torch has neither setting)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(int(getattr(cfg, name)), limit))
+            return int(getattr(cfg, name))
+    return None
+
+
 def section_compiled(report: Report, ctx: StepContext, sec: dict[str, Any], deadline: float) -> None:
     s = ctx.sizes
     sec["backend"] = s.compile_backend
+    sec["recompile_limit"] = raise_recompile_limit(COMPILED_RECOMPILE_LIMIT)
     sec["groups"] = []
     if not ctx.benches:
         sec["status"] = "skipped: no benches (distill_step did not run)"
@@ -980,6 +1057,13 @@ def _cell(s: dict[str, Any] | None, digits: int) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
 
+def _cell_g(s: dict[str, Any] | None) -> str:
+    """median [min, max] to 3 significant digits."""
+    if not s:
+        return ""
+    return f"{s['median']:.3g} [{s['min']:.3g}, {s['max']:.3g}]"
+
+
 def _mib(b: Any) -> str:
     return f"{b / 2**20:,.0f}" if isinstance(b, (int, float)) else ""
 
@@ -1019,15 +1103,19 @@ def markdown(rep: dict[str, Any]) -> str:
               "reversed every other round; median [min, max] over rounds. Peak: `torch.cuda.max_memory_allocated` "
               "during the step (everything held, including the other variants' weights); growth: the peak minus "
               "the memory allocated before the step; alone: growth + student weights + momentum + teacher "
-              "weights + batch, the step's peak in a process of its own."]
+              "weights + batch, the step's peak in a process of its own.",
+              "", f"{cfg.get('flops', FLOPS_NOTE)}."]
     for label, stu in st.get("students", {}).items():
         static = sum(stu.get("ratios", {}).get("static_bytes", {}).values())
         lines += ["", f"### {label}", "",
-                  "| variant | s/step | img/s | growth MiB | alone MiB | first call s | status |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| variant | s/step | img/s | GFLOP/step | GFLOP/s | growth MiB | alone MiB | first call s | "
+                  "status |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for key, v in stu.get("variants", {}).items():
             alone = v.get("growth_bytes", 0) + static if v.get("growth_bytes") else None
+            gflop = f"{v['gflop_per_step']:.4g}" if v.get("gflop_per_step") else ""
             lines.append(f"| {key} | {_cell(v.get('seconds'), 3)} | {_cell(v.get('images_per_second'), 0)} | "
+                         f"{gflop} | {_cell_g(v.get('gflop_per_second'))} | "
                          f"{_mib(v.get('growth_bytes'))} | {_mib(alone)} | "
                          f"{v.get('first_call_s', 0):.2f} | {v.get('status')} |")
         ratios = stu.get("ratios", {})
@@ -1116,6 +1204,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--published-rslad", type=Path, default=None, metavar="DIR",
                    help="a zibojia/RSLAD checkout: also time the published RSLAD step itself beside rkd's and "
                         "the reference's (left out without it)")
+    p.add_argument("--published-ard", type=Path, default=None, metavar="DIR",
+                   help="a goldblum/AdversariallyRobustDistillation checkout: also time the published ARD step "
+                        "itself beside rkd's and the reference's (left out without it)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for everything; the script stops itself there (default 460, dry run 150)")
     p.add_argument("--sections", default=",".join(SECTION_ORDER), help="comma-separated subset to run")
@@ -1198,7 +1289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    ctx = StepContext(sizes=sizes, device=torch.device(sizes.device), published_rslad=args.published_rslad)
+    ctx = StepContext(sizes=sizes, device=torch.device(sizes.device), published_rslad=args.published_rslad,
+                      published_ard=args.published_ard)
     work = Path(tempfile.mkdtemp(prefix="rkd-gpu-check-"))
     deadlines = {name: frac * budget for name, frac in sizes.deadlines}
     write_margin = 8.0 if not args.dry_run else 3.0

@@ -110,6 +110,7 @@ from _step import (
     Bench,
     ModelChoice,
     build_method,
+    count_flops,
     make_bench,
     per_round,
     summary,
@@ -117,8 +118,6 @@ from _step import (
     train_step,
 )
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from rkd.attacks import compile_attack_model
 from rkd.distill import DistillMethod
@@ -292,47 +291,6 @@ class Variant:
 class Times:
     wall: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)
-
-
-class FlopCount(TorchDispatchMode):
-    """Sums ``torch.utils.flop_counter``'s formulas (convolutions and matrix products, forward and backward;
-    2 FLOPs per multiply-add) over the operators dispatched in the block. ``FlopCounterMode`` itself cannot be
-    used: its module tracker breaks ``torch.autograd.grad`` on a leaf input, which every PGD step calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += grouped_conv_backward_flops(formula, args, kwargs, out) if (
-                func._overloadpacket is torch.ops.aten.convolution_backward and args[9] > 1 and args[10][1]
-            ) else int(formula(*args, **kwargs, out_val=out))
-        return out
-
-
-def grouped_conv_backward_flops(formula: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    """FLOPs of a grouped convolution's backward. torch's formula (2.14) counts the weight gradient as if the
-    convolution were not grouped: 2 * N * H_out * W_out * C_out * C_in * kh * kw instead of C_in / groups, which
-    makes a depthwise layer's weight gradient C_in times too expensive (MobileNetV2's training pass 3.9 GFLOP per
-    32x32 image instead of 0.55). The input gradient is counted by the formula; the weight gradient divided by
-    ``groups``."""
-    groups, mask = args[9], list(args[10])
-    head = args[:10]
-    total = int(formula(*head, [mask[0], False, mask[2]], **kwargs, out_val=out))
-    return total + int(formula(*head, [False, True, False], **kwargs, out_val=out)) // groups
-
-
-def count_flops(step: Step) -> int:
-    """FLOPs of one call of ``step`` (:class:`FlopCount`). The call is a real step (it also warms up)."""
-    with FlopCount() as counter:
-        step()
-    return counter.total
 
 
 def run_rounds(

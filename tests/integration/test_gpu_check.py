@@ -54,6 +54,44 @@ def _stand_in(tmp_path: Path) -> Path:
     return folder
 
 
+# A stand-in for goldblum/AdversariallyRobustDistillation's main.py (not part of this project): a script whose top
+# level parses arguments and loads data (it must not run), and an AttackPGD of the published signature that
+# appends its settings to a file (only the class definition is run, with torch, nn and F in scope).
+STAND_IN_ARD_MAIN = """
+import argparse
+
+raise RuntimeError("the script's top level ran")
+
+
+class AttackPGD(nn.Module):
+    def __init__(self, basic_net, config):
+        super(AttackPGD, self).__init__()
+        self.basic_net = basic_net
+        self.step_size = config['step_size']
+        self.epsilon = config['epsilon']
+        self.num_steps = config['num_steps']
+
+    def forward(self, inputs, targets):
+        with open(CALLS_FILE, "a") as f:
+            f.write(f"{self.num_steps} {self.step_size!r} {self.epsilon!r}\\n")
+        x = inputs.detach() + torch.zeros_like(inputs).uniform_(-self.epsilon, self.epsilon)
+        x.requires_grad_()
+        with torch.enable_grad():
+            loss = F.cross_entropy(self.basic_net(x), targets, reduction="sum")
+        grad = torch.autograd.grad(loss, [x])[0]
+        x = torch.clamp(x.detach() + self.step_size * torch.sign(grad), 0.0, 1.0)
+        return self.basic_net(x), x
+"""
+
+
+def _stand_in_ard(tmp_path: Path) -> tuple[Path, Path]:
+    """(the folder, the file its AttackPGD appends its calls to)."""
+    folder, calls = tmp_path / "published_ard", tmp_path / "ard_calls.txt"
+    folder.mkdir()
+    (folder / "main.py").write_text(STAND_IN_ARD_MAIN.replace("CALLS_FILE", repr(str(calls))))
+    return folder, calls
+
+
 def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -61,9 +99,10 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_the_dry_run_runs_every_section_and_writes_json_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    ard, ard_calls = _stand_in_ard(tmp_path)
     res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out),
-                          "--published-rslad", str(_stand_in(tmp_path))], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=400)
+                          "--published-rslad", str(_stand_in(tmp_path)), "--published-ard", str(ard)], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = json.loads((out / "gpu_check.json").read_text())
     md = (out / "gpu_check.md").read_text()
@@ -77,20 +116,32 @@ def test_the_dry_run_runs_every_section_and_writes_json_and_markdown(tmp_path: P
     students = rep["sections"]["distill_step"]["students"]
     assert [k.split()[0] for k in students] == ["resnet18", "mobilenet_v2"]
     for student in students.values():
+        assert {"ard/fp32/eager", "ard/bf16/eager", "reference_ard/fp32/research_code",
+                "published_ard/fp32/published_code", "published_rslad/fp32/published_code"} <= set(student["variants"])
         for key, v in student["variants"].items():
             assert v["status"] == "ok" and v["rounds"] == 2 and v["seconds"]["median"] > 0, key
-        assert student["ratios"]["speedup_reference_over_rkd_adv_path_fp32"]["n"] == 2
-        assert student["ratios"]["speedup_published_over_rkd_rslad_fp32"]["n"] == 2
-        assert student["ratios"]["time_reference_over_published_rslad"]["n"] == 2
-        assert student["ratios"]["macs"]["implied"]["ratio"] > 1
+            assert v["gflop_per_step"] > 0 and v["gflop_per_second"]["n"] == 2, key
+            assert v["gflop_per_second"]["min"] > 0 and "flop_count_error" not in v, key
+        ratios = student["ratios"]
+        assert ratios["speedup_reference_over_rkd_adv_path_fp32"]["n"] == 2
+        for name in ("rslad", "ard"):
+            for prec in ("fp32", "bf16"):
+                assert ratios[f"speedup_published_over_rkd_{name}_{prec}"]["n"] == 2
+            assert ratios[f"time_reference_over_published_{name}"]["n"] == 2
+        assert ratios["macs"]["implied"]["ratio"] > 1
+    # the published ARD step ran the given AttackPGD (warm-up, FLOP count, 2 rounds, per student) with rkd's settings
+    assert ard_calls.read_text().splitlines() == [f"2 {2 / 255!r} {8 / 255!r}"] * 8
     compiled = rep["sections"]["distill_step_compiled"]["groups"]
-    assert len(compiled) == 8 and all(g["status"] == "ok" for g in compiled)
+    assert [g["group"] for g in compiled[-4:]] == ["ard/bf16"] * 2 + ["ard/fp32"] * 2
+    assert len(compiled) == 12 and all(g["status"] == "ok" for g in compiled)
+    assert rep["sections"]["distill_step_compiled"]["recompile_limit"] >= 12  # no group falls back to eager
     sanity = rep["sections"]["sanity_run"]
     assert sanity["metrics"]["img_per_s_last_epoch"]["median"] > 0
     assert sanity["projection"]["wrn34_10_teacher"]["hours"]["median"] > 0
     ev = rep["sections"]["export_verify"]
     assert ev["export"]["parity"]["top1_agreement"] == 1.0
     assert ev["verify"]["artifact"]["runtime"] == "torch" and ev["verify"]["n"] == 16
+    assert "| variant | s/step | img/s | GFLOP/step | GFLOP/s |" in md and "| published_ard/fp32/published_code |" in md
     for heading in ("## 1. CUDA tests", "## 2. The distillation step", "### Compiled attack",
                     "## 3. Sanity run and projection", "## 4. Export and verify", "## 5. Environment"):
         assert heading in md
@@ -138,6 +189,35 @@ def test_the_published_rslad_step_runs_the_given_code_and_is_left_out_without_it
     assert torch.Tensor.cuda is not None and torch.randn(1).cuda is not None  # the patch is undone
     ctx.published_rslad = None
     with pytest.raises(ValueError, match="--published-rslad"):
+        g.build_step(ctx, label, variant)
+
+
+def test_the_published_ard_step_runs_the_given_code_and_is_left_out_without_it(tmp_path: Path) -> None:
+    import torch
+
+    g = _module()
+    sys.path[:0] = [str(REPO / "toolchain"), str(REPO / "benchmarks")]  # as main() sets it
+    import _step
+
+    folder, calls = _stand_in_ard(tmp_path)
+    assert not [v for v in g.eager_variants(4, _stand_in(tmp_path)) if v.kind == "published_ard"]
+    (variant,) = [v for v in g.eager_variants(4, published_ard=folder) if v.kind == "published_ard"]
+    assert variant.key == "published_ard/fp32/published_code"
+    ctx = g.StepContext(sizes=g.dry_sizes(60.0), device=torch.device("cpu"), published_ard=folder)
+    g.make_benches(ctx, g.Report(tmp_path / "out", {}))
+    label = next(iter(ctx.benches))
+    step = g.build_step(ctx, label, variant)
+    before = [p.detach().clone() for p in ctx.nchw[label].student.parameters()]
+    step()
+    assert _step.count_flops(step) > 0
+    # rkd's m, step size and eps, passed in the config dict as the published script does
+    assert calls.read_text().splitlines() == [f"2 {2 / 255!r} {8 / 255!r}"] * 2
+    assert all(torch.equal(a, b) for a, b in zip(before, ctx.nchw[label].student.parameters(), strict=True))
+    ctx.published_ard = None
+    with pytest.raises(ValueError, match="--published-ard"):
+        g.build_step(ctx, label, variant)
+    ctx.published_ard = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError, match="--published-ard"):
         g.build_step(ctx, label, variant)
 
 
