@@ -210,3 +210,20 @@ def test_an_unknown_device_is_refused_with_or_without_qat(synthetic_ckpt: Path, 
             "--out", str(tmp_path / "b"), "--device", "gpu"]
     res = _run(*args)
     assert res.exit_code == 2 and "unknown device 'gpu'" in res.output and not (tmp_path / "b").exists()
+
+
+def test_synthetic_evaluation_images_for_a_real_data_model_are_refused_naming_the_field(tmp_path: Path) -> None:
+    from rkd.errors import UsageError
+    from rkd.quantize.pipeline import run_quantize
+    from rkd.quantize.request import QuantizeRequest
+
+    ckpt = _checkpoint(tmp_path / "student.safetensors", "cifar10")
+    req = QuantizeRequest(checkpoint=ckpt, bundle=tmp_path / "bundle", eval_n=8, eval_data=("synthetic", {}),
+                          calib_data=("synthetic", {}))
+    with pytest.raises(UsageError, match=r"^--calib-data synthetic: calibration"):
+        run_quantize(req)  # calibration is checked first
+    req = QuantizeRequest(checkpoint=ckpt, bundle=tmp_path / "bundle", eval_n=8, eval_data=("synthetic", {}),
+                          calib_data=("imagefolder", {"root": str(tmp_path)}))
+    with pytest.raises(UsageError, match=r"^eval_data synthetic: evaluation .*set eval_n to 0") as err:
+        run_quantize(req)
+    assert "--eval-data" not in str(err.value) and not (tmp_path / "bundle").exists()

@@ -99,7 +99,7 @@ def _refuse_synthetic(name: str, trained_on: str | None, purpose: str, flag: str
         raise UsageError(
             f"{flag} synthetic: {purpose} needs real images of the data the model was trained on "
             f"({trained_on or 'unknown'}); synthetic images are allowed only for models trained on the "
-            "synthetic data set"
+            "synthetic data set" + ("" if flag.startswith("--") else " (or set eval_n to 0: no evaluation)")
         )
 
 
@@ -194,7 +194,7 @@ def _load_inputs(req: QuantizeRequest) -> _Inputs:
         raise UsageError(f"the teacher has {teacher.spec.num_classes} classes, the student "
                          f"{model.spec.num_classes}")
     if req.eval_n:
-        _refuse_synthetic(eval_data[0], trained_on, "evaluation", "--eval-data")
+        _refuse_synthetic(eval_data[0], trained_on, "evaluation", "eval_data")
     threat = (meta.get("threat") or {}) if isinstance(meta, dict) else {}
     norm = str(threat.get("norm", "linf"))
     if steps and norm != "linf":
