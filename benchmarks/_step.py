@@ -249,6 +249,20 @@ class ReferenceAdvPath:
         return self.reference_loss(self.method, x, y, self.craft(x, y))
 
 
+# ---- real images ------------------------------------------------------------------------------------------
+
+
+def npz_batch(path: Path, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``batch`` images and labels of an .npz (x: N, H, W, 3 uint8; y: N), as torchvision's
+    ``ToTensor`` gives them: float32 in [0, 1], NCHW contiguous."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as d:
+        x = torch.from_numpy(np.ascontiguousarray(d["x"][:batch]))
+        y = torch.from_numpy(np.asarray(d["y"][:batch]).astype("int64"))
+    return x.permute(0, 3, 1, 2).float().div(255).contiguous(), y
+
+
 # ---- timing ------------------------------------------------------------------------------------------------
 
 

@@ -112,6 +112,7 @@ from _step import (
     build_method,
     count_flops,
     make_bench,
+    npz_batch,
     per_round,
     summary,
     timed,
@@ -325,17 +326,6 @@ def ratios(times: dict[str, list[float]], num: str, den: str) -> dict[str, Any] 
 
 
 # ---- one student ------------------------------------------------------------------------------------------
-
-
-def npz_batch(path: Path, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``batch`` images and labels of an .npz (x: N, H, W, 3 uint8; y: N), as torchvision's
-    ``ToTensor`` gives them: float32 in [0, 1], NCHW contiguous."""
-    import numpy as np
-
-    with np.load(path) as d:
-        x = torch.from_numpy(np.ascontiguousarray(d["x"][:batch]))
-        y = torch.from_numpy(np.asarray(d["y"][:batch]).astype("int64"))
-    return x.permute(0, 3, 1, 2).float().div(255).contiguous(), y
 
 
 def bench_student(
