@@ -27,11 +27,11 @@ from rkd.errors import CheckpointError, UsageError
 from rkd.models import save_checkpoint
 from rkd.quantize.pipeline import quantize_checkpoint
 from rkd.testing import train_tiny_classifier
+from rkd.verify.differentiable import load_differentiable
 from rkd.verify.evaluate import EvalRequest, evaluate_model
 from rkd.verify.gates import parse_gate
 from rkd.verify.state import VerifyState
 from rkd.verify.suite import evaluate_robustness, predict_correct
-from rkd.verify.target import load_differentiable
 from rkd.verify.verification import VerifyRequest, verify_artifact
 
 app = typer.Typer()
