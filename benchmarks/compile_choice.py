@@ -6,10 +6,11 @@ For each student and method, on one batch (``--data-npz`` rows or uniform noise)
    :class:`rkd.train.compile_choice.CompileTrial` exactly as the loop does (with ``--run-steps`` as the run's
    remaining steps, so the trial is not skipped as too short) until it decides: the trial's eager, compile and
    compiled step times and its choice.
-2. ``check``: afterwards, the eager and the compiled model (the trial's, or compiled now when the trial dropped
-   it) timed in ``--check-rounds`` interleaved rounds (order reversed every other round), on fresh copies of the
-   method: the compiled step's time over the eager one's per round. The choice was right when it kept the
-   compiled model and the check's median ratio is below ``KEEP_BELOW``, or dropped it and the median is not.
+2. ``check``: afterwards, fresh copies of the method, one eager and one with its attack model compiled anew,
+   timed in ``--check-rounds`` interleaved rounds (order reversed every other round): the compiled step's time
+   over the eager one's per round. The choice was right when it kept the
+   compiled model and the check's median ratio is below ``KEEP_BELOW``, or dropped it and the median is not
+   (not judged when the trial did not compile: a run too short to repay it).
 
 Run::
 
@@ -59,12 +60,10 @@ def run_trial(bench: Any, name: str, knobs: dict[str, Any], run_steps: int, log:
         steps.append(wall)
         log(f"  trial step {len(steps)} ({trial.phase}): {wall:.2f} s")
         decision = trial.after_step(wall)
-    return {"decision": decision, "step_seconds": steps, "steps": len(steps),
-            "compiled_model": trial.guarded.compiled if trial.guarded is not None else None}
+    return {"decision": decision, "step_seconds": steps, "steps": len(steps)}
 
 
-def run_check(bench: Any, name: str, knobs: dict[str, Any], compiled_twin: Any, rounds: int,
-              log: Any) -> dict[str, Any]:
+def run_check(bench: Any, name: str, knobs: dict[str, Any], rounds: int, log: Any) -> dict[str, Any]:
     eager, eager_opt = build_method(bench, name, **knobs)
     comp, comp_opt = build_method(bench, name, **knobs)
     t0 = time.perf_counter()
@@ -80,7 +79,6 @@ def run_check(bench: Any, name: str, knobs: dict[str, Any], compiled_twin: Any, 
         for k in order:
             times[k].append(timed(bench, variants[k])[0])
         log(f"  check round {r + 1}: eager {times['eager'][-1]:.2f} s, compiled {times['compiled'][-1]:.2f} s")
-    del compiled_twin
     return {"first_compiled_step_seconds": first, "seconds": {k: summary(v) for k, v in times.items()},
             "raw": times, "compiled_over_eager": per_round(lambda i: times["compiled"][i] / times["eager"][i],
                                                            rounds)}
@@ -143,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             torch._dynamo.reset()  # each trial compiles from an empty in-process cache
             trial = run_trial(bench, name, knobs, args.run_steps, log)
             log(f"{student.label()} {name}: {trial['decision']['choice']} ({trial['decision']['reason']}); check")
-            check = run_check(bench, name, knobs, trial.pop("compiled_model"), args.check_rounds, log)
+            check = run_check(bench, name, knobs, args.check_rounds, log)
             med = statistics.median(check["raw"]["compiled"]) / statistics.median(check["raw"]["eager"])
-            right = (trial["decision"]["choice"] == "compiled") == (med < KEEP_BELOW)
+            measured = trial["decision"]["compiled_step_s"] is not None  # else: too short a run to try
+            right = (trial["decision"]["choice"] == "compiled") == (med < KEEP_BELOW) if measured else None
             results.append({"student": student.label(), "method": name, "knobs": copy.deepcopy(knobs),
                             "trial": trial, "check": check, "right": right})
     report = {
