@@ -32,6 +32,10 @@ TIMED_STEPS = 3
 KEEP_BELOW = 0.95
 
 
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
 class _Guarded(nn.Module):
     """The compiled model, or the eager one from the first call where compiling fails."""
 
@@ -112,7 +116,6 @@ class CompileTrial:
         self.phase = "done"
         if not keep:
             self.install(self.eager)
-        med = (lambda v: round(statistics.median(v), 4) if v else None)  # noqa: E731
         return {"event": "compile_attack", "choice": "compiled" if keep else "eager", "reason": reason,
-                "eager_step_s": med(self.eager_s), "compiled_step_s": med(self.compiled_s),
+                "eager_step_s": _median(self.eager_s), "compiled_step_s": _median(self.compiled_s),
                 "compile_step_s": None if self.compile_s is None else round(self.compile_s, 2)}

@@ -214,14 +214,15 @@ class _Run:
     def _timed_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, lr: float) -> tuple[Any, torch.Tensor]:
         """:meth:`step`, timed for the ``compile_attack: auto`` trial while it lasts."""
         trial = self.trial
-        if trial is None or trial.phase == "done":
+        if trial is None:
             return self.step(x, y, epoch, lr)
         t0 = time.perf_counter()
         out, loss = self.step(x, y, epoch, lr)
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         decision = trial.after_step(time.perf_counter() - t0)
-        if decision is not None:
+        if decision is not None:  # decided: later steps are not timed
+            self.trial = None
             self.metrics.write({**decision, "global_step": self.pos.global_step})
             self.sink.on_event(f"compile_attack auto: {decision['choice']} ({decision['reason']})")
         return out, loss
